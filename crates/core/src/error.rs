@@ -1,0 +1,56 @@
+//! The one error type of attnlab. Every message names the tensor and the
+//! dimension (or the parameter) so that a user can act on it.
+
+use std::fmt;
+
+/// Everything that can be wrong with an attention call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttnError {
+    /// A size that must be positive is zero, e.g. `head_dim`.
+    ZeroDim { dim: &'static str },
+    /// `q_heads` is not a multiple of `kv_heads`.
+    HeadsNotDivisible { q_heads: usize, kv_heads: usize },
+    /// An element count or byte count does not fit in `usize`.
+    Overflow { tensor: &'static str },
+    /// A buffer has the wrong number of elements for its dimensions.
+    BufferLen { tensor: &'static str, expected: usize, got: usize },
+    /// A tensor's dimension disagrees with the problem's shape.
+    Dim { tensor: &'static str, dim: &'static str, expected: usize, got: usize },
+    /// A tensor holds NaN or an infinity (checked unless opted out).
+    NonFinite { tensor: &'static str, index: usize, value: f32 },
+    /// A parameter is out of its domain, e.g. a non-finite scale.
+    Param { name: &'static str, reason: String },
+    /// A capability that the chosen kernel does not offer.
+    Unsupported { what: String },
+}
+
+impl fmt::Display for AttnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttnError::ZeroDim { dim } => write!(f, "{dim} must be at least 1, got 0"),
+            AttnError::HeadsNotDivisible { q_heads, kv_heads } => write!(
+                f,
+                "q heads ({q_heads}) must be a multiple of kv heads ({kv_heads}) for MHA/GQA/MQA"
+            ),
+            AttnError::Overflow { tensor } => {
+                write!(f, "{tensor}: element count overflows usize")
+            }
+            AttnError::BufferLen { tensor, expected, got } => write!(
+                f,
+                "{tensor}: buffer has {got} elements, expected {expected} from its dimensions"
+            ),
+            AttnError::Dim { tensor, dim, expected, got } => {
+                write!(f, "{tensor}: expected {expected} {dim}, got {got}")
+            }
+            AttnError::NonFinite { tensor, index, value } => write!(
+                f,
+                "{tensor}: non-finite value {value} at flat index {index} \
+                 (pass check_finite = false to skip this check)"
+            ),
+            AttnError::Param { name, reason } => write!(f, "{name}: {reason}"),
+            AttnError::Unsupported { what } => write!(f, "unsupported: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for AttnError {}

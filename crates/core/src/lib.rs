@@ -1,0 +1,43 @@
+//! # attn-core
+//!
+//! Types shared by every attnlab kernel; no kernels live here.
+//!
+//! The problem: `O = softmax(Q·Kᵀ·scale + mask)·V` for `B` batch entries,
+//! `Hq` query heads and `Hkv` key/value heads, `Hq % Hkv == 0` (MHA when
+//! equal, GQA otherwise, MQA when `Hkv = 1`). Query head `h` reads K/V head
+//! `h / (Hq / Hkv)`; K/V are never copied per query head.
+//!
+//! Data: Q `[B, Hq, Nq, d]`, K `[B, Hkv, Nk, d]`, V `[B, Hkv, Nk, dv]`,
+//! O `[B, Hq, Nq, dv]` as logical dims over flat slices, stored either
+//! `[B, H, N, D]` or `[B, N, H, D]` ([`Layout`]); the last dim is always
+//! contiguous. The LSE is `[B, Hq, Nq]`, contiguous.
+//!
+//! Invariants, fixed for the whole workspace (see `docs/semantics.md`):
+//! bottom-right causal and windows ([`Mask`]); a fully masked row has
+//! output 0 and LSE `-inf`; accumulation is f32 or wider for every storage
+//! type; bad input is an [`AttnError`] naming tensor and dimension.
+//!
+//! Modules: [`shape`] (validated sizes), [`view`] (strided views),
+//! [`mask`], [`params`] (scale, mask, [`Par`]), [`element`] (f32/f16/bf16), [`simd`] (exp2 and reductions shared by kernels),
+//! [`kernel`] (the [`AttentionKernel`] trait and call validation),
+//! [`error`].
+
+#![warn(missing_docs)]
+
+pub mod element;
+pub mod error;
+pub mod kernel;
+pub mod mask;
+pub mod params;
+pub mod shape;
+pub mod simd;
+pub mod view;
+
+pub use element::Element;
+pub use error::AttnError;
+pub use half::{bf16, f16};
+pub use kernel::{AttentionKernel, AttnInputs, validate_call};
+pub use mask::Mask;
+pub use params::{AttnParams, Par};
+pub use shape::AttnShape;
+pub use view::{Layout, RowWriter, TensorView, TensorViewMut};

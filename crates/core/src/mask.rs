@@ -1,0 +1,144 @@
+//! Masks. Every mask attnlab supports leaves each query row a *contiguous*
+//! range of visible keys, which is what lets the tiled kernel skip whole
+//! tiles: [`Mask::key_range`] is the single definition all kernels share.
+//!
+//! Alignment is **bottom-right** (FlashAttention >= 2.1): with
+//! `offset = Nk - Nq`, query `i` sits on the diagonal at key `i + offset`.
+//! - causal: keys `j <= i + offset`;
+//! - window `(left, right)`: keys `i + offset - left <= j <= i + offset + right`,
+//!   either side `None` for unbounded. Causal is the window `(None, Some(0))`.
+
+use std::ops::Range;
+
+/// Which keys each query may attend to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mask {
+    /// Every query sees every key.
+    #[default]
+    None,
+    /// Bottom-right causal: query `i` sees keys `j <= i + Nk - Nq`.
+    Causal,
+    /// Sliding window around the bottom-right diagonal; `None` = unbounded.
+    Window { left: Option<usize>, right: Option<usize> },
+}
+
+impl Mask {
+    /// The window `(left, right)` this mask is, `None` = unbounded.
+    pub fn as_window(&self) -> (Option<usize>, Option<usize>) {
+        match *self {
+            Mask::None => (None, None),
+            Mask::Causal => (None, Some(0)),
+            Mask::Window { left, right } => (left, right),
+        }
+    }
+
+    /// Visible keys of query row `i` for lengths `nq`, `nk`; empty when the
+    /// row is fully masked.
+    #[inline]
+    pub fn key_range(&self, i: usize, nq: usize, nk: usize) -> Range<usize> {
+        let (left, right) = self.as_window();
+        let diag = i as i128 + nk as i128 - nq as i128;
+        let lo = match left {
+            None => 0,
+            Some(l) => (diag - l as i128).max(0),
+        };
+        let hi = match right {
+            None => nk as i128,
+            Some(r) => (diag + r as i128 + 1).min(nk as i128),
+        };
+        if lo >= hi {
+            let lo = (lo.min(nk as i128)) as usize;
+            lo..lo
+        } else {
+            lo as usize..hi as usize
+        }
+    }
+
+    /// Whether key `j` is visible to query `i`.
+    #[inline]
+    pub fn is_visible(&self, i: usize, j: usize, nq: usize, nk: usize) -> bool {
+        self.key_range(i, nq, nk).contains(&j)
+    }
+
+    /// Number of visible (query, key) pairs over one head.
+    pub fn visible_pairs(&self, nq: usize, nk: usize) -> u64 {
+        (0..nq).map(|i| self.key_range(i, nq, nk).len() as u64).sum()
+    }
+
+    /// True when some key is hidden from some query.
+    pub fn is_none(&self) -> bool {
+        matches!(self.as_window(), (None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_is_bottom_right() {
+        // Nq = 2, Nk = 4: query 0 sees keys 0..=2, query 1 sees 0..=3.
+        assert_eq!(Mask::Causal.key_range(0, 2, 4), 0..3);
+        assert_eq!(Mask::Causal.key_range(1, 2, 4), 0..4);
+        // Nq = 4, Nk = 2: the first two queries see nothing.
+        assert!(Mask::Causal.key_range(0, 4, 2).is_empty());
+        assert!(Mask::Causal.key_range(1, 4, 2).is_empty());
+        assert_eq!(Mask::Causal.key_range(2, 4, 2), 0..1);
+        assert_eq!(Mask::Causal.key_range(3, 4, 2), 0..2);
+        // square: the usual lower triangle
+        for i in 0..5 {
+            assert_eq!(Mask::Causal.key_range(i, 5, 5), 0..i + 1);
+        }
+    }
+
+    #[test]
+    fn causal_equals_window_inf_0() {
+        let w = Mask::Window { left: None, right: Some(0) };
+        for (nq, nk) in [(3, 7), (7, 3), (5, 5), (1, 9), (0, 4), (4, 0)] {
+            for i in 0..nq {
+                assert_eq!(w.key_range(i, nq, nk), Mask::Causal.key_range(i, nq, nk));
+            }
+        }
+    }
+
+    #[test]
+    fn windows() {
+        let w = Mask::Window { left: Some(1), right: Some(1) };
+        assert_eq!(w.key_range(0, 5, 5), 0..2);
+        assert_eq!(w.key_range(2, 5, 5), 1..4);
+        assert_eq!(w.key_range(4, 5, 5), 3..5);
+        let right_only = Mask::Window { left: Some(0), right: None };
+        assert_eq!(right_only.key_range(2, 5, 5), 2..5);
+        // a window entirely outside the keys is empty, never inverted
+        let w = Mask::Window { left: Some(0), right: Some(0) };
+        assert!(w.key_range(0, 6, 2).is_empty());
+        assert_eq!(Mask::None.key_range(3, 4, 0), 0..0);
+    }
+
+    #[test]
+    fn ranges_are_monotone() {
+        // lo and hi never decrease with i: the tiled kernel relies on it.
+        let masks = [
+            Mask::None,
+            Mask::Causal,
+            Mask::Window { left: Some(3), right: Some(2) },
+            Mask::Window { left: None, right: Some(5) },
+            Mask::Window { left: Some(0), right: None },
+        ];
+        for m in masks {
+            for (nq, nk) in [(9, 4), (4, 9), (6, 6)] {
+                for i in 1..nq {
+                    let a = m.key_range(i - 1, nq, nk);
+                    let b = m.key_range(i, nq, nk);
+                    assert!(a.start <= b.start && a.end <= b.end, "{m:?} {a:?} {b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn visible_pairs_counts() {
+        assert_eq!(Mask::None.visible_pairs(3, 4), 12);
+        assert_eq!(Mask::Causal.visible_pairs(4, 4), 10);
+    }
+}

@@ -1,0 +1,75 @@
+//! Call parameters: scale, mask, input checks, and parallelism.
+
+use crate::error::AttnError;
+use crate::mask::Mask;
+
+/// Parameters of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnParams {
+    /// Softmax scale; `None` = `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+    /// Which keys each query sees.
+    pub mask: Mask,
+    /// Reject NaN/inf in Q, K, V (default `true`). Benchmarks may turn the
+    /// O(size) scan off; kernels then propagate non-finite values as IEEE
+    /// arithmetic does.
+    pub check_finite: bool,
+}
+
+impl Default for AttnParams {
+    fn default() -> Self {
+        AttnParams { scale: None, mask: Mask::None, check_finite: true }
+    }
+}
+
+impl AttnParams {
+    /// Parameters with this mask and the defaults otherwise.
+    pub fn with_mask(mask: Mask) -> Self {
+        AttnParams { mask, ..Default::default() }
+    }
+    /// Bottom-right causal.
+    pub fn causal() -> Self {
+        Self::with_mask(Mask::Causal)
+    }
+    /// The scale in effect for `head_dim`.
+    pub fn scale_for(&self, head_dim: usize) -> f32 {
+        self.scale.unwrap_or(1.0 / (head_dim as f32).sqrt())
+    }
+    /// Checks the parameters themselves.
+    pub fn validate(&self) -> Result<(), AttnError> {
+        if let Some(s) = self.scale {
+            if !s.is_finite() {
+                return Err(AttnError::Param {
+                    name: "scale",
+                    reason: format!("must be finite, got {s}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parallelism of a call: never implicit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Par {
+    /// Run on the calling thread only.
+    Seq,
+    /// Run on the current rayon pool (the global one, or the one a caller
+    /// `install`ed) using up to this many workers; 0 = the pool's size.
+    Rayon(usize),
+}
+
+impl Par {
+    /// Number of workers this will use on the current rayon pool.
+    pub fn threads(&self) -> usize {
+        match *self {
+            Par::Seq => 1,
+            Par::Rayon(0) => rayon_threads(),
+            Par::Rayon(n) => n,
+        }
+    }
+}
+
+fn rayon_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
