@@ -13,6 +13,8 @@ pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 
     fn from_f32(x: f32) -> Self;
     /// Widen a run of values into `dst` (vectorized for the half types).
     fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// The slice itself when the storage type is f32 (no conversion needed).
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]>;
 }
 
 impl Element for f32 {
@@ -28,6 +30,10 @@ impl Element for f32 {
     #[inline]
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn as_f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 
@@ -45,6 +51,10 @@ impl Element for f16 {
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
+    }
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -64,6 +74,10 @@ impl Element for bf16 {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = f32::from_bits((s.to_bits() as u32) << 16);
         }
+    }
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 

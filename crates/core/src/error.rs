@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-/// Everything that can be wrong with an attention call.
+/// Everything that can be wrong with an attention call. (Field names are
+/// self-describing: the tensor, the dimension, expected and actual sizes.)
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttnError {
     /// A size that must be positive is zero, e.g. `head_dim`.

@@ -19,7 +19,12 @@ pub enum Mask {
     /// Bottom-right causal: query `i` sees keys `j <= i + Nk - Nq`.
     Causal,
     /// Sliding window around the bottom-right diagonal; `None` = unbounded.
-    Window { left: Option<usize>, right: Option<usize> },
+    Window {
+        /// Keys visible before the diagonal; `None` = all of them.
+        left: Option<usize>,
+        /// Keys visible after the diagonal; `None` = all of them.
+        right: Option<usize>,
+    },
 }
 
 impl Mask {

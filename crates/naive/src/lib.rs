@@ -1,1 +1,20 @@
-//! attn-naive
+//! # attn-naive
+//!
+//! Two reference implementations of `O = softmax(Q·Kᵀ·scale + mask)·V`
+//! (shapes, layouts and conventions in `attn-core`):
+//!
+//! - [`oracle`]: scalar, f64 accumulation, one query row at a time, written
+//!   to be obviously right. Every test in the workspace compares against it.
+//! - [`naive`]: the standard O(N²) kernel in f32 that materializes the full
+//!   score matrix `[B, Hq, Nq, Nk]` as framework math paths do: two blocked
+//!   GEMMs per head (`matrixmultiply`, the same design as OpenBLAS's sgemm)
+//!   and a vectorized softmax in between, parallel over (batch, head). A fair
+//!   baseline, not a strawman; its workspace grows as `B·Hq·Nq·Nk·4` bytes.
+
+#![warn(missing_docs)]
+
+pub mod naive;
+pub mod oracle;
+
+pub use naive::Naive;
+pub use oracle::{Oracle, Reference, reference};
