@@ -1,1 +1,151 @@
-//! attnlab
+//! # attnlab
+//!
+//! Memory-efficient scaled dot-product attention on CPUs,
+//! `O = softmax(Q·Kᵀ·scale + mask)·V`, for MHA, GQA and MQA, with
+//! bottom-right causal and sliding-window masks and the per-row
+//! log-sum-exp. This crate re-exports the workspace:
+//!
+//! - [`core`] (`attn-core`): shapes, strided views, masks, errors, the
+//!   [`AttentionKernel`] trait;
+//! - [`naive`] (`attn-naive`): the f64 [`Oracle`] and the O(N²) [`Naive`]
+//!   kernel;
+//! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel.
+//!
+//! [`Kernel`] names every kernel so that tools and tests can pick any of
+//! them; [`attention`] is the one-call entry point.
+//!
+//! ```
+//! use attnlab::{AttnParams, AttnShape, attention};
+//! let shape = AttnShape::new(1, 4, 2, 16, 16, 8, 8)?; // GQA, 2 q heads per kv head
+//! let q = vec![0.5f32; 1 * 4 * 16 * 8];
+//! let kv = vec![0.25f32; 1 * 2 * 16 * 8];
+//! let r = attention(&shape, &q, &kv, &kv, &AttnParams::causal())?;
+//! assert_eq!(r.out.len(), 1 * 4 * 16 * 8);
+//! assert!((r.out[0] - 0.25).abs() < 1e-6);
+//! # Ok::<(), attnlab::AttnError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use attn_core as core;
+pub use attn_flash as flash;
+pub use attn_naive as naive;
+
+pub use attn_core::{
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par,
+    TensorView, TensorViewMut, bf16, f16,
+};
+pub use attn_flash::Flash;
+pub use attn_naive::{Naive, Oracle};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Every kernel of the workspace, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kernel {
+    /// f64 accumulation, scalar: the ground truth.
+    Oracle,
+    /// O(N²): materializes the score matrix.
+    Naive,
+    /// Tiled online softmax, O(tile) extra memory. The default.
+    #[default]
+    Flash,
+}
+
+impl Kernel {
+    /// All kernels, oracle first.
+    pub const ALL: [Kernel; 3] = [Kernel::Oracle, Kernel::Naive, Kernel::Flash];
+
+    /// Name as used on the command line and in results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Oracle => "oracle",
+            Kernel::Naive => "naive",
+            Kernel::Flash => "flash",
+        }
+    }
+
+    /// Scratch bytes one call needs beyond inputs and outputs.
+    pub fn workspace_bytes(&self, shape: &AttnShape, params: &AttnParams, par: Par) -> usize {
+        match self {
+            Kernel::Oracle => Oracle.workspace_bytes(shape, params, par),
+            Kernel::Naive => Naive.workspace_bytes(shape, params, par),
+            Kernel::Flash => Flash::default().workspace_bytes(shape, params, par),
+        }
+    }
+
+    /// Runs this kernel (see [`AttentionKernel::forward`]).
+    pub fn forward<T: Element>(
+        &self,
+        inputs: &AttnInputs<'_, T>,
+        out: &mut TensorViewMut<'_>,
+        lse: Option<&mut [f32]>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<(), AttnError> {
+        match self {
+            Kernel::Oracle => Oracle.forward(inputs, out, lse, params, par),
+            Kernel::Naive => Naive.forward(inputs, out, lse, params, par),
+            Kernel::Flash => Flash::default().forward(inputs, out, lse, params, par),
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kernel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown kernel '{s}' (expected oracle, naive or flash)"))
+    }
+}
+
+/// Output and per-row log-sum-exp of one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// `[B, Hq, Nq, dv]`, in the layout of the call.
+    pub out: Vec<f32>,
+    /// `[B, Hq, Nq]`, natural log, `-inf` for fully masked rows.
+    pub lse: Vec<f32>,
+}
+
+/// Attention over contiguous `[B, H, N, D]` f32 buffers with the default
+/// kernel ([`Kernel::Flash`]) on the current rayon pool.
+pub fn attention(
+    shape: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    params: &AttnParams,
+) -> Result<Output, AttnError> {
+    attention_with(Kernel::default(), Layout::Bhnd, shape, q, k, v, params, Par::Rayon(0))
+}
+
+/// Attention with an explicit kernel, layout and parallelism.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with<T: Element>(
+    kernel: Kernel,
+    layout: Layout,
+    shape: &AttnShape,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    params: &AttnParams,
+    par: Par,
+) -> Result<Output, AttnError> {
+    let inputs = AttnInputs::from_slices(*shape, layout, q, k, v)?;
+    let mut out = vec![0f32; shape.out_dims().iter().product()];
+    let mut lse = vec![0f32; shape.lse_len()];
+    let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
+    kernel.forward(&inputs, &mut view, Some(&mut lse), params, par)?;
+    Ok(Output { out, lse })
+}

@@ -1,1 +1,14 @@
+//! # harness
+//!
+//! Benchmarks, the long-context sweep, the report generator and the `attn`
+//! command line of attnlab.
 
+// --- `attn run` on .npy files
+pub mod npy;
+pub mod run;
+
+// --- sweep, machine facts, memory accounting, report
+pub mod alloc;
+pub mod machine;
+pub mod report;
+pub mod sweep;
