@@ -1,0 +1,496 @@
+//! The FlashAttention-2 forward loop nest, its packing and online softmax,
+//! and the scheduler that hands work items to workers.
+//!
+//! Work item = (query tile of `Br` rows, batch entry, K/V head, chunk of
+//! that head's query heads). Per item:
+//!
+//! ```text
+//! for each query head h of the chunk: pack Qᵀ(h)·scale·log2e  [Br/32][d][32]
+//! for each K/V tile j (Bc keys) that some row of the tile can see:
+//!     pack K_j  [Bc/8][d][8]   and V_j  [Bc][dv]       once for the chunk
+//!     for each query head h:
+//!         Sᵀ = K_j · Qᵀ(h)                 qk_micro, 8 keys × 32 queries
+//!         mask Sᵀ in registers if the tile is partial (padding, diagonal)
+//!         m' = max(m, colmax Sᵀ); α = 2^(m − m'); Pᵀ = 2^(Sᵀ − m')
+//!         l = α·l + colsum Pᵀ;  O(h) = α·O(h) + P·V_j      pv_micro
+//! O(h) /= l;  LSE = (m + log2 l)·ln 2        (l = 0: O = 0, LSE = −inf)
+//! ```
+//!
+//! Scores are stored transposed (`Sᵀ`, keys × queries) so that the row
+//! statistics of 16 queries live in one vector: max, exp and sum are all
+//! vertical, with no horizontal reduction, and `Pᵀ` rows are exactly the
+//! broadcast operand the `P·V` micro-kernel wants.
+//!
+//! Invariants: every tile's visible keys per query are a contiguous range
+//! (`Mask::key_range`), nondecreasing in the query index; an item writes
+//! only its own output rows and LSE entries; an item's result does not
+//! depend on which worker runs it, so any thread count gives the same bits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use attn_core::simd::{LOG2_E, exp2};
+use attn_core::{AttnInputs, AttnParams, Element, Mask, Par, RowWriter, TensorView};
+use wide::{bytemuck, f32x16};
+
+use crate::micro::{pv_micro, qk_micro};
+use crate::tiles::{LANES, MR, NR, NV, Plan};
+
+/// One worker's buffers, sized by a [`Plan`]; reused for every item.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    /// Packed, pre-scaled `Qᵀ` per head: `[h][Br/32][d]` of 32 lanes.
+    qp: Vec<[f32x16; NV]>,
+    /// `O` accumulators per head: `[h][Br][dvv]`.
+    acc: Vec<f32x16>,
+    /// Running max per head (log2 domain): `[h][Br/16]`.
+    m: Vec<f32x16>,
+    /// Running sum per head: `[h][Br/16]`.
+    l: Vec<f32x16>,
+    /// `Sᵀ`, then `Pᵀ`: `[Bc][Br]` floats.
+    st: Vec<f32x16>,
+    /// Packed K tile: `[Bc/8][d]` of 8 keys.
+    kp: Vec<[f32; MR]>,
+    /// Packed V tile: `[Bc][dvv]`.
+    vp: Vec<f32x16>,
+    /// Per-query rescale of the current tile: `[Br]`.
+    alpha: Vec<f32>,
+    /// Visible key range of each query of the item: `[Br]` each.
+    lo: Vec<usize>,
+    hi: Vec<usize>,
+    /// One input row widened to f32 (f16/bf16 inputs).
+    row: Vec<f32>,
+}
+
+impl Scratch {
+    pub(crate) fn new(p: &Plan) -> Scratch {
+        let (br, bc, h) = (p.tiles.br, p.tiles.bc, p.heads_per_item);
+        Scratch {
+            qp: vec![[f32x16::ZERO; NV]; h * (br / NR) * p.d],
+            acc: vec![f32x16::ZERO; h * br * p.dvv],
+            m: vec![f32x16::ZERO; h * br / LANES],
+            l: vec![f32x16::ZERO; h * br / LANES],
+            st: vec![f32x16::ZERO; bc * br / LANES],
+            kp: vec![[0.0; MR]; bc / MR * p.d],
+            vp: vec![f32x16::ZERO; bc * p.dvv],
+            alpha: vec![0.0; br],
+            lo: vec![0; br],
+            hi: vec![0; br],
+            row: vec![0.0; p.d.max(p.dv)],
+        }
+    }
+}
+
+/// LSE output shared by workers that write disjoint entries.
+#[derive(Clone, Copy)]
+pub(crate) struct LseWriter<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _life: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: workers write disjoint entries (each item owns its rows' LSE);
+// the buffer outlives the writer.
+unsafe impl Send for LseWriter<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for LseWriter<'_> {}
+
+impl<'a> LseWriter<'a> {
+    pub(crate) fn new(lse: Option<&'a mut [f32]>) -> Self {
+        match lse {
+            Some(s) => LseWriter { ptr: s.as_mut_ptr(), len: s.len(), _life: Default::default() },
+            None => {
+                LseWriter { ptr: std::ptr::null_mut(), len: 0, _life: Default::default() }
+            }
+        }
+    }
+    /// # Safety
+    /// No other thread writes entry `i` concurrently.
+    #[inline]
+    unsafe fn write(&self, i: usize, x: f32) {
+        if !self.ptr.is_null() {
+            assert!(i < self.len, "lse index out of bounds");
+            // SAFETY: in bounds (checked); exclusive per the caller's contract.
+            unsafe { *self.ptr.add(i) = x };
+        }
+    }
+}
+
+/// What a run needs besides the scratch: inputs, parameters and outputs.
+pub(crate) struct Job<'a, 'b, T> {
+    pub inputs: &'b AttnInputs<'a, T>,
+    pub params: &'b AttnParams,
+    pub plan: Plan,
+    pub out: RowWriter<'b>,
+    pub lse: LseWriter<'b>,
+}
+
+impl<T: Element> Job<'_, '_, T> {
+    fn q_tiles(&self) -> usize {
+        self.inputs.shape().q_len().div_ceil(self.plan.tiles.br)
+    }
+    fn head_chunks(&self) -> usize {
+        self.inputs.shape().group_size().div_ceil(self.plan.heads_per_item)
+    }
+    /// Number of work items.
+    pub(crate) fn items(&self) -> usize {
+        let s = self.inputs.shape();
+        self.q_tiles() * s.batch() * s.kv_heads() * self.head_chunks()
+    }
+
+    /// Item `i` → (query tile, batch, kv head, head chunk), heaviest query
+    /// tiles first so that dynamic scheduling balances causal work.
+    fn item(&self, i: usize) -> (usize, usize, usize, usize) {
+        let s = self.inputs.shape();
+        let per_tile = s.batch() * s.kv_heads() * self.head_chunks();
+        let (rank, rest) = (i / per_tile, i % per_tile);
+        let qt = match self.params.mask.as_window() {
+            // Later query rows see more keys: start from the last tile.
+            (None, Some(_)) => self.q_tiles() - 1 - rank,
+            _ => rank,
+        };
+        let hc = rest % self.head_chunks();
+        let bg = rest / self.head_chunks();
+        (qt, bg / s.kv_heads(), bg % s.kv_heads(), hc)
+    }
+
+    /// Runs every item on `workers.len()` workers (or the calling thread).
+    pub(crate) fn run(&self, workers: &mut [Scratch], par: Par) {
+        let next = AtomicUsize::new(0);
+        let n = self.items();
+        let work = |s: &mut Scratch| {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                self.process(self.item(i), s);
+            }
+        };
+        match (par, workers) {
+            (Par::Seq, [first, ..]) | (Par::Rayon(_), [first]) => work(first),
+            (Par::Rayon(_), [first, rest @ ..]) => {
+                let work = &work;
+                rayon::scope(|sc| {
+                    for s in rest {
+                        sc.spawn(move |_| work(s));
+                    }
+                    work(first);
+                })
+            }
+            (_, []) => unreachable!("at least one worker"),
+        }
+    }
+
+    fn process(&self, (qt, b, g, hc): (usize, usize, usize, usize), s: &mut Scratch) {
+        let shape = self.inputs.shape();
+        let p = &self.plan;
+        let (br, bc) = (p.tiles.br, p.tiles.bc);
+        let (nq, nk, d) = (shape.q_len(), shape.kv_len(), p.d);
+        let mask: Mask = self.params.mask;
+        let i0 = qt * br;
+        let nvalid = br.min(nq - i0);
+        let h0 = g * shape.group_size() + hc * p.heads_per_item;
+        let nh = p.heads_per_item.min((g + 1) * shape.group_size() - h0);
+
+        for q in 0..nvalid {
+            let r = mask.key_range(i0 + q, nq, nk);
+            (s.lo[q], s.hi[q]) = (r.start, r.end);
+        }
+        let (kv_lo, kv_hi) = (s.lo[0], s.hi[nvalid - 1]);
+        let bq = br / LANES;
+        let panels = nvalid.div_ceil(NR);
+        let scale = self.params.scale_for(d) * LOG2_E;
+        for hi in 0..nh {
+            let per = (br / NR) * d;
+            let qp = &mut s.qp[hi * per..(hi + 1) * per];
+            pack_qt(&self.inputs.q, b, h0 + hi, i0, nvalid, scale, d, &mut s.row, qp);
+            s.m[hi * bq..(hi + 1) * bq].fill(f32x16::splat(f32::NEG_INFINITY));
+            s.l[hi * bq..(hi + 1) * bq].fill(f32x16::ZERO);
+            s.acc[hi * br * p.dvv..(hi + 1) * br * p.dvv].fill(f32x16::ZERO);
+        }
+
+        if kv_lo < kv_hi {
+            let mut j0 = kv_lo / bc * bc;
+            while j0 < kv_hi {
+                let kn = bc.min(nk - j0);
+                let kn8 = kn.next_multiple_of(MR);
+                pack_k(&self.inputs.k, b, g, j0, kn, d, &mut s.row, &mut s.kp);
+                pack_v(&self.inputs.v, b, g, j0, kn, p.dv, p.dvv, &mut s.row, &mut s.vp);
+                let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
+                for hi in 0..nh {
+                    self.tile(s, hi, j0, kn, kn8, nvalid, panels, full);
+                }
+                j0 += bc;
+            }
+        }
+
+        // Normalize and write out.
+        for hi in 0..nh {
+            let h = h0 + hi;
+            for q in 0..nvalid {
+                let (mv, lv) = (s.m[hi * bq + q / LANES], s.l[hi * bq + q / LANES]);
+                let (m, l) = (mv.to_array()[q % LANES], lv.to_array()[q % LANES]);
+                let acc = &s.acc[(hi * br + q) * p.dvv..][..p.dvv];
+                let accf: &[f32] = bytemuck::cast_slice(acc);
+                // SAFETY: row (b, h, i0 + q) belongs to this item alone.
+                let orow = unsafe { self.out.row_mut(b, h, i0 + q) };
+                let idx = (b * shape.q_heads() + h) * nq + i0 + q;
+                if l > 0.0 {
+                    let inv = 1.0 / l;
+                    for (o, a) in orow.iter_mut().zip(accf) {
+                        *o = a * inv;
+                    }
+                    // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
+                    unsafe { self.lse.write(idx, (m + l.log2()) * std::f32::consts::LN_2) };
+                } else {
+                    orow.fill(0.0);
+                    // SAFETY: as above.
+                    unsafe { self.lse.write(idx, f32::NEG_INFINITY) };
+                }
+            }
+        }
+    }
+
+    /// One (head, K/V tile) step: `Sᵀ`, mask, online softmax, `O += P·V`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn tile(
+        &self,
+        s: &mut Scratch,
+        hi: usize,
+        j0: usize,
+        kn: usize,
+        kn8: usize,
+        nvalid: usize,
+        panels: usize,
+        full: bool,
+    ) {
+        let p = &self.plan;
+        let (br, d, dvv) = (p.tiles.br, p.d, p.dvv);
+        let bq = br / LANES;
+        let qp = &s.qp[hi * (br / NR) * d..][..(br / NR) * d];
+
+        // Sᵀ = K·Qᵀ, one 32-query panel at a time (the panel, d×32×4
+        // bytes, stays in L1 while the K blocks stream past it).
+        {
+            let st: &mut [f32] = bytemuck::cast_slice_mut(&mut s.st);
+            for pn in 0..panels {
+                let qpanel = &qp[pn * d..(pn + 1) * d];
+                for kb in 0..kn8 / MR {
+                    let c = qk_micro(&s.kp[kb * d..(kb + 1) * d], qpanel);
+                    for (r, cr) in c.iter().enumerate() {
+                        let row = &mut st[(kb * MR + r) * br + pn * NR..][..NR];
+                        for (t, v) in cr.iter().enumerate() {
+                            row[t * LANES..(t + 1) * LANES].copy_from_slice(v.as_array());
+                        }
+                    }
+                }
+            }
+        }
+        let used = panels * NR / LANES; // query vectors actually computed
+        let st = &mut s.st[..kn8 * bq];
+        // Padding keys (kn..kn8) and, on partial tiles, masked pairs: −inf.
+        let ninf = f32x16::splat(f32::NEG_INFINITY);
+        for row in st[kn * bq..].chunks_mut(bq) {
+            row[..used].fill(ninf);
+        }
+        if !full {
+            let (mut qa, mut qb) = (0usize, 0usize);
+            let iota = f32x16::new(std::array::from_fn(|l| l as f32));
+            for (k, row) in st[..kn * bq].chunks_mut(bq).enumerate() {
+                let j = j0 + k;
+                while qa < nvalid && s.hi[qa] <= j {
+                    qa += 1;
+                }
+                while qb < nvalid && s.lo[qb] <= j {
+                    qb += 1;
+                }
+                // Visible queries of key j: qa..qb.
+                let (fa, fb) = (f32x16::splat(qa as f32), f32x16::splat(qb as f32));
+                for (v, x) in row[..used].iter_mut().enumerate() {
+                    let qi = iota + f32x16::splat((v * LANES) as f32);
+                    let vis = qi.simd_ge(fa) & qi.simd_lt(fb);
+                    *x = vis.select(*x, ninf);
+                }
+            }
+        }
+
+        // Online softmax, 16 queries per vector.
+        let m = &mut s.m[hi * bq..][..bq];
+        let l = &mut s.l[hi * bq..][..bq];
+        let mut mt = [ninf; 16];
+        for row in st.chunks(bq) {
+            for (a, x) in mt.iter_mut().zip(&row[..used]) {
+                *a = a.fast_max(*x);
+            }
+        }
+        let mut msafe = [f32x16::ZERO; 16];
+        for v in 0..used {
+            let mnew = m[v].fast_max(mt[v]);
+            msafe[v] = mnew.simd_eq(ninf).select(f32x16::ZERO, mnew);
+            let alpha = exp2(m[v] - msafe[v]);
+            s.alpha[v * LANES..(v + 1) * LANES].copy_from_slice(alpha.as_array());
+            m[v] = mnew;
+            l[v] *= alpha;
+        }
+        let mut lsum = [f32x16::ZERO; 16];
+        for row in st.chunks_mut(bq) {
+            for v in 0..used {
+                let e = exp2(row[v] - msafe[v]);
+                row[v] = e;
+                lsum[v] += e;
+            }
+        }
+        for v in 0..used {
+            l[v] += lsum[v];
+        }
+
+        // O = α·O + P·V, 8 queries × 32 columns of dv at a time.
+        let pt: &[f32] = bytemuck::cast_slice(&s.st[..kn8 * bq]);
+        let acc = &mut s.acc[hi * br * dvv..][..br * dvv];
+        for q0 in (0..nvalid).step_by(MR) {
+            let alpha: [f32; MR] = s.alpha[q0..q0 + MR].try_into().unwrap();
+            let mut cv = 0;
+            while cv + NV <= dvv {
+                pv_block::<NV>(pt, br, q0, &s.vp, dvv, cv, kn8, &alpha, acc);
+                cv += NV;
+            }
+            if cv < dvv {
+                pv_block::<1>(pt, br, q0, &s.vp, dvv, cv, kn8, &alpha, acc);
+            }
+        }
+    }
+}
+
+/// `acc[q0..q0+8][cv..cv+W] = α·acc + Pᵀ[.., q0..q0+8]ᵀ · V[.., cv..cv+W]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pv_block<const W: usize>(
+    pt: &[f32],
+    br: usize,
+    q0: usize,
+    vp: &[f32x16],
+    dvv: usize,
+    cv: usize,
+    kn8: usize,
+    alpha: &[f32; MR],
+    acc: &mut [f32x16],
+) {
+    let mut c = [[f32x16::ZERO; W]; MR];
+    for r in 0..MR {
+        let a = f32x16::splat(alpha[r]);
+        let row = &acc[(q0 + r) * dvv + cv..][..W];
+        for t in 0..W {
+            c[r][t] = row[t] * a;
+        }
+    }
+    pv_micro::<W>(&pt[q0..], br, &vp[cv..], dvv, kn8, &mut c);
+    for r in 0..MR {
+        acc[(q0 + r) * dvv + cv..][..W].copy_from_slice(&c[r]);
+    }
+}
+
+/// The f32 values of row `(b, h, n)`: borrowed for f32, widened otherwise.
+#[inline]
+fn row_f32<'r, T: Element>(
+    x: &'r TensorView<'_, T>,
+    b: usize,
+    h: usize,
+    n: usize,
+    buf: &'r mut [f32],
+) -> &'r [f32] {
+    let row = x.row(b, h, n);
+    match T::as_f32_slice(row) {
+        Some(r) => r,
+        None => {
+            let buf = &mut buf[..row.len()];
+            T::widen_slice(row, buf);
+            buf
+        }
+    }
+}
+
+/// `qp[p][c][t] = scale · Q[b, h, i0 + 32p + t, c]`, zero past `nvalid`.
+#[allow(clippy::too_many_arguments)]
+fn pack_qt<T: Element>(
+    q: &TensorView<'_, T>,
+    b: usize,
+    h: usize,
+    i0: usize,
+    nvalid: usize,
+    scale: f32,
+    d: usize,
+    buf: &mut [f32],
+    qp: &mut [[f32x16; NV]],
+) {
+    let qpf: &mut [f32] = bytemuck::cast_slice_mut(qp);
+    let panels = qpf.len() / (d * NR);
+    for pn in 0..panels {
+        let panel = &mut qpf[pn * d * NR..(pn + 1) * d * NR];
+        for t in 0..NR {
+            let i = pn * NR + t;
+            if i < nvalid {
+                let row = row_f32(q, b, h, i0 + i, buf);
+                for (c, x) in row.iter().enumerate() {
+                    panel[c * NR + t] = x * scale;
+                }
+            } else {
+                for c in 0..d {
+                    panel[c * NR + t] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// `kp[kb][c][r] = K[b, g, j0 + 8kb + r, c]`, zero past `kn`.
+#[allow(clippy::too_many_arguments)]
+fn pack_k<T: Element>(
+    k: &TensorView<'_, T>,
+    b: usize,
+    g: usize,
+    j0: usize,
+    kn: usize,
+    d: usize,
+    buf: &mut [f32],
+    kp: &mut [[f32; MR]],
+) {
+    for j in 0..kn.next_multiple_of(MR) {
+        let (kb, r) = (j / MR, j % MR);
+        let blk = &mut kp[kb * d..(kb + 1) * d];
+        if j < kn {
+            let row = row_f32(k, b, g, j0 + j, buf);
+            for (dst, x) in blk.iter_mut().zip(row) {
+                dst[r] = *x;
+            }
+        } else {
+            blk.iter_mut().for_each(|dst| dst[r] = 0.0);
+        }
+    }
+}
+
+/// `vp[k][c] = V[b, g, j0 + k, c]`, zero past `kn` rows and `dv` columns.
+#[allow(clippy::too_many_arguments)]
+fn pack_v<T: Element>(
+    v: &TensorView<'_, T>,
+    b: usize,
+    g: usize,
+    j0: usize,
+    kn: usize,
+    dv: usize,
+    dvv: usize,
+    buf: &mut [f32],
+    vp: &mut [f32x16],
+) {
+    let vpf: &mut [f32] = bytemuck::cast_slice_mut(vp);
+    let w = dvv * LANES;
+    for k in 0..kn.next_multiple_of(MR) {
+        let dst = &mut vpf[k * w..(k + 1) * w];
+        if k < kn {
+            dst[..dv].copy_from_slice(row_f32(v, b, g, j0 + k, buf));
+            dst[dv..].fill(0.0);
+        } else {
+            dst.fill(0.0);
+        }
+    }
+}
