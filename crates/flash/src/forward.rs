@@ -48,10 +48,12 @@ pub(crate) struct Scratch {
     l: Vec<f32x16>,
     /// `Sᵀ`, then `Pᵀ`: `[Bc][Br]` floats.
     st: Vec<f32x16>,
-    /// Packed K tile: `[Bc/8][d]` of 8 keys.
-    kp: Vec<[f32; MR]>,
-    /// Packed V tile: `[Bc][dvv]`.
-    vp: Vec<f32x16>,
+    /// K tile widened to f32, `[Bc][d]` (only for f16/bf16 inputs; f32
+    /// K is read in place).
+    kbuf: Vec<f32>,
+    /// V tile widened/padded to f32, `[Bc][dvv·16]` (f16/bf16 inputs, or
+    /// `dv` not a multiple of 16; otherwise V is read in place).
+    vbuf: Vec<f32>,
     /// Per-query rescale of the current tile: `[Br]`.
     alpha: Vec<f32>,
     /// Visible key range of each query of the item: `[Br]` each.
@@ -70,8 +72,8 @@ impl Scratch {
             m: vec![f32x16::ZERO; h * br / LANES],
             l: vec![f32x16::ZERO; h * br / LANES],
             st: vec![f32x16::ZERO; bc * br / LANES],
-            kp: vec![[0.0; MR]; bc / MR * p.d],
-            vp: vec![f32x16::ZERO; bc * p.dvv],
+            kbuf: vec![0.0; bc * p.d],
+            vbuf: vec![0.0; bc * p.dvv * LANES],
             alpha: vec![0.0; br],
             lo: vec![0; br],
             hi: vec![0; br],
@@ -214,12 +216,16 @@ impl<T: Element> Job<'_, '_, T> {
             while j0 < kv_hi {
                 let kn = bc.min(nk - j0);
                 let kn8 = kn.next_multiple_of(MR);
-                pack_k(&self.inputs.k, b, g, j0, kn, d, &mut s.row, &mut s.kp);
-                pack_v(&self.inputs.v, b, g, j0, kn, p.dv, p.dvv, &mut s.row, &mut s.vp);
+                // Borrow the conversion buffers out of the scratch while
+                // the K/V rows point into them (moving a Vec is free).
+                let (mut kbuf, mut vbuf) = (std::mem::take(&mut s.kbuf), std::mem::take(&mut s.vbuf));
+                let kt = k_rows(&self.inputs.k, b, g, j0, kn, &mut kbuf);
+                let vt = v_rows(&self.inputs.v, b, g, j0, kn, p.dvv * LANES, &mut vbuf);
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
                 for hi in 0..nh {
-                    self.tile(s, hi, j0, kn, kn8, nvalid, panels, full);
+                    self.tile(s, &kt, &vt, hi, j0, kn, kn8, nvalid, panels, full);
                 }
+                (s.kbuf, s.vbuf) = (kbuf, vbuf);
                 j0 += bc;
             }
         }
@@ -257,6 +263,8 @@ impl<T: Element> Job<'_, '_, T> {
     fn tile(
         &self,
         s: &mut Scratch,
+        kt: &Rows<'_>,
+        vt: &Rows<'_>,
         hi: usize,
         j0: usize,
         kn: usize,
@@ -277,7 +285,7 @@ impl<T: Element> Job<'_, '_, T> {
             for pn in 0..panels {
                 let qpanel = &qp[pn * d..(pn + 1) * d];
                 for kb in 0..kn8 / MR {
-                    let c = qk_micro(&s.kp[kb * d..(kb + 1) * d], qpanel);
+                    let c = qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel);
                     for (r, cr) in c.iter().enumerate() {
                         let row = &mut st[(kb * MR + r) * br + pn * NR..][..NR];
                         for (t, v) in cr.iter().enumerate() {
@@ -348,16 +356,20 @@ impl<T: Element> Job<'_, '_, T> {
         // O = α·O + P·V, 8 queries × 32 columns of dv at a time.
         let pt: &[f32] = bytemuck::cast_slice(&s.st[..kn8 * bq]);
         let acc = &mut s.acc[hi * br * dvv..][..br * dvv];
-        for q0 in (0..nvalid).step_by(MR) {
-            let alpha: [f32; MR] = s.alpha[q0..q0 + MR].try_into().unwrap();
-            let mut cv = 0;
-            while cv + NV <= dvv {
-                pv_block::<NV>(pt, br, q0, &s.vp, dvv, cv, kn8, &alpha, acc);
-                cv += NV;
+        // Column chunks outer: one chunk of V (kn × 32 floats, 16 KiB at
+        // Bc = 128) stays in L1 while the 8-query blocks of Pᵀ stream by.
+        let mut cv = 0;
+        while cv < dvv {
+            let w = if cv + NV <= dvv { NV } else { 1 };
+            for q0 in (0..nvalid).step_by(MR) {
+                let alpha: [f32; MR] = s.alpha[q0..q0 + MR].try_into().unwrap();
+                if w == NV {
+                    pv_block::<NV>(pt, br, q0, vt, dvv, cv, kn, &alpha, acc);
+                } else {
+                    pv_block::<1>(pt, br, q0, vt, dvv, cv, kn, &alpha, acc);
+                }
             }
-            if cv < dvv {
-                pv_block::<1>(pt, br, q0, &s.vp, dvv, cv, kn8, &alpha, acc);
-            }
+            cv += w;
         }
     }
 }
@@ -369,10 +381,10 @@ fn pv_block<const W: usize>(
     pt: &[f32],
     br: usize,
     q0: usize,
-    vp: &[f32x16],
+    vt: &Rows<'_>,
     dvv: usize,
     cv: usize,
-    kn8: usize,
+    kn: usize,
     alpha: &[f32; MR],
     acc: &mut [f32x16],
 ) {
@@ -384,7 +396,7 @@ fn pv_block<const W: usize>(
             c[r][t] = row[t] * a;
         }
     }
-    pv_micro::<W>(&pt[q0..], br, &vp[cv..], dvv, kn8, &mut c);
+    pv_micro::<W>(&pt[q0..], br, &vt.data[vt.base + cv * LANES..], vt.stride, kn, &mut c);
     for r in 0..MR {
         acc[(q0 + r) * dvv + cv..][..W].copy_from_slice(&c[r]);
     }
@@ -443,54 +455,62 @@ fn pack_qt<T: Element>(
     }
 }
 
-/// `kp[kb][c][r] = K[b, g, j0 + 8kb + r, c]`, zero past `kn`.
-#[allow(clippy::too_many_arguments)]
-fn pack_k<T: Element>(
-    k: &TensorView<'_, T>,
-    b: usize,
-    g: usize,
-    j0: usize,
-    kn: usize,
-    d: usize,
-    buf: &mut [f32],
-    kp: &mut [[f32; MR]],
-) {
-    for j in 0..kn.next_multiple_of(MR) {
-        let (kb, r) = (j / MR, j % MR);
-        let blk = &mut kp[kb * d..(kb + 1) * d];
-        if j < kn {
-            let row = row_f32(k, b, g, j0 + j, buf);
-            for (dst, x) in blk.iter_mut().zip(row) {
-                dst[r] = *x;
-            }
-        } else {
-            blk.iter_mut().for_each(|dst| dst[r] = 0.0);
-        }
+/// Rows of one K or V tile, as f32: `row(j)` for `j < n`; rows past `n`
+/// (padding up to a multiple of 8 keys) repeat row `n - 1`, whose scores
+/// the loop nest then masks to −inf.
+pub(crate) struct Rows<'x> {
+    data: &'x [f32],
+    base: usize,
+    stride: usize,
+    n: usize,
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn row(&self, j: usize) -> &[f32] {
+        &self.data[self.base + j.min(self.n - 1) * self.stride..]
     }
 }
 
-/// `vp[k][c] = V[b, g, j0 + k, c]`, zero past `kn` rows and `dv` columns.
-#[allow(clippy::too_many_arguments)]
-fn pack_v<T: Element>(
-    v: &TensorView<'_, T>,
+/// K rows `j0..j0+kn` of head `(b, g)`: in place for f32, else widened
+/// into `buf` (`[kn][d]`).
+fn k_rows<'x, T: Element>(
+    k: &TensorView<'x, T>,
     b: usize,
     g: usize,
     j0: usize,
     kn: usize,
-    dv: usize,
-    dvv: usize,
-    buf: &mut [f32],
-    vp: &mut [f32x16],
-) {
-    let vpf: &mut [f32] = bytemuck::cast_slice_mut(vp);
-    let w = dvv * LANES;
-    for k in 0..kn.next_multiple_of(MR) {
-        let dst = &mut vpf[k * w..(k + 1) * w];
-        if k < kn {
-            dst[..dv].copy_from_slice(row_f32(v, b, g, j0 + k, buf));
-            dst[dv..].fill(0.0);
-        } else {
-            dst.fill(0.0);
-        }
+    buf: &'x mut [f32],
+) -> Rows<'x> {
+    if let Some(data) = T::as_f32_slice(k.data()) {
+        return Rows { data, base: k.offset(b, g, j0), stride: k.row_stride(), n: kn };
     }
+    let d = k.dims()[3];
+    for (j, dst) in buf.chunks_exact_mut(d).take(kn).enumerate() {
+        T::widen_slice(k.row(b, g, j0 + j), dst);
+    }
+    Rows { data: buf, base: 0, stride: d, n: kn }
+}
+
+/// V rows `j0..j0+kn` of head `(b, g)`: in place for f32 when `dv` is a
+/// multiple of 16, else widened into `buf` with rows of `w` floats, the
+/// columns past `dv` zero.
+fn v_rows<'x, T: Element>(
+    v: &TensorView<'x, T>,
+    b: usize,
+    g: usize,
+    j0: usize,
+    kn: usize,
+    w: usize,
+    buf: &'x mut [f32],
+) -> Rows<'x> {
+    let dv = v.dims()[3];
+    if let (Some(data), true) = (T::as_f32_slice(v.data()), dv == w) {
+        return Rows { data, base: v.offset(b, g, j0), stride: v.row_stride(), n: kn };
+    }
+    for (j, dst) in buf.chunks_exact_mut(w).take(kn).enumerate() {
+        T::widen_slice(v.row(b, g, j0 + j), &mut dst[..dv]);
+        dst[dv..].fill(0.0);
+    }
+    Rows { data: buf, base: 0, stride: w, n: kn }
 }

@@ -3,19 +3,22 @@
 //! registers; operands come from packed, iterator-walked buffers, so the
 //! loops carry no bounds checks.
 
-use crate::tiles::{MR, NV};
+use crate::tiles::{LANES, MR, NV};
+use attn_core::simd::load;
 use wide::f32x16;
 
-/// `Sᵀ` micro-tile: `C[r][t] = Σ_c kp[c][r] · qp[c][t]` — 8 keys × 32
+/// `Sᵀ` micro-tile: `C[r][t] = Σ_c k[r][c] · qp[c][t]` — 8 keys × 32
 /// queries, reduced over the head dim `c`.
-/// `kp`: one 8-key block of the packed K tile, `[d][MR]`.
+/// `k`: 8 key rows (read in place; each at least `d` long).
 /// `qp`: one 32-query panel of the packed, pre-scaled `Qᵀ`, `[d][NV]`.
 #[inline(always)]
-pub fn qk_micro(kp: &[[f32; MR]], qp: &[[f32x16; NV]]) -> [[f32x16; NV]; MR] {
+pub fn qk_micro(k: [&[f32]; MR], qp: &[[f32x16; NV]]) -> [[f32x16; NV]; MR] {
+    let d = qp.len();
+    let k = k.map(|r| &r[..d]);
     let mut c = [[f32x16::ZERO; NV]; MR];
-    for (a, b) in kp.iter().zip(qp) {
+    for (i, b) in qp.iter().enumerate() {
         for r in 0..MR {
-            let ar = f32x16::splat(a[r]);
+            let ar = f32x16::splat(k[r][i]);
             for t in 0..NV {
                 c[r][t] = ar.mul_add(b[t], c[r][t]);
             }
@@ -27,20 +30,22 @@ pub fn qk_micro(kp: &[[f32; MR]], qp: &[[f32x16; NV]]) -> [[f32x16; NV]; MR] {
 /// `O` micro-tile: `C[r][t] += Σ_k pt[k][r] · v[k][t]` for the first `kn`
 /// key rows — `MR` queries × `W` vectors of `dv`.
 /// `pt`: `Pᵀ` starting at this block's first query, rows `pstride` apart.
-/// `v`: the packed V tile starting at this column chunk, rows `vstride`
-/// vectors apart.
+/// `v`: V starting at this column chunk, rows `vstride` floats apart
+/// (in place, or a converted tile).
 #[inline(always)]
 pub fn pv_micro<const W: usize>(
     pt: &[f32],
     pstride: usize,
-    v: &[f32x16],
+    v: &[f32],
     vstride: usize,
     kn: usize,
     c: &mut [[f32x16; W]; MR],
 ) {
     for (prow, vrow) in pt.chunks(pstride).zip(v.chunks(vstride)).take(kn) {
         let a: &[f32; MR] = prow[..MR].try_into().unwrap();
-        let b: &[f32x16; W] = vrow[..W].try_into().unwrap();
+        let vrow = &vrow[..W * LANES];
+        let b: [f32x16; W] =
+            std::array::from_fn(|t| load(&vrow[t * LANES..]));
         for r in 0..MR {
             let ar = f32x16::splat(a[r]);
             for t in 0..W {
@@ -57,8 +62,8 @@ mod tests {
     #[test]
     fn qk_micro_matches_scalar() {
         let d = 5;
-        let kp: Vec<[f32; MR]> =
-            (0..d).map(|c| std::array::from_fn(|r| (c * 8 + r) as f32 * 0.1 - 2.0)).collect();
+        let kr: Vec<Vec<f32>> =
+            (0..MR).map(|r| (0..d).map(|c| (c * 8 + r) as f32 * 0.1 - 2.0).collect()).collect();
         let qp: Vec<[f32x16; NV]> = (0..d)
             .map(|c| {
                 std::array::from_fn(|t| {
@@ -66,11 +71,11 @@ mod tests {
                 })
             })
             .collect();
-        let got = qk_micro(&kp, &qp);
+        let got = qk_micro(std::array::from_fn(|r| &kr[r][..]), &qp);
         for r in 0..MR {
             for t in 0..NV {
                 for l in 0..16 {
-                    let want: f32 = (0..d).map(|c| kp[c][r] * qp[c][t].to_array()[l]).sum();
+                    let want: f32 = (0..d).map(|c| kr[r][c] * qp[c][t].to_array()[l]).sum();
                     assert!((got[r][t].to_array()[l] - want).abs() < 1e-4);
                 }
             }
@@ -81,9 +86,9 @@ mod tests {
     fn pv_micro_accumulates_kn_rows_only() {
         let (kn, pstride, vstride) = (3, 10, 2);
         let pt: Vec<f32> = (0..40).map(|i| i as f32 * 0.5).collect();
-        let v: Vec<f32x16> = (0..8).map(|i| f32x16::splat(i as f32 + 1.0)).collect();
+        let v: Vec<f32> = (0..8).flat_map(|i| [i as f32 + 1.0; 16]).collect();
         let mut c = [[f32x16::splat(1.0); 1]; MR];
-        pv_micro::<1>(&pt, pstride, &v, vstride, kn, &mut c);
+        pv_micro::<1>(&pt, pstride, &v, vstride * 16, kn, &mut c);
         for r in 0..MR {
             let want: f32 =
                 1.0 + (0..kn).map(|k| pt[k * pstride + r] * (2 * k + 1) as f32).sum::<f32>();
