@@ -1,1 +1,10 @@
+//! attnlab's cross-crate tests: one binary, one module per topic.
 
+// Shared helpers: seeded inputs, the tolerance model, the worst-element assertion.
+mod common;
+// Named seed cases (groupings, lengths around tile edges, every mask, d = 1..256, extreme logits) x every kernel.
+mod seeds;
+// Property tests: every kernel against the f64 oracle over random shapes, masks, layouts and tiles.
+mod props;
+// Flash-specific guarantees: identical bits for any thread count, f16/bf16 inputs, memory independent of N.
+mod flash;

@@ -3,7 +3,9 @@
 //!
 //! `cargo run --release -p attn-flash --example tile_sweep -- N D [causal] [threads]`
 
-use attn_core::{AttentionKernel, AttnInputs, AttnParams, AttnShape, Layout, Mask, Par, TensorViewMut};
+use attn_core::{
+    AttentionKernel, AttnInputs, AttnParams, AttnShape, Layout, Mask, Par, TensorViewMut,
+};
 use attn_flash::{Flash, TileConfig};
 use std::time::Instant;
 

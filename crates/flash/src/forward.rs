@@ -100,9 +100,7 @@ impl<'a> LseWriter<'a> {
     pub(crate) fn new(lse: Option<&'a mut [f32]>) -> Self {
         match lse {
             Some(s) => LseWriter { ptr: s.as_mut_ptr(), len: s.len(), _life: Default::default() },
-            None => {
-                LseWriter { ptr: std::ptr::null_mut(), len: 0, _life: Default::default() }
-            }
+            None => LseWriter { ptr: std::ptr::null_mut(), len: 0, _life: Default::default() },
         }
     }
     /// # Safety
@@ -218,7 +216,8 @@ impl<T: Element> Job<'_, '_, T> {
                 let kn8 = kn.next_multiple_of(MR);
                 // Borrow the conversion buffers out of the scratch while
                 // the K/V rows point into them (moving a Vec is free).
-                let (mut kbuf, mut vbuf) = (std::mem::take(&mut s.kbuf), std::mem::take(&mut s.vbuf));
+                let (mut kbuf, mut vbuf) =
+                    (std::mem::take(&mut s.kbuf), std::mem::take(&mut s.vbuf));
                 let kt = k_rows(&self.inputs.k, b, g, j0, kn, &mut kbuf);
                 let vt = v_rows(&self.inputs.v, b, g, j0, kn, p.dvv * LANES, &mut vbuf);
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;

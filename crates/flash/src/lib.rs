@@ -162,7 +162,8 @@ mod tests {
 
     fn check(shape: AttnShape, mask: Mask, tiles: Option<TileConfig>, par: Par) -> f64 {
         let mut rng = StdRng::seed_from_u64(7);
-        let mut gen_ = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
+        let mut gen_ =
+            |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
         let q = gen_(shape.q_dims().iter().product());
         let k = gen_(shape.k_dims().iter().product());
         let v = gen_(shape.v_dims().iter().product());

@@ -44,8 +44,7 @@ pub fn pv_micro<const W: usize>(
     for (prow, vrow) in pt.chunks(pstride).zip(v.chunks(vstride)).take(kn) {
         let a: &[f32; MR] = prow[..MR].try_into().unwrap();
         let vrow = &vrow[..W * LANES];
-        let b: [f32x16; W] =
-            std::array::from_fn(|t| load(&vrow[t * LANES..]));
+        let b: [f32x16; W] = std::array::from_fn(|t| load(&vrow[t * LANES..]));
         for r in 0..MR {
             let ar = f32x16::splat(a[r]);
             for t in 0..W {

@@ -104,9 +104,10 @@ fn run(
             &mut lse_local[..]
         }
     };
-    // The materialized score tensor (at least one element so that chunking
-    // works when Nk = 0).
-    let mut scores = vec![0f32; (heads * nq * nk).max(1)];
+    // The materialized score tensor (one element per head when Nk = 0, so
+    // that chunking works).
+    let chunk = (nq * nk).max(1);
+    let mut scores = vec![0f32; heads * chunk];
     let writer = out.row_writer();
     let head = |bh: usize, s: &mut [f32], l: &mut [f32], tmp: &mut Vec<f32>| {
         let (b, h) = (bh / shape.q_heads(), bh % shape.q_heads());
@@ -118,8 +119,6 @@ fn run(
             row.copy_from_slice(&o[i * dv..(i + 1) * dv]);
         }
     };
-    let chunk = (nq * nk).max(1);
-    let scores = &mut scores[..heads * chunk];
     match par {
         Par::Seq => {
             let mut tmp = Vec::new();
@@ -128,10 +127,11 @@ fn run(
             }
         }
         Par::Rayon(_) => {
-            scores.par_chunks_mut(chunk).zip(lse.par_chunks_mut(nq)).enumerate().for_each_init(
-                Vec::new,
-                |tmp, (bh, (s, l))| head(bh, s, l, tmp),
-            );
+            scores
+                .par_chunks_mut(chunk)
+                .zip(lse.par_chunks_mut(nq))
+                .enumerate()
+                .for_each_init(Vec::new, |tmp, (bh, (s, l))| head(bh, s, l, tmp));
         }
     }
 }

@@ -29,12 +29,10 @@ pub fn reference<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) ->
     if nq == 0 {
         return Reference { out, lse };
     }
-    out.par_chunks_mut(nq * dv).zip(lse.par_chunks_mut(nq)).enumerate().for_each(
-        |(bh, (o, l))| {
-            let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
-            reference_head(inputs, params, b, h, o, l);
-        },
-    );
+    out.par_chunks_mut(nq * dv).zip(lse.par_chunks_mut(nq)).enumerate().for_each(|(bh, (o, l))| {
+        let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
+        reference_head(inputs, params, b, h, o, l);
+    });
     Reference { out, lse }
 }
 
@@ -62,7 +60,8 @@ fn reference_head<T: Element>(
         let q = inputs.q.row(b, h, i);
         for j in keys.clone() {
             let k = inputs.k.row(b, g, j);
-            let dot: f64 = q.iter().zip(k).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
+            let dot: f64 =
+                q.iter().zip(k).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
             scores[j] = scale * dot;
         }
         let m = keys.clone().map(|j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
@@ -164,8 +163,8 @@ mod tests {
     fn fully_masked_rows_are_zero_with_neg_inf_lse() {
         // Nq = 3 > Nk = 1 with causal: the first two rows see nothing.
         let shape = AttnShape::new(1, 1, 1, 3, 1, 1, 1).unwrap();
-        let inp = AttnInputs::from_slices(shape, Layout::Bhnd, &[1.0f32; 3], &[1.0], &[7.0])
-            .unwrap();
+        let inp =
+            AttnInputs::from_slices(shape, Layout::Bhnd, &[1.0f32; 3], &[1.0], &[7.0]).unwrap();
         let r = reference(&inp, &AttnParams::with_mask(Mask::Causal));
         assert_eq!(r.out, vec![0.0, 0.0, 7.0]);
         assert_eq!(r.lse[..2], [f64::NEG_INFINITY; 2]);
