@@ -87,8 +87,9 @@ pub fn out_at(
 /// - the fast exp2 adds ~3e-7 relative, the f32 sums over up to a few
 ///   hundred keys a few ulps more.
 ///
-/// So `tol_out = (1e-5 + 32·eps·L)·max|v|` and `tol_lse = 1e-5·(1 + |lse|)
-/// + 32·eps·L`, with `L` the largest over the visible (query, key) pairs.
+/// So `tol_out = (1e-5 + 32·eps·L)·max|v|` and
+/// `tol_lse = 1e-5·(1 + |lse|) + 32·eps·L`, with `L` the largest over the
+/// visible (query, key) pairs.
 /// `32·eps` covers the sqrt(d) growth up to d = 256 with room for
 /// non-random data; the base 1e-5 is ~40 ulps of 1.
 pub struct Tolerance {
@@ -141,7 +142,7 @@ pub fn assert_matches(
                     let got = out_at(out, shape, layout, b, h, i, c);
                     let want = r.out[((b * shape.q_heads() + h) * nq + i) * dv + c];
                     let err = (got as f64 - want).abs();
-                    if !(err <= worst.0) {
+                    if err > worst.0 || err.is_nan() {
                         worst = (
                             if err.is_nan() { f64::INFINITY } else { err },
                             [b, h, i, c],

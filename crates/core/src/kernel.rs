@@ -89,14 +89,14 @@ pub fn validate_call<T: Element>(
 ) -> Result<(), AttnError> {
     let shape = inputs.shape();
     check_dims(out.name(), O_DIMS, shape.out_dims(), out.dims())?;
-    if let Some(lse) = lse {
-        if lse.len() != shape.lse_len() {
-            return Err(AttnError::BufferLen {
-                tensor: "lse",
-                expected: shape.lse_len(),
-                got: lse.len(),
-            });
-        }
+    if let Some(lse) = lse
+        && lse.len() != shape.lse_len()
+    {
+        return Err(AttnError::BufferLen {
+            tensor: "lse",
+            expected: shape.lse_len(),
+            got: lse.len(),
+        });
     }
     params.validate()?;
     if params.check_finite {

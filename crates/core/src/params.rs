@@ -37,13 +37,13 @@ impl AttnParams {
     }
     /// Checks the parameters themselves.
     pub fn validate(&self) -> Result<(), AttnError> {
-        if let Some(s) = self.scale {
-            if !s.is_finite() {
-                return Err(AttnError::Param {
-                    name: "scale",
-                    reason: format!("must be finite, got {s}"),
-                });
-            }
+        if let Some(s) = self.scale
+            && !s.is_finite()
+        {
+            return Err(AttnError::Param {
+                name: "scale",
+                reason: format!("must be finite, got {s}"),
+            });
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ impl AttnShape {
                 return Err(AttnError::ZeroDim { dim });
             }
         }
-        if q_heads % kv_heads != 0 {
+        if !q_heads.is_multiple_of(kv_heads) {
             return Err(AttnError::HeadsNotDivisible { q_heads, kv_heads });
         }
         let s = AttnShape { batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_dim };

@@ -30,7 +30,7 @@ pub fn exp2(x: f32x16) -> f32x16 {
     p = p.mul_add(f, f32x16::splat(9.618_437e-3));
     p = p.mul_add(f, f32x16::splat(5.550_332_5e-2));
     p = p.mul_add(f, f32x16::splat(0.240_226_48));
-    p = p.mul_add(f, f32x16::splat(0.693_147_2));
+    p = p.mul_add(f, f32x16::splat(std::f32::consts::LN_2));
     p = p.mul_add(f, f32x16::splat(1.0));
     // bits(t) = bits(MAGIC) + n; shifting left by 23 leaves n << 23.
     let scaled = f32x16::from_bits(p.to_bits() + (t.to_bits() << 23));

@@ -55,10 +55,10 @@ impl TileConfig {
 
     /// Checks the constraints above.
     pub fn validate(&self) -> Result<(), String> {
-        if self.br == 0 || self.br % NR != 0 || self.br > 256 {
+        if self.br == 0 || !self.br.is_multiple_of(NR) || self.br > 256 {
             return Err(format!("br must be a multiple of {NR} in 32..=256, got {}", self.br));
         }
-        if self.bc == 0 || self.bc % MR != 0 {
+        if self.bc == 0 || !self.bc.is_multiple_of(MR) {
             return Err(format!("bc must be a positive multiple of {MR}, got {}", self.bc));
         }
         Ok(())
