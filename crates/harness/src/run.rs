@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use attnlab::{
-    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par,
-    TensorView, TensorViewMut, core::validate_call, f16,
+    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par, TensorView,
+    TensorViewMut, core::validate_call, f16,
 };
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
@@ -274,9 +274,7 @@ impl Files<'_> {
                     ),
                 )
             }
-            AttnError::Dim { tensor, .. } => {
-                file(tensor, format!("{e} {}", self.shapes_note()))
-            }
+            AttnError::Dim { tensor, .. } => file(tensor, format!("{e} {}", self.shapes_note())),
             AttnError::BufferLen { tensor, .. } | AttnError::Overflow { tensor } => {
                 file(tensor, e.to_string())
             }
