@@ -8,3 +8,5 @@ mod seeds;
 mod props;
 // Flash-specific guarantees: identical bits for any thread count, f16/bf16 inputs, memory independent of N.
 mod flash;
+// Decode against a KV cache (every grouping, cache dtype, nq, ragged batches) and merge_partials.
+mod decode;

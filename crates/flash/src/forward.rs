@@ -71,7 +71,7 @@ impl Scratch {
             acc: vec![f32x16::ZERO; h * br * p.dvv],
             m: vec![f32x16::ZERO; h * br / LANES],
             l: vec![f32x16::ZERO; h * br / LANES],
-            st: vec![f32x16::ZERO; bc * br / LANES],
+            st: vec![f32x16::ZERO; bc * (br / LANES + 1)],
             kbuf: vec![0.0; bc * p.d],
             vbuf: vec![0.0; bc * p.dvv * LANES],
             alpha: vec![0.0; br],
@@ -275,6 +275,10 @@ impl<T: Element> Job<'_, '_, T> {
         let p = &self.plan;
         let (br, d, dvv) = (p.tiles.br, p.d, p.dvv);
         let bq = br / LANES;
+        // Rows of Sᵀ are one vector longer than Br: a power-of-two row
+        // stride would map a column of Pᵀ (read by pv_micro) onto a few L1
+        // sets and thrash them.
+        let sq = bq + 1;
         let qp = &s.qp[hi * (br / NR) * d..][..(br / NR) * d];
 
         // Sᵀ = K·Qᵀ, one 32-query panel at a time (the panel, d×32×4
@@ -286,7 +290,7 @@ impl<T: Element> Job<'_, '_, T> {
                 for kb in 0..kn8 / MR {
                     let c = qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel);
                     for (r, cr) in c.iter().enumerate() {
-                        let row = &mut st[(kb * MR + r) * br + pn * NR..][..NR];
+                        let row = &mut st[(kb * MR + r) * sq * LANES + pn * NR..][..NR];
                         for (t, v) in cr.iter().enumerate() {
                             row[t * LANES..(t + 1) * LANES].copy_from_slice(v.as_array());
                         }
@@ -295,16 +299,16 @@ impl<T: Element> Job<'_, '_, T> {
             }
         }
         let used = panels * NR / LANES; // query vectors actually computed
-        let st = &mut s.st[..kn8 * bq];
+        let st = &mut s.st[..kn8 * sq];
         // Padding keys (kn..kn8) and, on partial tiles, masked pairs: −inf.
         let ninf = f32x16::splat(f32::NEG_INFINITY);
-        for row in st[kn * bq..].chunks_mut(bq) {
+        for row in st[kn * sq..].chunks_mut(sq) {
             row[..used].fill(ninf);
         }
         if !full {
             let (mut qa, mut qb) = (0usize, 0usize);
             let iota = f32x16::new(std::array::from_fn(|l| l as f32));
-            for (k, row) in st[..kn * bq].chunks_mut(bq).enumerate() {
+            for (k, row) in st[..kn * sq].chunks_mut(sq).enumerate() {
                 let j = j0 + k;
                 while qa < nvalid && s.hi[qa] <= j {
                     qa += 1;
@@ -326,7 +330,7 @@ impl<T: Element> Job<'_, '_, T> {
         let m = &mut s.m[hi * bq..][..bq];
         let l = &mut s.l[hi * bq..][..bq];
         let mut mt = [ninf; 16];
-        for row in st.chunks(bq) {
+        for row in st.chunks(sq) {
             for (a, x) in mt.iter_mut().zip(&row[..used]) {
                 *a = a.fast_max(*x);
             }
@@ -341,7 +345,7 @@ impl<T: Element> Job<'_, '_, T> {
             l[v] *= alpha;
         }
         let mut lsum = [f32x16::ZERO; 16];
-        for row in st.chunks_mut(bq) {
+        for row in st.chunks_mut(sq) {
             for v in 0..used {
                 let e = exp2(row[v] - msafe[v]);
                 row[v] = e;
@@ -353,7 +357,7 @@ impl<T: Element> Job<'_, '_, T> {
         }
 
         // O = α·O + P·V, 8 queries × 32 columns of dv at a time.
-        let pt: &[f32] = bytemuck::cast_slice(&s.st[..kn8 * bq]);
+        let pt: &[f32] = bytemuck::cast_slice(&s.st[..kn8 * sq]);
         let acc = &mut s.acc[hi * br * dvv..][..br * dvv];
         // Column chunks outer: one chunk of V (kn × 32 floats, 16 KiB at
         // Bc = 128) stays in L1 while the 8-query blocks of Pᵀ stream by.
@@ -363,9 +367,9 @@ impl<T: Element> Job<'_, '_, T> {
             for q0 in (0..nvalid).step_by(MR) {
                 let alpha: [f32; MR] = s.alpha[q0..q0 + MR].try_into().unwrap();
                 if w == NV {
-                    pv_block::<NV>(pt, br, q0, vt, dvv, cv, kn, &alpha, acc);
+                    pv_block::<NV>(pt, sq * LANES, q0, vt, dvv, cv, kn, &alpha, acc);
                 } else {
-                    pv_block::<1>(pt, br, q0, vt, dvv, cv, kn, &alpha, acc);
+                    pv_block::<1>(pt, sq * LANES, q0, vt, dvv, cv, kn, &alpha, acc);
                 }
             }
             cv += w;
@@ -378,7 +382,7 @@ impl<T: Element> Job<'_, '_, T> {
 #[inline(always)]
 fn pv_block<const W: usize>(
     pt: &[f32],
-    br: usize,
+    pstride: usize,
     q0: usize,
     vt: &Rows<'_>,
     dvv: usize,
@@ -395,7 +399,7 @@ fn pv_block<const W: usize>(
             c[r][t] = row[t] * a;
         }
     }
-    pv_micro::<W>(&pt[q0..], br, &vt.data[vt.base + cv * LANES..], vt.stride, kn, &mut c);
+    pv_micro::<W>(&pt[q0..], pstride, &vt.data[vt.base + cv * LANES..], vt.stride, kn, &mut c);
     for r in 0..MR {
         acc[(q0 + r) * dvv + cv..][..W].copy_from_slice(&c[r]);
     }

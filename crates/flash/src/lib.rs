@@ -14,13 +14,20 @@
 //! - Masks: causal and sliding windows skip invisible K/V tiles entirely
 //!   and mask partial tiles in registers.
 //!
+//! Decode: [`KvCache`] (f32/f16/bf16 storage, ragged lengths) and
+//! [`decode()`], split-KV across threads with the fixed-order log-sum-exp
+//! merge [`merge_partials`], also public for sequence-parallel use.
+//!
 //! Modules: [`tiles`] (tile sizes and register blocking, with reasons),
 //! `micro` (the two micro-kernels), `forward` (loop nest, packing, online
 //! softmax, scheduler). `docs/design.md` has the diagram.
 
 #![warn(missing_docs)]
 
+pub mod cache;
+pub mod decode;
 mod forward;
+pub mod merge;
 mod micro;
 pub mod tiles;
 
@@ -29,7 +36,10 @@ use attn_core::{
     validate_call,
 };
 
+pub use cache::KvCache;
+pub use decode::decode;
 use forward::{Job, LseWriter, Scratch};
+pub use merge::{Partial, merge_partials};
 pub use tiles::{Plan, TileConfig};
 
 /// The tiled kernel. `tiles: None` picks the measured default per shape;

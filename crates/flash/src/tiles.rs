@@ -99,7 +99,7 @@ impl Plan {
         let floats = h * br * self.d      // packed Qᵀ per head
             + h * br * self.dvv * LANES   // O accumulators
             + 2 * h * br                  // running max and sum
-            + bc * br                     // Sᵀ / Pᵀ tile
+            + bc * (br + LANES)          // Sᵀ / Pᵀ tile (padded rows)
             + bc * self.d                 // packed K tile
             + bc * self.dvv * LANES       // packed V tile
             + br                          // per-query rescale factors

@@ -1,0 +1,304 @@
+//! Decode: a few new queries against a [`KvCache`], split-KV across
+//! threads (Flash-Decoding) with a fixed-order log-sum-exp merge.
+//!
+//! ```text
+//! item = (batch b, kv head g, KV chunk c of CHUNK positions)
+//!   rows = the G query heads of group g × the nq new queries (GQA-packed:
+//!          every K/V element of the chunk is loaded once for all of them)
+//!   for each block of 16 keys: widen K/V rows (f16/bf16) in registers' reach,
+//!       s = q·k (visible keys only), online softmax per row, acc += p·v
+//!   partial (out, lse) per row → slot (b, g, c)
+//! then per (b, g, row): merge_partials over c = 0, 1, … in order
+//! ```
+//!
+//! Chunking does not depend on the thread count and the merge order is
+//! fixed, so the bits are the same for any number of threads.
+
+use attn_core::simd::{LOG2_E, exp2, f32x16, load};
+use attn_core::{AttnError, AttnParams, Element, Par};
+use rayon::prelude::*;
+
+use crate::cache::KvCache;
+use crate::merge::{Partial, merge_partials};
+
+/// Keys per split-KV chunk: 512 positions of K+V at d = 128 are 512 KiB in
+/// f32 — large enough to stream at full bandwidth with the hardware
+/// prefetcher, small enough that L = 4096 already gives 8 chunks per head.
+pub const CHUNK: usize = 512;
+
+const KB: usize = 16; // keys per block: one vector of scores per row
+
+/// Attention of `q` (`[B, Hq, nq, d]`, f32, C order) — the last `nq`
+/// positions of each sequence, whose K/V are already appended — over the
+/// cache, with the usual bottom-right masks: query `t` of batch entry `b`
+/// sees cache positions `j <= t + len_b − nq` (causal) or the window around
+/// it. Writes `out` `[B, Hq, nq, dv]` and, if given, `lse` `[B, Hq, nq]`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode<T: Element>(
+    cache: &KvCache<T>,
+    q: &[f32],
+    q_heads: usize,
+    q_len: usize,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    params: &AttnParams,
+    par: Par,
+) -> Result<(), AttnError> {
+    let (bsz, hkv, d, dv) = (cache.batch(), cache.kv_heads(), cache.head_dim(), cache.v_dim());
+    if q_heads == 0 {
+        return Err(AttnError::ZeroDim { dim: "q_heads" });
+    }
+    if !q_heads.is_multiple_of(hkv) {
+        return Err(AttnError::HeadsNotDivisible { q_heads, kv_heads: hkv });
+    }
+    let rows_total = bsz * q_heads * q_len;
+    if q.len() != rows_total * d {
+        return Err(AttnError::BufferLen { tensor: "q", expected: rows_total * d, got: q.len() });
+    }
+    if out.len() != rows_total * dv {
+        return Err(AttnError::BufferLen {
+            tensor: "out",
+            expected: rows_total * dv,
+            got: out.len(),
+        });
+    }
+    if let Some(l) = &lse
+        && l.len() != rows_total
+    {
+        return Err(AttnError::BufferLen { tensor: "lse", expected: rows_total, got: l.len() });
+    }
+    params.validate()?;
+    if params.check_finite
+        && let Some(index) = q.iter().position(|x| !x.is_finite())
+    {
+        return Err(AttnError::NonFinite { tensor: "q", index, value: q[index] });
+    }
+    if q_len == 0 {
+        return Ok(());
+    }
+
+    let group = q_heads / hkv;
+    let rows = group * q_len; // rows of one (b, g) item
+    let max_len = cache.lens().iter().copied().max().unwrap_or(0);
+    let nc = max_len.div_ceil(CHUNK).max(1);
+    let scale = params.scale_for(d) * LOG2_E;
+    let items = bsz * hkv * nc;
+    let mut pout = vec![0f32; items * rows * dv];
+    let mut plse = vec![0f32; items * rows];
+
+    let run = |item: usize, po: &mut [f32], pl: &mut [f32], s: &mut DecodeScratch| {
+        let (bg, c) = (item / nc, item % nc);
+        let (b, g) = (bg / hkv, bg % hkv);
+        chunk_partial(cache, q, q_heads, q_len, params, scale, b, g, c, po, pl, s);
+    };
+    match par {
+        Par::Seq => {
+            let mut s = DecodeScratch::default();
+            for (i, (po, pl)) in pout.chunks_mut(rows * dv).zip(plse.chunks_mut(rows)).enumerate() {
+                run(i, po, pl, &mut s);
+            }
+        }
+        Par::Rayon(_) => {
+            pout.par_chunks_mut(rows * dv)
+                .zip(plse.par_chunks_mut(rows))
+                .enumerate()
+                .for_each_init(DecodeScratch::default, |s, (i, (po, pl))| run(i, po, pl, s));
+        }
+    }
+
+    // Merge each (b, g)'s chunks in order into the output rows.
+    let mut lse_all = lse;
+    let mut mo = vec![0f32; rows * dv];
+    let mut ml = vec![0f32; rows];
+    for bg in 0..bsz * hkv {
+        let parts: Vec<Partial<'_>> = (0..nc)
+            .map(|c| {
+                let i = bg * nc + c;
+                Partial { out: &pout[i * rows * dv..][..rows * dv], lse: &plse[i * rows..][..rows] }
+            })
+            .collect();
+        merge_partials(&parts, dv, &mut mo, &mut ml)?;
+        let (b, g) = (bg / hkv, bg % hkv);
+        for r in 0..rows {
+            let (hg, t) = (r / q_len, r % q_len);
+            let idx = (b * q_heads + g * group + hg) * q_len + t;
+            out[idx * dv..(idx + 1) * dv].copy_from_slice(&mo[r * dv..(r + 1) * dv]);
+            if let Some(l) = lse_all.as_deref_mut() {
+                l[idx] = ml[r];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-worker buffers of the decode kernel (a few KiB for typical shapes).
+#[derive(Default)]
+struct DecodeScratch {
+    qs: Vec<f32>,                // rows × d, pre-scaled queries
+    acc: Vec<f32>,               // rows × dvp
+    m: Vec<f32>,                 // rows
+    l: Vec<f32>,                 // rows
+    p: Vec<f32>,                 // rows × KB
+    kbuf: Vec<f32>,              // KB × d
+    vbuf: Vec<f32>,              // KB × dvp
+    live: Vec<bool>,             // rows with a visible key in the current block
+    ranges: Vec<(usize, usize)>, // visible keys of each row within the chunk
+}
+
+/// One item: rows of (b, g) against cache chunk `c`; writes the normalized
+/// partial output and LSE of each row.
+#[allow(clippy::too_many_arguments)]
+fn chunk_partial<T: Element>(
+    cache: &KvCache<T>,
+    q: &[f32],
+    q_heads: usize,
+    q_len: usize,
+    params: &AttnParams,
+    scale: f32,
+    b: usize,
+    g: usize,
+    c: usize,
+    pout: &mut [f32],
+    plse: &mut [f32],
+    s: &mut DecodeScratch,
+) {
+    let (d, dv) = (cache.head_dim(), cache.v_dim());
+    let dvp = dv.next_multiple_of(16);
+    let group = q_heads / cache.kv_heads();
+    let rows = group * q_len;
+    let len = cache.lens()[b];
+    let (c0, c1) = (c * CHUNK, ((c + 1) * CHUNK).min(len));
+
+    s.qs.resize(rows * d, 0.0);
+    s.acc.clear();
+    s.acc.resize(rows * dvp, 0.0);
+    s.m.clear();
+    s.m.resize(rows, f32::NEG_INFINITY);
+    s.l.clear();
+    s.l.resize(rows, 0.0);
+    s.p.resize(rows * KB, 0.0);
+    s.kbuf.resize(KB * d, 0.0);
+    s.vbuf.clear();
+    s.vbuf.resize(KB * dvp, 0.0);
+    s.live.resize(rows, false);
+
+    s.ranges.clear();
+    for r in 0..rows {
+        let (hg, t) = (r / q_len, r % q_len);
+        let h = g * group + hg;
+        let src = &q[((b * q_heads + h) * q_len + t) * d..][..d];
+        for (x, y) in s.qs[r * d..(r + 1) * d].iter_mut().zip(src) {
+            *x = y * scale;
+        }
+        let kr = params.mask.key_range(t, q_len, len);
+        s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
+    }
+    let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
+    let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
+
+    let mut j = lo;
+    while j < hi {
+        let jb = KB.min(hi - j);
+        // K/V rows of the block as f32.
+        let in_place_v = T::as_f32_slice(cache.v_row(b, g, j)).is_some() && dv == dvp;
+        for jj in 0..jb {
+            let kr = cache.k_row(b, g, j + jj);
+            T::widen_slice(kr, &mut s.kbuf[jj * d..(jj + 1) * d]);
+            if !in_place_v {
+                T::widen_slice(cache.v_row(b, g, j + jj), &mut s.vbuf[jj * dvp..jj * dvp + dv]);
+            }
+        }
+        // Scores and online softmax, row by row.
+        for r in 0..rows {
+            let (rlo, rhi) = s.ranges[r];
+            let live = rlo < rhi && rlo < j + jb && rhi > j;
+            s.live[r] = live;
+            if !live {
+                continue;
+            }
+            let qr = &s.qs[r * d..(r + 1) * d];
+            let mut sc = [f32::NEG_INFINITY; KB];
+            for (jj, x) in sc.iter_mut().enumerate().take(jb) {
+                let key = j + jj;
+                if key >= rlo && key < rhi {
+                    *x = dot(qr, &s.kbuf[jj * d..(jj + 1) * d]);
+                }
+            }
+            let scv = f32x16::new(sc);
+            let mblk = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mnew = s.m[r].max(mblk);
+            let alpha = (s.m[r] - mnew).exp2();
+            let p = exp2(scv - f32x16::splat(mnew));
+            s.l[r] = s.l[r] * alpha + p.reduce_add();
+            s.m[r] = mnew;
+            if alpha != 1.0 {
+                s.acc[r * dvp..(r + 1) * dvp].iter_mut().for_each(|a| *a *= alpha);
+            }
+            s.p[r * KB..(r + 1) * KB].copy_from_slice(p.as_array());
+        }
+        // acc += p · V, each V row loaded once for all rows.
+        for jj in 0..jb {
+            let vr: &[f32] = if in_place_v {
+                T::as_f32_slice(cache.v_row(b, g, j + jj)).unwrap_or(&[])
+            } else {
+                &s.vbuf[jj * dvp..(jj + 1) * dvp]
+            };
+            for r in 0..rows {
+                if !s.live[r] {
+                    continue;
+                }
+                let pr = s.p[r * KB + jj];
+                if pr == 0.0 {
+                    continue;
+                }
+                axpy(pr, vr, &mut s.acc[r * dvp..(r + 1) * dvp]);
+            }
+        }
+        j += jb;
+    }
+
+    for r in 0..rows {
+        let o = &mut pout[r * dv..(r + 1) * dv];
+        if s.l[r] > 0.0 {
+            let inv = 1.0 / s.l[r];
+            for (x, a) in o.iter_mut().zip(&s.acc[r * dvp..]) {
+                *x = a * inv;
+            }
+            plse[r] = (s.m[r] + s.l[r].log2()) * std::f32::consts::LN_2;
+        } else {
+            o.fill(0.0);
+            plse[r] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// `Σ a·b` over equal-length slices, 16 lanes at a time.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, at) = a.as_chunks::<16>();
+    let (bc, bt) = b.as_chunks::<16>();
+    let mut s0 = f32x16::ZERO;
+    let mut s1 = f32x16::ZERO;
+    let mut pairs = ac.iter().zip(bc);
+    while let (Some((a0, b0)), Some((a1, b1))) = (pairs.next(), pairs.next()) {
+        s0 = f32x16::new(*a0).mul_add(f32x16::new(*b0), s0);
+        s1 = f32x16::new(*a1).mul_add(f32x16::new(*b1), s1);
+    }
+    if ac.len() % 2 == 1 {
+        let i = ac.len() - 1;
+        s0 = f32x16::new(ac[i]).mul_add(f32x16::new(bc[i]), s0);
+    }
+    let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
+    (s0 + s1).reduce_add() + tail
+}
+
+/// `y += a·x` over `y.len()` (a multiple of 16) elements of `x`.
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let av = f32x16::splat(a);
+    let (yc, _) = y.as_chunks_mut::<16>();
+    for (i, yv) in yc.iter_mut().enumerate() {
+        let r = load(&x[i * 16..]).mul_add(av, f32x16::new(*yv));
+        *yv = r.to_array();
+    }
+}

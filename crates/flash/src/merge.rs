@@ -1,0 +1,117 @@
+//! Merging attention results computed over disjoint key/value shards.
+
+use attn_core::AttnError;
+
+/// One shard's result: the normalized output `[rows, dv]` over the shard's
+/// keys and the natural-log LSE `[rows]` (`-inf` where the shard has no
+/// visible key for the row).
+#[derive(Debug, Clone, Copy)]
+pub struct Partial<'a> {
+    /// Output over this shard, `[rows, dv]`.
+    pub out: &'a [f32],
+    /// LSE over this shard, `[rows]`.
+    pub lse: &'a [f32],
+}
+
+/// Combines per-shard results into the result over the union of the
+/// shards, in the given order (so the bits do not depend on scheduling):
+///
+/// `lse = m + ln Σ_s e^(lse_s − m)` with `m = max_s lse_s`, and
+/// `out = Σ_s e^(lse_s − lse) · out_s`.
+///
+/// This is the building block of split-KV decode (Flash-Decoding) and of
+/// sequence-parallel / ring attention: each worker attends its own KV
+/// shard, and any grouping of shards merges to the unsplit result (up to
+/// f32 rounding). A row that no shard sees gets output 0 and LSE `-inf`.
+pub fn merge_partials(
+    parts: &[Partial<'_>],
+    dv: usize,
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttnError> {
+    let rows = lse.len();
+    let want = rows.checked_mul(dv).ok_or(AttnError::Overflow { tensor: "out" })?;
+    if out.len() != want {
+        return Err(AttnError::BufferLen { tensor: "out", expected: want, got: out.len() });
+    }
+    for p in parts {
+        if p.out.len() != want {
+            return Err(AttnError::BufferLen {
+                tensor: "partial out",
+                expected: want,
+                got: p.out.len(),
+            });
+        }
+        if p.lse.len() != rows {
+            return Err(AttnError::BufferLen {
+                tensor: "partial lse",
+                expected: rows,
+                got: p.lse.len(),
+            });
+        }
+    }
+    for r in 0..rows {
+        let m = parts.iter().map(|p| p.lse[r]).fold(f32::NEG_INFINITY, f32::max);
+        let o = &mut out[r * dv..(r + 1) * dv];
+        o.fill(0.0);
+        if m == f32::NEG_INFINITY {
+            lse[r] = f32::NEG_INFINITY;
+            continue;
+        }
+        let total: f32 = parts.iter().map(|p| (p.lse[r] - m).exp()).sum();
+        let l = m + total.ln();
+        for p in parts {
+            let w = (p.lse[r] - l).exp();
+            if w > 0.0 {
+                for (a, x) in o.iter_mut().zip(&p.out[r * dv..(r + 1) * dv]) {
+                    *a += w * x;
+                }
+            }
+        }
+        lse[r] = l;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_equal_shards_averages() {
+        let (a, b) = ([1.0, 2.0], [3.0, 6.0]);
+        let mut out = [0.0; 2];
+        let mut lse = [0.0; 1];
+        let parts = [Partial { out: &a, lse: &[0.5] }, Partial { out: &b, lse: &[0.5] }];
+        merge_partials(&parts, 2, &mut out, &mut lse).unwrap();
+        assert_eq!(out, [2.0, 4.0]);
+        assert!((lse[0] - (0.5 + 2f32.ln())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn empty_shards_are_ignored_and_all_empty_is_zero() {
+        let mut out = [9.0; 2];
+        let mut lse = [0.0; 1];
+        let ninf = [f32::NEG_INFINITY];
+        let parts =
+            [Partial { out: &[0.0, 0.0], lse: &ninf }, Partial { out: &[5.0, 7.0], lse: &[1.0] }];
+        merge_partials(&parts, 2, &mut out, &mut lse).unwrap();
+        assert_eq!((out, lse), ([5.0, 7.0], [1.0]));
+        merge_partials(&parts[..1], 2, &mut out, &mut lse).unwrap();
+        assert_eq!((out, lse), ([0.0, 0.0], [f32::NEG_INFINITY]));
+        merge_partials(&[], 2, &mut out, &mut lse).unwrap();
+        assert_eq!(lse, [f32::NEG_INFINITY]);
+    }
+
+    #[test]
+    fn length_errors_name_the_buffer() {
+        let mut out = [0.0; 4];
+        let mut lse = [0.0; 2];
+        let e =
+            merge_partials(&[Partial { out: &[0.0; 3], lse: &[0.0; 2] }], 2, &mut out, &mut lse)
+                .unwrap_err();
+        assert!(e.to_string().starts_with("partial out:"), "{e}");
+        let e = merge_partials(&[], 3, &mut out, &mut lse).unwrap_err();
+        assert!(e.to_string().starts_with("out:"), "{e}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Decode against a KV cache, and merge_partials.
+
+use crate::common::*;
+use attnlab::flash::{KvCache, Partial, decode, merge_partials};
+use attnlab::naive::reference;
+use attnlab::{AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par, bf16, f16};
+use proptest::prelude::*;
+
+/// Fills a cache for `lens` (ragged), returns it with the stored values
+/// widened back to f32 per batch entry: `[Hkv, len, d]` K and V.
+fn filled<T: Element>(
+    lens: &[usize],
+    hkv: usize,
+    d: usize,
+    dv: usize,
+    seed: u64,
+) -> (KvCache<T>, Vec<(Vec<f32>, Vec<f32>)>) {
+    let cap = lens.iter().copied().max().unwrap_or(0) + 3;
+    let mut cache = KvCache::<T>::new(lens.len(), hkv, cap, d, dv).unwrap();
+    let mut g = rng(seed);
+    let mut stored = vec![];
+    for (b, &len) in lens.iter().enumerate() {
+        // append in two pieces to exercise appends at an offset
+        let first = len / 3;
+        let k = random(hkv * len * d, 1.0, &mut g);
+        let v = random(hkv * len * dv, 1.0, &mut g);
+        for (a, n) in [(0, first), (first, len - first)] {
+            let pick = |x: &[f32], w: usize| -> Vec<f32> {
+                (0..hkv)
+                    .flat_map(|h| x[(h * len + a) * w..(h * len + a + n) * w].to_vec())
+                    .collect()
+            };
+            cache.append(b, &pick(&k, d), &pick(&v, dv)).unwrap();
+        }
+        let round = |x: &[f32]| x.iter().map(|&y| T::from_f32(y).to_f32()).collect::<Vec<_>>();
+        stored.push((round(&k), round(&v)));
+    }
+    (cache, stored)
+}
+
+fn check_decode<T: Element>(
+    lens: &[usize],
+    hq: usize,
+    hkv: usize,
+    nq: usize,
+    d: usize,
+    dv: usize,
+    mask: Mask,
+    seed: u64,
+) {
+    let (cache, stored) = filled::<T>(lens, hkv, d, dv, seed);
+    let bsz = lens.len();
+    let q = random(bsz * hq * nq * d, 1.0, &mut rng(seed + 1));
+    let params = AttnParams::with_mask(mask);
+    let mut out = vec![f32::NAN; bsz * hq * nq * dv];
+    let mut lse = vec![f32::NAN; bsz * hq * nq];
+    decode(&cache, &q, hq, nq, &mut out, Some(&mut lse), &params, Par::Seq).unwrap();
+    // identical bits on 2 threads
+    let mut out2 = vec![0f32; out.len()];
+    let mut lse2 = vec![0f32; lse.len()];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| decode(&cache, &q, hq, nq, &mut out2, Some(&mut lse2), &params, Par::Rayon(2)))
+        .unwrap();
+    assert!(out.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits()), "2 threads differ");
+    assert!(lse.iter().zip(&lse2).all(|(a, b)| a.to_bits() == b.to_bits()), "2 threads differ");
+    for (b, &len) in lens.iter().enumerate() {
+        let shape = AttnShape::new(1, hq, hkv, nq, len, d, dv).unwrap();
+        let qb = &q[b * hq * nq * d..(b + 1) * hq * nq * d];
+        let inputs =
+            AttnInputs::from_slices(shape, Layout::Bhnd, qb, &stored[b].0, &stored[b].1).unwrap();
+        let r = reference(&inputs, &params);
+        let tol = tolerance(&inputs, &params);
+        let ob = &out[b * hq * nq * dv..(b + 1) * hq * nq * dv];
+        let lb = &lse[b * hq * nq..(b + 1) * hq * nq];
+        let what = format!(
+            "decode {} lens {lens:?} b {b} hq {hq} hkv {hkv} nq {nq} d {d} dv {dv} {mask:?}",
+            T::NAME
+        );
+        assert_matches(&what, &shape, Layout::Bhnd, (ob, lb), &r, &tol);
+    }
+}
+
+#[test]
+fn decode_matches_oracle_every_grouping_and_dtype() {
+    let masks = [Mask::Causal, Mask::None, Mask::Window { left: Some(100), right: Some(0) }];
+    for (i, (hq, hkv)) in [(4, 4), (8, 2), (6, 1)].into_iter().enumerate() {
+        for (m, mask) in masks.into_iter().enumerate() {
+            let seed = (i * 10 + m) as u64;
+            check_decode::<f32>(&[1100], hq, hkv, 1, 64, 64, mask, seed);
+            check_decode::<f16>(&[700], hq, hkv, 3, 32, 48, mask, seed);
+            check_decode::<bf16>(&[530], hq, hkv, 2, 128, 128, mask, seed);
+        }
+    }
+}
+
+#[test]
+fn decode_nq_1_to_16_ragged_and_edge_lengths() {
+    for nq in [1, 2, 5, 16] {
+        check_decode::<f32>(&[0, 1, 17, 513, 1030], 4, 2, nq, 16, 24, Mask::Causal, nq as u64);
+    }
+    // more new queries than cached positions: the first rows see nothing
+    check_decode::<f32>(&[3], 2, 1, 8, 8, 8, Mask::Causal, 3);
+    check_decode::<f16>(
+        &[600, 40],
+        2,
+        2,
+        4,
+        8,
+        17,
+        Mask::Window { left: Some(5), right: Some(1) },
+        4,
+    );
+}
+
+#[test]
+fn decode_errors() {
+    let cache = KvCache::<f32>::new(1, 2, 8, 4, 4).unwrap();
+    let p = AttnParams::default();
+    let mut out = vec![0.0; 3 * 4];
+    let e = decode(&cache, &[0.0; 12], 3, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    assert!(e.to_string().contains("multiple of kv heads (2)"), "{e}");
+    let mut out = vec![0.0; 4 * 4];
+    let e = decode(&cache, &[0.0; 15], 4, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    assert!(e.to_string().starts_with("q: buffer has 15"), "{e}");
+    let mut q = vec![0.0; 16];
+    q[5] = f32::NAN;
+    let e = decode(&cache, &q, 4, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    assert!(e.to_string().starts_with("q: non-finite"), "{e}");
+}
+
+proptest! {
+    /// Splitting the keys anywhere, into any number of shards, and merging
+    /// gives the unsplit result.
+    #[test]
+    fn merge_of_any_split_is_the_unsplit_result(
+        nk in 1usize..120,
+        cuts in prop::collection::vec(0usize..120, 0..6),
+        nq in 1usize..20,
+        d in 1usize..40,
+        dv in 1usize..40,
+        seed in any::<u64>(),
+    ) {
+        let shape = AttnShape::new(1, 1, 1, nq, nk, d, dv).unwrap();
+        let (q, k, v) = make_inputs(&shape, 1.0, seed);
+        let params = AttnParams::default();
+        let whole = reference(&AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap(), &params);
+        let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % (nk + 1)).collect();
+        bounds.extend([0, nk]);
+        bounds.sort();
+        let mut shards = vec![];
+        for w in bounds.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let s = AttnShape::new(1, 1, 1, nq, b - a, d, dv).unwrap();
+            let inp = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k[a * d..b * d], &v[a * dv..b * dv]).unwrap();
+            let r = attnlab::attention_with(attnlab::Kernel::Flash, Layout::Bhnd, &s, inp.q.data(), inp.k.data(), inp.v.data(), &params, Par::Seq).unwrap();
+            shards.push(r);
+        }
+        let parts: Vec<Partial<'_>> = shards.iter().map(|r| Partial { out: &r.out, lse: &r.lse }).collect();
+        let mut out = vec![0f32; nq * dv];
+        let mut lse = vec![0f32; nq];
+        merge_partials(&parts, dv, &mut out, &mut lse).unwrap();
+        for (i, (a, b)) in out.iter().zip(&whole.out).enumerate() {
+            prop_assert!((*a as f64 - b).abs() < 2e-5, "out[{}] {} vs {}", i, a, b);
+        }
+        for (a, b) in lse.iter().zip(&whole.lse) {
+            prop_assert!((*a as f64 - b).abs() < 2e-5 * (1.0 + b.abs()), "lse {} vs {}", a, b);
+        }
+    }
+}
