@@ -6,6 +6,9 @@ use attnlab::naive::reference;
 use attnlab::{AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par, bf16, f16};
 use proptest::prelude::*;
 
+/// K and V of one batch entry as stored, widened to f32: `[Hkv, len, d]`.
+type Stored = (Vec<f32>, Vec<f32>);
+
 /// Fills a cache for `lens` (ragged), returns it with the stored values
 /// widened back to f32 per batch entry: `[Hkv, len, d]` K and V.
 fn filled<T: Element>(
@@ -14,7 +17,7 @@ fn filled<T: Element>(
     d: usize,
     dv: usize,
     seed: u64,
-) -> (KvCache<T>, Vec<(Vec<f32>, Vec<f32>)>) {
+) -> (KvCache<T>, Vec<Stored>) {
     let cap = lens.iter().copied().max().unwrap_or(0) + 3;
     let mut cache = KvCache::<T>::new(lens.len(), hkv, cap, d, dv).unwrap();
     let mut g = rng(seed);
@@ -38,6 +41,7 @@ fn filled<T: Element>(
     (cache, stored)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_decode<T: Element>(
     lens: &[usize],
     hq: usize,
