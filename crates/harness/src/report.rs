@@ -11,7 +11,6 @@
 
 use crate::machine::fmt_bytes;
 use crate::sweep::{Config, Dtype, Row, RunFile, Status, fmt_duration, workspace_root};
-use plotters::coord::combinators::LogCoord;
 use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 use std::collections::BTreeSet;
@@ -227,46 +226,55 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
+/// "12.3 ms", "4.56 s".
+fn fmt_time(ms: f64) -> String {
+    if ms >= 10_000.0 { format!("{} s", fmt_num(ms / 1e3)) } else { format!("{} ms", fmt_num(ms)) }
+}
+
 /// GiB with one decimal, as in "needs 32.0 GiB".
 fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-/// The cell of a row that was not measured: "needs 32.0 GiB", "error",
-/// "–" when absent.
-fn not_ok(r: Option<&Row>) -> Option<String> {
+/// The cell of a row that was not measured: "needs 32.0 GiB" or
+/// "error¹" in a primary column (time, extra memory), "–" elsewhere and
+/// when the row is absent.
+fn not_ok(r: Option<&Row>, primary: bool) -> Option<String> {
     match r {
         None => Some("–".into()),
-        Some(r) if r.status == Status::Skipped => Some(format!("needs {}", gib(r.needs_bytes))),
-        Some(r) if r.status == Status::Error => Some("error¹".into()),
+        Some(r) if r.status == Status::Skipped && primary => {
+            Some(format!("needs {}", gib(r.needs_bytes)))
+        }
+        Some(r) if r.status == Status::Error && primary => Some("error¹".into()),
+        Some(r) if r.status != Status::Ok => Some("–".into()),
         Some(_) => None,
     }
 }
 
-fn cell(r: Option<&Row>, f: impl Fn(&Row) -> Option<String>) -> String {
-    not_ok(r).unwrap_or_else(|| r.and_then(f).unwrap_or_else(|| "–".into()))
+fn cell(r: Option<&Row>, primary: bool, f: impl Fn(&Row) -> Option<String>) -> String {
+    not_ok(r, primary).unwrap_or_else(|| r.and_then(f).unwrap_or_else(|| "–".into()))
 }
 
 fn ms_cell(r: Option<&Row>) -> String {
-    cell(r, |r| {
+    cell(r, true, |r| {
         r.median_ms.map(|m| format!("{}{}", fmt_num(m), if r.samples <= 1 { "*" } else { "" }))
     })
 }
 
 fn gflops_cell(r: Option<&Row>) -> String {
-    cell(r, |r| r.gflops.map(fmt_num))
+    cell(r, false, |r| r.gflops.map(fmt_num))
 }
 
 fn pct_cell(r: Option<&Row>) -> String {
-    cell(r, |r| r.pct_peak.map(|p| format!("{p:.0}%")))
+    cell(r, false, |r| r.pct_peak.map(|p| format!("{p:.0}%")))
 }
 
-fn bytes_cell(r: Option<&Row>, f: impl Fn(&Row) -> Option<u64>) -> String {
-    cell(r, |r| f(r).map(|b| fmt_bytes(b as f64)))
+fn bytes_cell(r: Option<&Row>, primary: bool, f: impl Fn(&Row) -> Option<u64>) -> String {
+    cell(r, primary, |r| f(r).map(|b| fmt_bytes(b as f64)))
 }
 
 fn err_cell(r: Option<&Row>) -> String {
-    cell(r, |r| r.max_abs_err.map(|e| format!("{e:.1e}")))
+    cell(r, false, |r| r.max_abs_err.map(|e| format!("{e:.1e}")))
 }
 
 fn speedup_cell(naive: Option<&Row>, flash: Option<&Row>) -> String {
@@ -539,9 +547,13 @@ fn main_tables(s: &mut String, rows: &[&Row], ks: &[String]) {
         let mut row = vec![n_label(n)];
         for k in ks {
             let r = find(rows, k, n);
-            row.push(bytes_cell(r, |r| r.extra_bytes));
-            row.push(bytes_cell(r, |r| Some(r.workspace_bytes)));
-            row.push(bytes_cell(r, |r| r.rss_increase_bytes));
+            row.push(bytes_cell(r, true, |r| r.extra_bytes));
+            // workspace_bytes is known without running
+            let ws = r
+                .filter(|r| r.status == Status::Skipped)
+                .map(|r| fmt_bytes(r.workspace_bytes as f64));
+            row.push(ws.unwrap_or_else(|| bytes_cell(r, false, |r| Some(r.workspace_bytes))));
+            row.push(bytes_cell(r, false, |r| r.rss_increase_bytes));
         }
         for k in ks {
             row.push(err_cell(find(rows, k, n)));
@@ -600,7 +612,7 @@ fn other_table(s: &mut String, rows: &[&Row], ks: &[String]) {
             row.push(pct_cell(find(&sel, k, n)));
         }
         for k in ks {
-            row.push(bytes_cell(find(&sel, k, n), |r| r.extra_bytes));
+            row.push(bytes_cell(find(&sel, k, n), true, |r| r.extra_bytes));
         }
         for k in ks {
             row.push(err_cell(find(&sel, k, n)));
@@ -670,16 +682,16 @@ fn headline_table(run: &RunFile) -> String {
         let (nv, fl) = (find(&sel, "naive", n), find(&sel, "flash", n));
         let time = |r: Option<&Row>| match ok(r) {
             Some(r) => format!(
-                "{} ms ({} GFLOP/s, {:.0}% of peak)",
-                fmt_num(r.median_ms.unwrap_or(f64::NAN)),
+                "{} ({} GFLOP/s, {:.0}% of peak)",
+                fmt_time(r.median_ms.unwrap_or(f64::NAN)),
                 fmt_num(r.gflops.unwrap_or(f64::NAN)),
                 r.pct_peak.unwrap_or(f64::NAN)
             ),
-            None => not_ok(r).unwrap_or_else(|| "–".into()),
+            None => not_ok(r, true).unwrap_or_else(|| "–".into()),
         };
         let mem = |r: Option<&Row>| match ok(r) {
             Some(r) => r.extra_bytes.map(|b| fmt_bytes(b as f64)).unwrap_or_else(|| "–".into()),
-            None => not_ok(r).unwrap_or_else(|| "–".into()),
+            None => not_ok(r, true).unwrap_or_else(|| "–".into()),
         };
         body.push(vec![
             format!("{} {} N={}", g.to_uppercase(), m, n_label(n)),
@@ -815,11 +827,18 @@ fn panel<DB: DrawingBackend>(
     let ys =
         series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(hline.iter().map(|h| h.0));
     let (y0, y1) = log_bounds(ys, 2.0).ok_or("no points")?;
+    // Label the x axis at the N values of the run (powers of two).
+    let mut keys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    keys.sort_by(|a, b| a.total_cmp(b));
+    keys.dedup();
+    while keys.len() > 9 {
+        keys = keys.iter().copied().step_by(2).collect();
+    }
+    let xr = || (x0..x1).log_scale().with_key_points(keys.clone());
     let mut b = ChartBuilder::on(area);
     b.caption(title, ("sans-serif", 17)).margin(12).x_label_area_size(40).y_label_area_size(70);
     if y_log {
-        let mut chart =
-            b.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale()).map_err(e2s)?;
+        let mut chart = b.build_cartesian_2d(xr(), (y0..y1).log_scale()).map_err(e2s)?;
         chart
             .configure_mesh()
             .x_desc("N (sequence length)")
@@ -831,7 +850,7 @@ fn panel<DB: DrawingBackend>(
             .map_err(e2s)?;
         draw_all(&mut chart, series, &hline, (x0, x1))
     } else {
-        let mut chart = b.build_cartesian_2d((x0..x1).log_scale(), 0f64..y1 / 1.6).map_err(e2s)?;
+        let mut chart = b.build_cartesian_2d(xr(), 0f64..y1 / 1.6).map_err(e2s)?;
         chart
             .configure_mesh()
             .x_desc("N (sequence length)")
@@ -845,14 +864,15 @@ fn panel<DB: DrawingBackend>(
     }
 }
 
-fn draw_all<'a, DB, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, Y>>,
+fn draw_all<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     series: &[Series],
     hline: &Option<(f64, String)>,
     (x0, x1): (f64, f64),
 ) -> Result<(), String>
 where
     DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
 {
     for s in series {
@@ -921,16 +941,18 @@ fn points(
     v
 }
 
-/// A reference line ∝ N^k through the first point of `anchor`, across
-/// the N range of `all`.
+/// A reference line ∝ N^k through `factor` times the first point of
+/// `anchor`, across the N range of `all`.
 fn slope(
     label: &str,
     k: i32,
     anchor: &[(f64, f64)],
+    factor: f64,
     all: &[Series],
     color: RGBColor,
 ) -> Option<Series> {
     let &(xa, ya) = anchor.first()?;
+    let ya = ya * factor;
     let xs = all.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(l, h), x| (l.min(x), h.max(x)));
     let y = |x: f64| ya * (x / xa).powi(k);
@@ -979,15 +1001,19 @@ pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
         let areas = root.split_evenly((1, gs.len()));
         for (area, (g, gname)) in areas.iter().zip(&gs) {
             let mut series = time_series(run, g);
+            // Guides start 3x above the highest first point.
             let anchor = series
                 .iter()
-                .find(|s| s.label.starts_with("flash") && !s.points.is_empty())
-                .or_else(|| series.iter().find(|s| !s.points.is_empty()))
+                .filter(|s| !s.points.is_empty())
+                .min_by(|a, b| {
+                    let key = |s: &Series| (s.points[0].0, -s.points[0].1);
+                    key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
+                })
                 .map(|s| s.points.clone())
                 .unwrap_or_default();
-            let refs: Vec<Series> = [("∝ N²", 2), ("∝ N", 1)]
+            let refs: Vec<Series> = [("∝ N² (guide)", 2), ("∝ N (guide)", 1)]
                 .iter()
-                .filter_map(|(l, k)| slope(l, *k, &anchor, &series, GREY))
+                .filter_map(|(l, k)| slope(l, *k, &anchor, 3.0, &series, GREY))
                 .collect();
             series.extend(refs);
             panel(
@@ -1077,7 +1103,7 @@ pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
             points: io,
         },
     ];
-    if let Some(s) = slope("∝ N²", 2, &naive, &series, BLACK) {
+    if let Some(s) = slope("∝ N² (guide)", 2, &naive, 3.0, &series, BLACK) {
         series.push(s);
     }
     if series.iter().all(|s| s.points.is_empty()) {

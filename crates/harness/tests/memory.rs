@@ -1,0 +1,98 @@
+//! Memory accounting of the sweep: the counting allocator's "extra bytes"
+//! of one call. Naive's are its score matrix, `B·Hq·Nq·Nk·4` (plus a small
+//! per-worker product); flash's do not grow with N.
+//!
+//! The allocator's counters are process-wide, so every test here holds
+//! one lock while it measures.
+
+use harness::sweep::{self, Config, Dtype, Grouping, MaskSpec, MeasureOpts, Status};
+use std::sync::Mutex;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn opts() -> MeasureOpts {
+    MeasureOpts {
+        seed: sweep::SEED,
+        direct_min_ms: 0.0,
+        budget_s: 0.0, // the first call only
+        max_reps: 1,
+        err_rows: 8,
+        peak_gflops: None,
+    }
+}
+
+/// Held for a whole test, so that nothing else allocates while one
+/// measures (a failing test's panic message and backtrace included).
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn extra(cfg: &Config) -> u64 {
+    let row = sweep::measure(cfg, &opts());
+    assert_eq!(row.status, Status::Ok, "{}: {}", row.id, row.note);
+    let err = row.max_abs_err.expect("error checked");
+    assert!(err < 1e-4, "{}: max abs err {err}", row.id);
+    row.extra_bytes.expect("extra bytes measured")
+}
+
+#[test]
+fn naive_extra_bytes_are_the_score_matrix() {
+    let _g = lock();
+    for (g, mask, n, threads) in [
+        (Grouping::Mha, MaskSpec::Full, 256, 1),
+        (Grouping::Mqa, MaskSpec::Causal, 512, 1),
+        (Grouping::Gqa, MaskSpec::Full, 384, 2),
+    ] {
+        let cfg = Config::prefill("naive", g, mask, 32, Dtype::F32, threads, n);
+        let e = extra(&cfg);
+        let scores = (cfg.batch * cfg.q_heads * n * n * 4) as u64;
+        // plus one Nq x dv f32 product per worker and matrixmultiply's
+        // packing buffers (bounded by its cache blocking, < 2 MiB)
+        let per_worker = (threads * n * cfg.v_dim * 4) as u64;
+        assert!(
+            e >= scores && e <= scores + per_worker + (2 << 20),
+            "{}: extra {e} vs scores {scores} (+{per_worker} per-worker)",
+            cfg.id()
+        );
+        // ... which is what the kernel's workspace_bytes promises
+        let ws = cfg.workspace_bytes();
+        assert!(e.abs_diff(ws) <= 2 << 20, "{}: extra {e} vs workspace {ws}", cfg.id());
+    }
+}
+
+#[test]
+fn flash_extra_bytes_do_not_grow_with_n() {
+    let _g = lock();
+    for (g, mask, threads) in
+        [(Grouping::Mha, MaskSpec::Causal, 1), (Grouping::Mqa, MaskSpec::Full, 2)]
+    {
+        let at = |n: usize| extra(&Config::prefill("flash", g, mask, 64, Dtype::F32, threads, n));
+        let (short, long) = (at(512), at(4096));
+        // 64x the score matrix, the same scratch (tiles per worker)
+        assert!(
+            long <= short + (16 << 10),
+            "flash {g:?} {mask:?} t{threads}: extra {short} B at N=512 but {long} B at N=4096"
+        );
+        let naive_scores = (8 * 4096 * 4096 * 4) as u64;
+        assert!(long * 100 < naive_scores, "flash extra {long} B is not small");
+    }
+}
+
+#[test]
+fn rss_rise_covers_the_naive_scores() {
+    // The sweep measures in a fresh process per configuration (see
+    // `cargo test --benches` for that path); here, in-process.
+    let _g = lock();
+    let cfg = Config::prefill("naive", Grouping::Mha, MaskSpec::Full, 64, Dtype::F32, 1, 1024);
+    let row = sweep::measure(&cfg, &opts());
+    assert_eq!(row.status, Status::Ok, "{}", row.note);
+    let scores = 8 * 1024 * 1024 * 4u64;
+    // VmHWM resets (root or own process): the RSS rise covers the scores.
+    if let Some(rise) = row.rss_increase_bytes {
+        assert!(rise >= scores / 2, "RSS rise {rise} for {scores} B of scores");
+        assert!(row.peak_rss_bytes.unwrap() >= rise);
+    }
+    assert_eq!(row.needs_bytes, row.io_bytes + row.workspace_bytes);
+    assert!(row.gflops.unwrap() > 0.0 && row.median_ms.unwrap() > 0.0);
+    assert_eq!(row.timer, "direct");
+}

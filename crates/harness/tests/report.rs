@@ -1,0 +1,252 @@
+//! The report generator on a small synthetic result set: tables per
+//! grouping and mask, "needs X GiB" where naive stops, speedups, the
+//! headline, the SVG plots, `attn report`'s round trip through a results
+//! file, and that the committed docs are what the committed results give.
+
+use harness::machine::{CacheInfo, MachineInfo, Peak};
+use harness::report::{self, ReportArgs};
+use harness::sweep::{Config, Dtype, Grouping, MaskSpec, Row, RunFile, SCHEMA, Status};
+use std::path::PathBuf;
+
+const GIB: u64 = 1 << 30;
+
+fn machine() -> MachineInfo {
+    MachineInfo {
+        cpu_model: "Test CPU 9000".into(),
+        logical_cpus: 2,
+        caches: vec![
+            CacheInfo { level: 1, kind: "Data".into(), size_bytes: 32 << 10, shared_by: 1 },
+            CacheInfo { level: 3, kind: "Unified".into(), size_bytes: 32 << 20, shared_by: 2 },
+        ],
+        mem_total_bytes: 24 * GIB,
+        compiled_avx512f: true,
+        compiled_fma: true,
+        compiled_avx2: true,
+        cpu_features: vec!["avx512f".into(), "fma".into()],
+        rustc: "rustc 1.95.0".into(),
+        git_commit: "0123456789abcdef".into(),
+        os: "Linux test".into(),
+        date_utc: "2026-11-28 01:00:00 UTC".into(),
+    }
+}
+
+fn peak() -> Peak {
+    Peak {
+        fma_gflops_1t: 100.0,
+        fma_gflops_all: 200.0,
+        read_gbs_1t: 20.0,
+        read_gbs_all: 30.0,
+        threads_all: 2,
+        fma_method: "test".into(),
+        read_method: "test".into(),
+        reps: Default::default(),
+    }
+}
+
+/// A measured row: naive at 40 GFLOP/s with the N² score matrix as extra
+/// memory, flash at 160 GFLOP/s with 1 MiB of tiles.
+fn measured(cfg: Config) -> Row {
+    let mut r = Row::new(&cfg);
+    let naive = cfg.kernel == "naive";
+    let rate = if naive { 40e9 } else { 160e9 } * cfg.threads as f64 / 2.0;
+    let ms = r.flops / rate * 1e3;
+    r.set_time(ms, 5, "criterion", Some(if cfg.threads == 1 { 100.0 } else { 200.0 }));
+    let n = cfg.q_len as u64;
+    r.extra_bytes = Some(if naive { 8 * n * n * 4 } else { 1 << 20 });
+    r.rss_increase_bytes = r.extra_bytes.map(|b| b + (1 << 20));
+    r.peak_rss_bytes = r.rss_increase_bytes.map(|b| b + r.io_bytes);
+    r.max_abs_err = Some(if naive { 3e-7 } else { 4e-7 });
+    r.err_rows = 32;
+    r.first_call_ms = Some(ms);
+    r
+}
+
+fn synthetic() -> RunFile {
+    let mut rows = Vec::new();
+    for g in Grouping::ALL {
+        for m in [MaskSpec::Full, MaskSpec::Causal] {
+            for n in [1024, 4096, 16384, 65536] {
+                for k in ["naive", "flash"] {
+                    let cfg = Config::prefill(k, g, m, 64, Dtype::F32, 2, n);
+                    if k == "naive" && n >= 16384 {
+                        let r = Row::new(&cfg);
+                        let note = format!("needs {} GiB > budget 12.0 GiB", r.needs_bytes / GIB);
+                        rows.push(Row { status: Status::Skipped, note, ..r });
+                    } else {
+                        rows.push(measured(cfg));
+                    }
+                }
+            }
+        }
+    }
+    // another combination: d = 128 on one thread
+    for k in ["naive", "flash"] {
+        rows.push(measured(Config::prefill(
+            k,
+            Grouping::Mha,
+            MaskSpec::Causal,
+            128,
+            Dtype::F32,
+            1,
+            1024,
+        )));
+    }
+    // a failed row
+    rows.push(Row::error(
+        &Config::prefill("flash", Grouping::Mha, MaskSpec::Full, 64, Dtype::Bf16, 2, 4096),
+        "unsupported: bf16 in this test",
+    ));
+    RunFile {
+        schema: SCHEMA,
+        profile: "default".into(),
+        filter: None,
+        started_utc: "2026-11-28 01:00:00 UTC".into(),
+        duration_s: 600.0,
+        machine: machine(),
+        peak: peak(),
+        mem_budget_bytes: 12 * GIB,
+        seed: 42,
+        grid: vec!["synthetic grid line".into()],
+        timing: "synthetic timing".into(),
+        rows,
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("report-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn tables_per_grouping_and_mask() {
+    let run = synthetic();
+    let md = report::render_results_md(&run, "results/test.json");
+    for want in [
+        "## MHA (Hq = 8, Hkv = 8)",
+        "## GQA (Hq = 8, Hkv = 2)",
+        "## MQA (Hq = 8, Hkv = 1)",
+        "### MHA, no mask",
+        "### MQA, causal",
+        "| N | naive ms | flash ms | speedup | naive GFLOP/s | flash GFLOP/s | naive % peak | flash % peak |",
+        "| N | naive extra | naive workspace | naive RSS + | flash extra | flash workspace | flash RSS + | naive err | flash err |",
+        "Test CPU 9000, 2 logical CPUs",
+        "100 GFLOP/s (1 thread), 200 GFLOP/s (2 threads)",
+        "synthetic grid line",
+        "synthetic timing",
+        "`results/test.json`",
+        "![memory vs N](img/memory_vs_n.svg)",
+    ] {
+        assert!(md.contains(want), "missing {want:?} in\n{md}");
+    }
+    // naive at 4x less GFLOP/s: 4x the time; 20% / 80% of the 200 peak
+    assert!(md.contains("| 4.00× |"), "{md}");
+    assert!(md.contains("| 20% | 80% |"), "{md}");
+    // where naive stops: the needs cells, and flash going on
+    let needs_16k = Row::new(&Config::prefill(
+        "naive",
+        Grouping::Mha,
+        MaskSpec::Full,
+        64,
+        Dtype::F32,
+        2,
+        16384,
+    ))
+    .needs_bytes;
+    let cell = format!("needs {:.1} GiB", needs_16k as f64 / GIB as f64);
+    assert!(md.contains(&format!("| 16k | {cell} |")), "no {cell:?} row in\n{md}");
+    assert!(md.contains("| 64k | needs "), "{md}");
+    // naive's extra is the score matrix: 8·4096²·4 B = 512 MiB
+    assert!(md.contains("| 4k | 512 MiB |"), "{md}");
+    assert!(md.contains("1.00 MiB"), "{md}");
+    // the other combination, and the failed row's footnote
+    assert!(md.contains("Other head dims, thread counts and storage types"), "{md}");
+    assert!(md.contains("| 1k | 128 | f32 | 1 |"), "{md}");
+    assert!(md.contains("error¹"), "{md}");
+    assert!(md.contains("unsupported: bf16 in this test"), "{md}");
+}
+
+#[test]
+fn headline_picks_few_rows_and_links_the_docs() {
+    let run = synthetic();
+    let rows = report::headline_rows(&run);
+    assert!(rows.len() >= 2 && rows.len() <= 4, "{rows:?}");
+    assert!(rows.contains(&("mha".into(), "full".into(), 4096)), "{rows:?}");
+    assert!(rows.contains(&("mha".into(), "causal".into(), 4096)), "{rows:?}");
+    // the longest N flash ran, where naive only says what it would need
+    assert!(rows.iter().any(|r| r.2 == 65536), "{rows:?}");
+    let h = report::render_headline_md(&run, "results/test.json");
+    assert!(h.contains("(docs/results.md)"), "{h}");
+    assert!(h.contains("docs/img/time_vs_n.svg"), "{h}");
+    assert!(h.contains("MHA full N=4k"), "{h}");
+    assert!(h.contains("needs "), "{h}");
+    assert!(h.contains("4.00×"), "{h}");
+}
+
+#[test]
+fn plots_are_svg_with_both_kernels_and_slopes() {
+    let run = synthetic();
+    let t = report::plot_time_vs_n(&run).unwrap();
+    assert!(t.starts_with("<svg") && t.trim_end().ends_with("</svg>"));
+    for want in ["naive, no mask", "flash, causal", "∝ N²", "∝ N", "MHA: time", "MQA: time"] {
+        assert!(t.contains(want), "time plot lacks {want:?}");
+    }
+    let m = report::plot_memory_vs_n(&run).unwrap();
+    for want in ["naive extra", "flash extra", "not run (needs)", "inputs + outputs (∝ N)", "∝ N²"]
+    {
+        assert!(m.contains(want), "memory plot lacks {want:?}");
+    }
+    let g = report::plot_gflops_vs_n(&run).unwrap();
+    for want in ["FMA peak 200 GFLOP/s", "GQA: GFLOP/s", "flash, no mask"] {
+        assert!(g.contains(want), "GFLOP/s plot lacks {want:?}");
+    }
+}
+
+#[test]
+fn report_regenerates_docs_from_a_results_file() {
+    let dir = tmp("roundtrip");
+    let run = synthetic();
+    let input = dir.join("run.json");
+    std::fs::write(&input, serde_json::to_string_pretty(&run).unwrap()).unwrap();
+    assert_eq!(report::load(&input).unwrap(), run, "results file round trip");
+    let docs = dir.join("docs");
+    let _ =
+        report::report_main(&ReportArgs { input: Some(input.clone()), docs: Some(docs.clone()) });
+    for f in [
+        "results.md",
+        "headline.md",
+        "img/time_vs_n.svg",
+        "img/memory_vs_n.svg",
+        "img/gflops_vs_n.svg",
+    ] {
+        assert!(docs.join(f).is_file(), "attn report did not write {f}");
+    }
+    // the same again: identical bytes (nothing depends on the clock)
+    let first = std::fs::read_to_string(docs.join("results.md")).unwrap();
+    let again = dir.join("again");
+    let src = report::source_name(&input, &harness::sweep::workspace_root());
+    report::generate(&run, &again, &src).unwrap();
+    assert_eq!(first, std::fs::read_to_string(again.join("results.md")).unwrap());
+    assert!(report::load(&dir.join("missing.json")).is_err());
+}
+
+#[test]
+fn committed_docs_match_committed_results() {
+    // The README's headline and docs/results.md must be what `attn report`
+    // makes of results/latest.json.
+    let root = harness::sweep::workspace_root();
+    let latest = root.join("results/latest.json");
+    let Ok(run) = report::load(&latest) else {
+        eprintln!("no results/latest.json yet: nothing to compare");
+        return;
+    };
+    let dir = tmp("committed");
+    report::generate(&run, &dir, "results/latest.json").unwrap();
+    for f in ["results.md", "headline.md"] {
+        let want = std::fs::read_to_string(dir.join(f)).unwrap();
+        let got = std::fs::read_to_string(root.join("docs").join(f)).unwrap_or_default();
+        assert!(got == want, "docs/{f} is not what `attn report` makes of results/latest.json");
+    }
+}
