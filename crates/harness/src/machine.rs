@@ -192,6 +192,27 @@ pub struct Peak {
 }
 
 impl Peak {
+    /// The better of two measurements, figure by figure (noise only lowers
+    /// a peak), with the repetitions of both.
+    pub fn best_of(&self, other: &Peak) -> Peak {
+        let cat = |a: &Vec<f64>, b: &Vec<f64>| a.iter().chain(b).copied().collect::<Vec<f64>>();
+        Peak {
+            fma_gflops_1t: self.fma_gflops_1t.max(other.fma_gflops_1t),
+            fma_gflops_all: self.fma_gflops_all.max(other.fma_gflops_all),
+            read_gbs_1t: self.read_gbs_1t.max(other.read_gbs_1t),
+            read_gbs_all: self.read_gbs_all.max(other.read_gbs_all),
+            threads_all: self.threads_all,
+            fma_method: self.fma_method.clone(),
+            read_method: self.read_method.clone(),
+            reps: [
+                cat(&self.reps[0], &other.reps[0]),
+                cat(&self.reps[1], &other.reps[1]),
+                cat(&self.reps[2], &other.reps[2]),
+                cat(&self.reps[3], &other.reps[3]),
+            ],
+        }
+    }
+
     /// FMA peak for `threads` threads: the 1-thread figure for 1, the
     /// all-threads one for `threads_all`, linear in between.
     pub fn fma_gflops(&self, threads: usize) -> f64 {

@@ -213,8 +213,6 @@ pub fn fmt_num(x: f64) -> String {
     let a = x.abs();
     if !x.is_finite() {
         "–".into()
-    } else if a >= 1000.0 {
-        format!("{x:.0}")
     } else if a >= 100.0 {
         format!("{x:.0}")
     } else if a >= 10.0 {
@@ -290,8 +288,7 @@ fn speedup_cell(naive: Option<&Row>, flash: Option<&Row>) -> String {
 
 fn table(out: &mut String, head: &[String], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", head.join(" | "));
-    let align: Vec<&str> =
-        head.iter().enumerate().map(|(i, _)| if i == 0 { "---:" } else { "---:" }).collect();
+    let align: Vec<&str> = head.iter().map(|_| "---:").collect();
     let _ = writeln!(out, "|{}|", align.join("|"));
     for r in rows {
         let _ = writeln!(out, "| {} |", r.join(" | "));
@@ -300,7 +297,7 @@ fn table(out: &mut String, head: &[String], rows: &[Vec<String>]) {
 }
 
 fn n_label(n: usize) -> String {
-    if n >= 1024 && n % 1024 == 0 { format!("{}k", n / 1024) } else { n.to_string() }
+    if n >= 1024 && n.is_multiple_of(1024) { format!("{}k", n / 1024) } else { n.to_string() }
 }
 
 /// `docs/results.md`.
@@ -790,7 +787,7 @@ fn fmt_n_axis(x: f64) -> String {
 }
 
 fn fmt_axis(x: f64) -> String {
-    if x >= 1.0 && x < 1e6 {
+    if (1.0..1e6).contains(&x) {
         format!("{}", x.round() as u64)
     } else {
         let e = x.log10().round() as i32;
@@ -1001,19 +998,19 @@ pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
         let areas = root.split_evenly((1, gs.len()));
         for (area, (g, gname)) in areas.iter().zip(&gs) {
             let mut series = time_series(run, g);
-            // Guides start 3x above the highest first point.
+            // Guides start 4x below the lowest first point.
             let anchor = series
                 .iter()
                 .filter(|s| !s.points.is_empty())
                 .min_by(|a, b| {
-                    let key = |s: &Series| (s.points[0].0, -s.points[0].1);
+                    let key = |s: &Series| (s.points[0].0, s.points[0].1);
                     key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
                 })
                 .map(|s| s.points.clone())
                 .unwrap_or_default();
             let refs: Vec<Series> = [("∝ N² (guide)", 2), ("∝ N (guide)", 1)]
                 .iter()
-                .filter_map(|(l, k)| slope(l, *k, &anchor, 3.0, &series, GREY))
+                .filter_map(|(l, k)| slope(l, *k, &anchor, 0.25, &series, GREY))
                 .collect();
             series.extend(refs);
             panel(

@@ -734,36 +734,36 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             ));
         }
         Profile::Default => {
-            every(&mut v, &[256, 512, 1024, 2048, 4096, 8192], &[64], &[all], &Grouping::ALL);
+            let main_ns = [256, 512, 1024, 2048, 4096, 8192, 16384];
+            every(&mut v, &main_ns, &[64], &[all], &Grouping::ALL);
             desc.push(format!(
-                "N = 256 ... 8192: naive and flash x MHA/GQA/MQA x full/causal, d = 64, f32, {all} threads (the main tables)"
+                "N = 256 ... 16384: naive and flash x MHA/GQA/MQA x full/causal, d = 64, f32, \
+                 {all} threads (the main tables; naive needs ~8.5 GiB at 16384)"
             ));
-            let others: Vec<usize> = threads.clone();
-            for n in [1024] {
-                every(&mut v, &[n], &[64, 128], &others, &Grouping::ALL);
-            }
+            every(&mut v, &[1024], &[64, 128], &threads, &Grouping::ALL);
+            let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
             desc.push(format!(
-                "N = 1024: also d = 128 and threads = {}: naive and flash x MHA/GQA/MQA x full/causal",
-                others.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                "N = 1024: d = 64 and 128 x threads {ts}, naive and flash x MHA/GQA/MQA x full/causal"
             ));
-            every(&mut v, &[4096], &[64, 128], &others, &[Mha]);
-            desc.push("N = 4096: the same d x threads for MHA".into());
-            flash_at(&mut v, 16384, &Grouping::ALL, &masks);
-            naive_at(&mut v, 16384, &[Mha], &masks);
-            desc.push(format!(
-                "N = 16384: flash x MHA/GQA/MQA x full/causal; naive MHA full/causal (needs ~8.5 GiB); d = 64, {all} threads, one timed call"
-            ));
+            every(&mut v, &[4096], &[64, 128], &threads, &[Mha]);
+            desc.push(format!("N = 4096: d = 64 and 128 x threads {ts} for MHA"));
             flash_at(&mut v, 32768, &Grouping::ALL, &[Causal]);
-            naive_at(&mut v, 32768, &Grouping::ALL, &[Causal]);
+            flash_at(&mut v, 32768, &[Mha], &[Full]);
+            naive_at(&mut v, 32768, &Grouping::ALL, &masks);
             desc.push(format!(
-                "N = 32768: flash causal x MHA/GQA/MQA (naive recorded with the memory it would need); d = 64, {all} threads, one call"
+                "N = 32768: flash causal x MHA/GQA/MQA and MHA without mask, d = 64, {all} \
+                 threads, one timed call; naive recorded with the memory it would need"
             ));
-            flash_at(&mut v, 65536, &[Mqa], &[Causal]);
-            naive_at(&mut v, 65536, &[Mqa], &[Causal]);
-            desc.push(format!("N = 65536: flash MQA causal, d = 64, {all} threads, one call"));
+            flash_at(&mut v, 65536, &[Mha, Mqa], &[Causal]);
+            naive_at(&mut v, 65536, &Grouping::ALL, &masks);
+            desc.push(format!(
+                "N = 65536: flash causal x MHA/MQA, d = 64, {all} threads, one timed call; \
+                 naive recorded with the memory it would need"
+            ));
             halves(&mut v, &[4096], &masks);
             desc.push(format!(
-                "N = 4096: flash with f16 and bf16 inputs, MHA full/causal, d = 64, {all} threads"
+                "N = 4096: flash with f16 and bf16 inputs (f32 accumulation), MHA \
+                 full/causal, d = 64, {all} threads"
             ));
         }
         Profile::Full => {
@@ -1144,10 +1144,10 @@ pub fn run_child(exe: Option<&Path>, cfg: &Config, opts: &MeasureOpts) -> Row {
         Err(e) => return Row::error(cfg, format!("cannot start {}: {e}", exe.display())),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) {
-        if let Ok(row) = serde_json::from_str::<Row>(line) {
-            return row;
-        }
+    if let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{'))
+        && let Ok(row) = serde_json::from_str::<Row>(line)
+    {
+        return row;
     }
     let why = match out.status.code() {
         Some(c) => format!("child process exited with status {c}"),
