@@ -7,6 +7,9 @@
 pub mod npy;
 pub mod run;
 
+// --- `attn decode`: one KV-cache decode configuration
+pub mod decode;
+
 // --- sweep, machine facts, memory accounting, report
 pub mod alloc;
 pub mod machine;

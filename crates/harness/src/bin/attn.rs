@@ -5,11 +5,13 @@
 //! - `attn bench`, `attn peak`, `attn report`: the sweep, machine limits and
 //!   the report generator; see [`harness::sweep`], [`harness::machine`] and
 //!   [`harness::report`].
+//! - `attn decode`: one KV-cache decode configuration; see
+//!   [`harness::decode`].
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use harness::{machine, report, run, sweep};
+use harness::{decode, machine, report, run, sweep};
 
 /// attnlab: memory-efficient scaled dot-product attention on CPUs.
 #[derive(Debug, Parser)]
@@ -31,6 +33,8 @@ enum Command {
     Peak(machine::PeakArgs),
     /// Turn results/ into docs/results.md and plots
     Report(report::ReportArgs),
+    /// Benchmark one KV-cache decode configuration (split-KV, GB/s of K+V)
+    Decode(decode::DecodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +43,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => sweep::bench_main(&args),
         Command::Peak(args) => machine::peak_main(&args),
         Command::Report(args) => report::report_main(&args),
+        Command::Decode(args) => decode::decode_main(&args),
     }
 }
