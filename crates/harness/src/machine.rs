@@ -35,6 +35,7 @@ pub struct PeakArgs {
 
 /// Entry point of `attn peak`.
 pub fn peak_main(args: &PeakArgs) -> ExitCode {
+    crate::sweep::warn_if_unoptimized("attn peak");
     let threads = args.threads.unwrap_or_else(logical_cpus).max(1);
     let opts = if args.quick { PeakOptions::quick(threads) } else { PeakOptions::new(threads) };
     let p = measure_peak(&opts);

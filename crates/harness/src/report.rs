@@ -407,8 +407,8 @@ pub fn render_results_md(run: &RunFile, source: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "- **speedup** = naive time / flash time. Main tables: {}. The machine is shared and \
-         noisy: treat differences under ~10-15% as noise.\n",
+        "- **speedup** = naive time / flash time; **–** = not in this run's grid. Main tables: \
+         {}. The machine is shared and noisy: treat differences under ~10-15% as noise.\n",
         main.describe()
     );
 
@@ -818,6 +818,7 @@ fn panel<DB: DrawingBackend>(
     y_log: bool,
     y_fmt: &dyn Fn(f64) -> String,
     hline: Option<(f64, String)>,
+    legend: SeriesLabelPosition,
 ) -> Result<(), String> {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (x0, x1) = log_bounds(xs, 1.25).ok_or("no points")?;
@@ -845,7 +846,7 @@ fn panel<DB: DrawingBackend>(
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e2s)?;
-        draw_all(&mut chart, series, &hline, (x0, x1))
+        draw_all(&mut chart, series, &hline, (x0, x1), legend)
     } else {
         let mut chart = b.build_cartesian_2d(xr(), 0f64..y1 / 1.6).map_err(e2s)?;
         chart
@@ -857,7 +858,7 @@ fn panel<DB: DrawingBackend>(
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e2s)?;
-        draw_all(&mut chart, series, &hline, (x0, x1))
+        draw_all(&mut chart, series, &hline, (x0, x1), legend)
     }
 }
 
@@ -866,6 +867,7 @@ fn draw_all<'a, DB, X, Y>(
     series: &[Series],
     hline: &Option<(f64, String)>,
     (x0, x1): (f64, f64),
+    legend: SeriesLabelPosition,
 ) -> Result<(), String>
 where
     DB: DrawingBackend + 'a,
@@ -907,7 +909,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .label_font(("sans-serif", 12))
@@ -1021,6 +1023,7 @@ pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
                 true,
                 &fmt_axis,
                 None,
+                SeriesLabelPosition::UpperLeft,
             )?;
         }
         root.present().map_err(e2s)?;
@@ -1119,7 +1122,11 @@ pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
             &|y| {
                 if y >= 1.0 { format!("{}", y.round() as u64) } else { format!("{y:.2}") }
             },
-            None,
+            Some((
+                mib(run.mem_budget_bytes),
+                format!("memory budget of the run ({})", gib(run.mem_budget_bytes)),
+            )),
+            SeriesLabelPosition::UpperLeft,
         )?;
         root.present().map_err(e2s)?;
     }
@@ -1169,6 +1176,7 @@ pub fn plot_gflops_vs_n(run: &RunFile) -> PlotResult {
                 false,
                 &|y| format!("{}", y.round() as i64),
                 Some((peak, format!("FMA peak {} GFLOP/s", fmt_num(peak)))),
+                SeriesLabelPosition::LowerRight,
             )?;
         }
         root.present().map_err(e2s)?;

@@ -108,6 +108,7 @@ pub struct BenchArgs {
 
 /// Entry point of `attn bench`.
 pub fn bench_main(args: &BenchArgs) -> ExitCode {
+    warn_if_unoptimized("attn bench");
     let cfg = match config_from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -134,6 +135,16 @@ pub fn bench_main(args: &BenchArgs) -> ExitCode {
         print_row(&row);
     }
     if row.status == Status::Error { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Timings of an unoptimized build mean nothing: say so on stderr.
+pub fn warn_if_unoptimized(what: &str) {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "{what}: warning: this build has debug assertions (not --release); \
+             times and peaks are not representative"
+        );
+    }
 }
 
 fn config_from_args(a: &BenchArgs) -> Result<Config, String> {
@@ -430,8 +441,15 @@ impl Config {
 
     /// FLOPs credited: `4·B·Hq·Nq·Nk·d` (for dv = d), halved for causal
     /// with Nq = Nk ([`AttnShape::flops_conventional`]).
+    /// Sliding windows are credited their visible pairs only
+    /// ([`AttnShape::flops`]): the N² convention would overstate them.
     pub fn flops(&self) -> f64 {
-        self.shape().map(|s| s.flops_conventional(&self.mask.mask())).unwrap_or(0.0)
+        let m = self.mask.mask();
+        match (self.shape(), self.mask) {
+            (Ok(s), MaskSpec::Window(..)) => s.flops(&m),
+            (Ok(s), _) => s.flops_conventional(&m),
+            (Err(_), _) => 0.0,
+        }
     }
 
     /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32).
@@ -643,7 +661,7 @@ pub enum Profile {
     Quick,
     /// About 10 minutes on a 2-core Zen 4 (`cargo bench -p harness`).
     Default,
-    /// Flash to N = 131072, every axis further out (hours).
+    /// Flash to N = 131072, every axis further out (about 40 minutes).
     Full,
 }
 
@@ -745,20 +763,30 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             desc.push(format!(
                 "N = 1024: d = 64 and 128 x threads {ts}, naive and flash x MHA/GQA/MQA x full/causal"
             ));
-            every(&mut v, &[4096], &[64, 128], &threads, &[Mha]);
-            desc.push(format!("N = 4096: d = 64 and 128 x threads {ts} for MHA"));
-            flash_at(&mut v, 32768, &Grouping::ALL, &[Causal]);
-            flash_at(&mut v, 32768, &[Mha], &[Full]);
+            every(&mut v, &[4096], &[64, 128], &threads, &Grouping::ALL);
+            desc.push("N = 4096: the same d x threads".into());
+            for (d, t) in [(64, 1), (128, all)] {
+                if (d, t) != (64, all) {
+                    for m in masks {
+                        v.push(Config::prefill("flash", Mha, m, d, Dtype::F32, t, 16384));
+                    }
+                }
+            }
+            desc.push(format!(
+                "N = 16384: also flash MHA full/causal with d = 64 on 1 thread and d = 128 on {all}"
+            ));
+            flash_at(&mut v, 32768, &Grouping::ALL, &masks);
             naive_at(&mut v, 32768, &Grouping::ALL, &masks);
             desc.push(format!(
-                "N = 32768: flash causal x MHA/GQA/MQA and MHA without mask, d = 64, {all} \
-                 threads, one timed call; naive recorded with the memory it would need"
+                "N = 32768: flash x MHA/GQA/MQA x full/causal, d = 64, {all} threads, one timed \
+                 call; naive recorded with the memory it would need"
             ));
-            flash_at(&mut v, 65536, &[Mha, Mqa], &[Causal]);
+            flash_at(&mut v, 65536, &Grouping::ALL, &[Causal]);
+            flash_at(&mut v, 65536, &[Mha], &[Full]);
             naive_at(&mut v, 65536, &Grouping::ALL, &masks);
             desc.push(format!(
-                "N = 65536: flash causal x MHA/MQA, d = 64, {all} threads, one timed call; \
-                 naive recorded with the memory it would need"
+                "N = 65536: flash causal x MHA/GQA/MQA and MHA without mask, d = 64, {all} \
+                 threads, one timed call; naive recorded with the memory it would need"
             ));
             halves(&mut v, &[4096], &masks);
             desc.push(format!(
@@ -1275,6 +1303,9 @@ impl SweepSettings {
 /// Rough cost of a configuration in seconds: only for the progress
 /// estimate (scaled by what the run has actually taken so far).
 pub fn estimated_cost_s(cfg: &Config, s: &SweepSettings) -> f64 {
+    if cfg.io_bytes() + cfg.workspace_bytes() > s.mem_budget_bytes {
+        return 0.01; // recorded as skipped, not run
+    }
     let rate = match cfg.kernel.as_str() {
         "naive" => 40e9 * (cfg.threads as f64).powf(0.7),
         _ => 80e9 * cfg.threads as f64,
