@@ -97,22 +97,6 @@ impl<T: Element> KvCache<T> {
         &self.v[o..o + self.v_dim]
     }
 
-    /// K rows `j..j+n` of head `(b, g)` as one contiguous slice (clamped to
-    /// the capacity).
-    #[inline]
-    pub fn k_rows(&self, b: usize, g: usize, j: usize, n: usize) -> &[T] {
-        let base = (b * self.kv_heads + g) * self.capacity;
-        let (j0, j1) = (j.min(self.capacity), (j + n).min(self.capacity));
-        &self.k[(base + j0) * self.head_dim..(base + j1) * self.head_dim]
-    }
-    /// V rows `j..j+n` of head `(b, g)` as one contiguous slice (clamped).
-    #[inline]
-    pub fn v_rows(&self, b: usize, g: usize, j: usize, n: usize) -> &[T] {
-        let base = (b * self.kv_heads + g) * self.capacity;
-        let (j0, j1) = (j.min(self.capacity), (j + n).min(self.capacity));
-        &self.v[(base + j0) * self.v_dim..(base + j1) * self.v_dim]
-    }
-
     /// Appends `n` positions to batch entry `b`: `k` is `[Hkv, n, d]` and
     /// `v` `[Hkv, n, dv]`, f32, C order. Checks everything first: on error
     /// nothing is written.

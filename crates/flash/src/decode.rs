@@ -27,25 +27,6 @@ use crate::merge::{Partial, merge_partials};
 pub const CHUNK: usize = 512;
 
 const KB: usize = 16; // keys per block: one vector of scores per row
-const PREFETCH_BLOCKS: usize = 2; // how far ahead K/V lines are requested
-
-/// Requests every cache line of `s` into L2 (a hint; never faults).
-#[inline(always)]
-fn prefetch<T>(s: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        let bytes = std::mem::size_of_val(s);
-        let p = s.as_ptr() as *const i8;
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: `p + off` lies inside `s`; prefetch is a hint that
-            // never faults or writes.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = s;
-}
 
 /// Attention of `q` (`[B, Hq, nq, d]`, f32, C order) — the last `nq`
 /// positions of each sequence, whose K/V are already appended — over the
@@ -215,15 +196,6 @@ fn chunk_partial<T: Element>(
     let mut j = lo;
     while j < hi {
         let jb = KB.min(hi - j);
-        // Decode streams K and V once: ask for the block after next now,
-        // so its lines arrive while this block computes (measured: without
-        // it one core read ~7 GB/s of the ~20 GB/s it can).
-        let ahead = j + PREFETCH_BLOCKS * KB;
-        if ahead < hi {
-            let n = KB.min(hi - ahead);
-            prefetch(cache.k_rows(b, g, ahead, n));
-            prefetch(cache.v_rows(b, g, ahead, n));
-        }
         // Widen the block's K/V rows when the cache is f16/bf16 (f32 rows,
         // and V rows of a multiple of 16, are read in place).
         let k_in_place = T::as_f32_slice(cache.k_row(b, g, j)).is_some();
