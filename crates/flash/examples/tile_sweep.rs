@@ -33,7 +33,7 @@ fn main() {
     let par = if threads == 1 { Par::Seq } else { Par::Rayon(threads) };
     let configs: Vec<Option<TileConfig>> = std::iter::once(None)
         .chain(
-            [(32, 128), (64, 64), (64, 128), (64, 256), (96, 128), (128, 128), (128, 256)]
+            [(64, 128), (128, 64), (128, 128), (128, 256), (192, 128), (256, 64), (256, 128)]
                 .map(|(br, bc)| Some(TileConfig { br, bc })),
         )
         .collect();

@@ -42,15 +42,16 @@ pub struct TileConfig {
 impl TileConfig {
     /// The measured default for a shape (see `docs/design.md`).
     ///
-    /// `Br = 128, Bc = 128` measured best or within noise of the best for
-    /// d = 64 and d = 128, causal or not, at N = 4096 on one core
-    /// (`examples/tile_sweep.rs`; 32×128 lost 20–30%, 64×128 8–15%): a
-    /// taller query tile re-reads K/V from L2 fewer times. Short query
+    /// `Br = 256, Bc = 64`: on one core at N = 4096 (`examples/tile_sweep.rs`,
+    /// all sizes side by side in one process) 256×64 and 256×128 were the
+    /// fastest at d = 64 and d = 128, causal or not, 3–6% ahead of 128×128
+    /// and 10–20% ahead of 64×128: a taller query tile re-reads K and V
+    /// (from L3 once a head's K/V outgrow the L2) fewer times. Short query
     /// sequences use the smallest multiple of 32 that holds them, so
     /// decode-like calls do not compute padding rows.
     pub fn for_shape(shape: &AttnShape) -> TileConfig {
-        let br = shape.q_len().next_multiple_of(NR).clamp(NR, 128);
-        TileConfig { br, bc: 128 }
+        let br = shape.q_len().next_multiple_of(NR).clamp(NR, 256);
+        TileConfig { br, bc: 64 }
     }
 
     /// Checks the constraints above.
