@@ -285,10 +285,19 @@ impl<T: Element> Job<'_, '_, T> {
         // bytes, stays in L1 while the K blocks stream past it).
         {
             let st: &mut [f32] = bytemuck::cast_slice_mut(&mut s.st);
+            let ninf = f32x16::splat(f32::NEG_INFINITY);
             for pn in 0..panels {
                 let qpanel = &qp[pn * d..(pn + 1) * d];
+                // Keys some query of this panel can see (on a partial tile,
+                // e.g. the causal diagonal, whole 8×32 blocks are invisible).
+                let (plo, phi) = (s.lo[pn * NR], s.hi[(pn * NR + NR - 1).min(nvalid - 1)]);
                 for kb in 0..kn8 / MR {
-                    let c = qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel);
+                    let (ka, kz) = (j0 + kb * MR, j0 + kb * MR + MR);
+                    let c = if full || (ka < phi && kz > plo) {
+                        qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel)
+                    } else {
+                        [[ninf; NV]; MR]
+                    };
                     for (r, cr) in c.iter().enumerate() {
                         let row = &mut st[(kb * MR + r) * sq * LANES + pn * NR..][..NR];
                         for (t, v) in cr.iter().enumerate() {
@@ -366,10 +375,17 @@ impl<T: Element> Job<'_, '_, T> {
             let w = if cv + NV <= dvv { NV } else { 1 };
             for q0 in (0..nvalid).step_by(MR) {
                 let alpha: [f32; MR] = s.alpha[q0..q0 + MR].try_into().unwrap();
-                if w == NV {
-                    pv_block::<NV>(pt, sq * LANES, q0, vt, dvv, cv, kn, &alpha, acc);
+                // Keys visible to some of these 8 queries: P is 0 elsewhere.
+                let keys = if full {
+                    0..kn
                 } else {
-                    pv_block::<1>(pt, sq * LANES, q0, vt, dvv, cv, kn, &alpha, acc);
+                    let (lo, hi) = (s.lo[q0], s.hi[(q0 + MR - 1).min(nvalid - 1)]);
+                    lo.saturating_sub(j0).min(kn)..hi.saturating_sub(j0).min(kn)
+                };
+                if w == NV {
+                    pv_block::<NV>(pt, sq * LANES, q0, vt, dvv, cv, keys, &alpha, acc);
+                } else {
+                    pv_block::<1>(pt, sq * LANES, q0, vt, dvv, cv, keys, &alpha, acc);
                 }
             }
             cv += w;
@@ -377,7 +393,8 @@ impl<T: Element> Job<'_, '_, T> {
     }
 }
 
-/// `acc[q0..q0+8][cv..cv+W] = α·acc + Pᵀ[.., q0..q0+8]ᵀ · V[.., cv..cv+W]`.
+/// `acc[q0..q0+8][cv..cv+W] = α·acc + Pᵀ[keys, q0..q0+8]ᵀ · V[keys, cv..cv+W]`
+/// (`keys`: the tile rows that can be nonzero for these queries).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pv_block<const W: usize>(
@@ -387,7 +404,7 @@ fn pv_block<const W: usize>(
     vt: &Rows<'_>,
     dvv: usize,
     cv: usize,
-    kn: usize,
+    keys: std::ops::Range<usize>,
     alpha: &[f32; MR],
     acc: &mut [f32x16],
 ) {
@@ -399,7 +416,11 @@ fn pv_block<const W: usize>(
             c[r][t] = row[t] * a;
         }
     }
-    pv_micro::<W>(&pt[q0..], pstride, &vt.data[vt.base + cv * LANES..], vt.stride, kn, &mut c);
+    if !keys.is_empty() {
+        let (k0, n) = (keys.start, keys.len());
+        let v = &vt.data[vt.base + k0 * vt.stride + cv * LANES..];
+        pv_micro::<W>(&pt[k0 * pstride + q0..], pstride, v, vt.stride, n, &mut c);
+    }
     for r in 0..MR {
         acc[(q0 + r) * dvv + cv..][..W].copy_from_slice(&c[r]);
     }
