@@ -32,6 +32,10 @@ fn cases() -> Vec<Case> {
         case("n1_causal", [1, 2, 1, 1, 1, 8, 8], Mask::Causal),
         case("decode_nq1", [1, 8, 2, 1, 300, 64, 64], Mask::Causal),
         case("decode_nq5", [1, 8, 2, 5, 300, 64, 64], Mask::Causal),
+        // split-KV (q_len <= 16) over several chunks, and just past it
+        case("split_kv_chunks", [2, 8, 2, 1, 1500, 64, 64], Mask::Causal),
+        case("split_kv_nq16_window", [1, 4, 1, 16, 700, 32, 40], W(Some(200), Some(0))),
+        case("tiled_nq17", [1, 4, 1, 17, 700, 32, 32], Mask::Causal),
         case("cross_nq_lt_nk", [1, 2, 2, 50, 200, 32, 32], Mask::None),
         case("causal_nq_lt_nk", [1, 2, 2, 50, 200, 32, 32], Mask::Causal),
         case("causal_nq_gt_nk_masked_rows", [1, 2, 2, 200, 50, 32, 32], Mask::Causal),

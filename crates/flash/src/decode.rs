@@ -15,16 +15,103 @@
 //! fixed, so the bits are the same for any number of threads.
 
 use attn_core::simd::{LOG2_E, exp2, f32x16, load};
-use attn_core::{AttnError, AttnParams, Element, Par};
+use attn_core::{AttnError, AttnParams, Element, Layout, Par, TensorView};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
 use crate::merge::{Partial, merge_partials};
 
-/// Keys per split-KV chunk: 512 positions of K+V at d = 128 are 512 KiB in
-/// f32 — large enough to stream at full bandwidth with the hardware
-/// prefetcher, small enough that L = 4096 already gives 8 chunks per head.
+/// Smallest split-KV chunk: 512 positions of K+V at d = 128 are 512 KiB in
+/// f32 — large enough to stream at full bandwidth, small enough that
+/// L = 4096 already gives 8 chunks per head.
 pub const CHUNK: usize = 512;
+
+/// Most chunks per (batch, kv head): longer caches get longer chunks, so
+/// the partial results take `O(B·Hq·nq·dv)` memory whatever the length.
+pub const MAX_CHUNKS: usize = 64;
+
+/// Chunks and chunk length for a cache of `len` positions (a function of
+/// the length only, never of the thread count).
+fn chunking(len: usize) -> (usize, usize) {
+    let nc = len.div_ceil(CHUNK).clamp(1, MAX_CHUNKS);
+    (nc, len.div_ceil(nc).next_multiple_of(KB).max(KB))
+}
+
+/// Where split-KV reads K and V: a [`KvCache`] or the K/V views of an
+/// ordinary call.
+pub(crate) trait KvSource<T: Element>: Sync {
+    fn batch(&self) -> usize;
+    fn kv_heads(&self) -> usize;
+    fn head_dim(&self) -> usize;
+    fn v_dim(&self) -> usize;
+    /// Positions of batch entry `b`.
+    fn len(&self, b: usize) -> usize;
+    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T];
+    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T];
+}
+
+impl<T: Element> KvSource<T> for KvCache<T> {
+    fn batch(&self) -> usize {
+        KvCache::batch(self)
+    }
+    fn kv_heads(&self) -> usize {
+        KvCache::kv_heads(self)
+    }
+    fn head_dim(&self) -> usize {
+        KvCache::head_dim(self)
+    }
+    fn v_dim(&self) -> usize {
+        KvCache::v_dim(self)
+    }
+    fn len(&self, b: usize) -> usize {
+        self.lens()[b]
+    }
+    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T] {
+        KvCache::k_row(self, b, g, j)
+    }
+    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
+        KvCache::v_row(self, b, g, j)
+    }
+}
+
+/// The K and V views of an ordinary (validated) attention call.
+pub(crate) struct ViewKv<'v, 'a, T> {
+    pub k: &'v TensorView<'a, T>,
+    pub v: &'v TensorView<'a, T>,
+}
+
+impl<T: Element> KvSource<T> for ViewKv<'_, '_, T> {
+    fn batch(&self) -> usize {
+        self.k.dims()[0]
+    }
+    fn kv_heads(&self) -> usize {
+        self.k.dims()[1]
+    }
+    fn head_dim(&self) -> usize {
+        self.k.dims()[3]
+    }
+    fn v_dim(&self) -> usize {
+        self.v.dims()[3]
+    }
+    fn len(&self, _: usize) -> usize {
+        self.k.dims()[2]
+    }
+    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T] {
+        self.k.row(b, g, j)
+    }
+    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
+        self.v.row(b, g, j)
+    }
+}
+
+/// Bytes of the partial results [`split_kv`] keeps: independent of the
+/// number of keys (at most [`MAX_CHUNKS`] chunks per head).
+pub(crate) fn split_kv_bytes(shape: &attn_core::AttnShape, threads: usize) -> usize {
+    let rows = shape.batch() * shape.q_heads() * shape.q_len();
+    let (d, dvp) = (shape.head_dim(), shape.v_dim().next_multiple_of(16));
+    let per_worker = (shape.group_size() * shape.q_len() * (d + dvp + KB + 2) + KB * (d + dvp)) * 4;
+    4 * rows * (shape.v_dim() + 1) * (MAX_CHUNKS + 1) + threads * per_worker
+}
 
 const KB: usize = 16; // keys per block: one vector of scores per row
 
@@ -77,10 +164,37 @@ pub fn decode<T: Element>(
         return Ok(());
     }
 
+    let qv = TensorView::new("q", q, [bsz, q_heads, q_len, d], Layout::Bhnd)?;
+    let mut lse = lse;
+    split_kv(cache, &qv, q_heads, q_len, params, par, |b, h, t, row, l| {
+        let idx = (b * q_heads + h) * q_len + t;
+        out[idx * dv..(idx + 1) * dv].copy_from_slice(row);
+        if let Some(lse) = lse.as_deref_mut() {
+            lse[idx] = l;
+        }
+    });
+    Ok(())
+}
+
+/// Split-KV attention of `nq` queries per head (`q`: `[B, Hq, nq, d]`
+/// logical) against `kv`, bottom-right masks; `write(b, h, t, out_row,
+/// lse)` receives every output row exactly once, in a fixed order.
+/// Validation is the caller's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
+    kv: &S,
+    q: &TensorView<'_, Tq>,
+    q_heads: usize,
+    q_len: usize,
+    params: &AttnParams,
+    par: Par,
+    mut write: impl FnMut(usize, usize, usize, &[f32], f32),
+) {
+    let (bsz, hkv, d, dv) = (kv.batch(), kv.kv_heads(), kv.head_dim(), kv.v_dim());
     let group = q_heads / hkv;
     let rows = group * q_len; // rows of one (b, g) item
-    let max_len = cache.lens().iter().copied().max().unwrap_or(0);
-    let nc = max_len.div_ceil(CHUNK).max(1);
+    let max_len = (0..bsz).map(|b| kv.len(b)).max().unwrap_or(0);
+    let (nc, _) = chunking(max_len);
     let scale = params.scale_for(d) * LOG2_E;
     let items = bsz * hkv * nc;
     let mut pout = vec![0f32; items * rows * dv];
@@ -89,7 +203,7 @@ pub fn decode<T: Element>(
     let run = |item: usize, po: &mut [f32], pl: &mut [f32], s: &mut DecodeScratch| {
         let (bg, c) = (item / nc, item % nc);
         let (b, g) = (bg / hkv, bg % hkv);
-        chunk_partial(cache, q, q_heads, q_len, params, scale, b, g, c, po, pl, s);
+        chunk_partial(kv, q, q_heads, q_len, params, scale, b, g, c, po, pl, s);
     };
     match par {
         Par::Seq => {
@@ -107,7 +221,6 @@ pub fn decode<T: Element>(
     }
 
     // Merge each (b, g)'s chunks in order into the output rows.
-    let mut lse_all = lse;
     let mut mo = vec![0f32; rows * dv];
     let mut ml = vec![0f32; rows];
     for bg in 0..bsz * hkv {
@@ -117,18 +230,14 @@ pub fn decode<T: Element>(
                 Partial { out: &pout[i * rows * dv..][..rows * dv], lse: &plse[i * rows..][..rows] }
             })
             .collect();
-        merge_partials(&parts, dv, &mut mo, &mut ml)?;
+        merge_partials(&parts, dv, &mut mo, &mut ml)
+            .expect("partial buffers are sized by construction");
         let (b, g) = (bg / hkv, bg % hkv);
         for r in 0..rows {
             let (hg, t) = (r / q_len, r % q_len);
-            let idx = (b * q_heads + g * group + hg) * q_len + t;
-            out[idx * dv..(idx + 1) * dv].copy_from_slice(&mo[r * dv..(r + 1) * dv]);
-            if let Some(l) = lse_all.as_deref_mut() {
-                l[idx] = ml[r];
-            }
+            write(b, g * group + hg, t, &mo[r * dv..(r + 1) * dv], ml[r]);
         }
     }
-    Ok(())
 }
 
 /// Per-worker buffers of the decode kernel (a few KiB for typical shapes).
@@ -147,9 +256,9 @@ struct DecodeScratch {
 /// One item: rows of (b, g) against cache chunk `c`; writes the normalized
 /// partial output and LSE of each row.
 #[allow(clippy::too_many_arguments)]
-fn chunk_partial<T: Element>(
-    cache: &KvCache<T>,
-    q: &[f32],
+fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
+    cache: &S,
+    q: &TensorView<'_, Tq>,
     q_heads: usize,
     q_len: usize,
     params: &AttnParams,
@@ -165,8 +274,9 @@ fn chunk_partial<T: Element>(
     let dvp = dv.next_multiple_of(16);
     let group = q_heads / cache.kv_heads();
     let rows = group * q_len;
-    let len = cache.lens()[b];
-    let (c0, c1) = (c * CHUNK, ((c + 1) * CHUNK).min(len));
+    let len = cache.len(b);
+    let (_, clen) = chunking((0..cache.batch()).map(|b| cache.len(b)).max().unwrap_or(0));
+    let (c0, c1) = ((c * clen).min(len), ((c + 1) * clen).min(len));
 
     s.qs.resize(rows * d, 0.0);
     s.acc.clear();
@@ -183,10 +293,9 @@ fn chunk_partial<T: Element>(
     for r in 0..rows {
         let (hg, t) = (r / q_len, r % q_len);
         let h = g * group + hg;
-        let src = &q[((b * q_heads + h) * q_len + t) * d..][..d];
-        for (x, y) in s.qs[r * d..(r + 1) * d].iter_mut().zip(src) {
-            *x = y * scale;
-        }
+        let dst = &mut s.qs[r * d..(r + 1) * d];
+        Tq::widen_slice(q.row(b, h, t), dst);
+        dst.iter_mut().for_each(|x| *x *= scale);
         let kr = params.mask.key_range(t, q_len, len);
         s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
     }

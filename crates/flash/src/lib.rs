@@ -38,7 +38,15 @@ use attn_core::{
 
 pub use cache::KvCache;
 pub use decode::decode;
+use decode::{ViewKv, split_kv, split_kv_bytes};
 use forward::{Job, LseWriter, Scratch};
+
+/// Calls with at most this many queries per head (decode-like) and no tile
+/// override run split-KV (see [`decode()`]): the tiled loop nest would pad
+/// each query tile to 32 rows and stream K/V per tile, while split-KV
+/// reads each K/V element once for all query heads of its group and
+/// spreads the keys over the threads.
+pub const SPLIT_KV_MAX_Q: usize = 16;
 pub use merge::{Partial, merge_partials};
 pub use tiles::{Plan, TileConfig};
 
@@ -71,6 +79,11 @@ impl Flash {
         Flash { tiles: Some(tiles) }
     }
 
+    /// Whether a call on `shape` takes the split-KV path.
+    pub fn uses_split_kv(&self, shape: &AttnShape) -> bool {
+        self.tiles.is_none() && shape.q_len() <= SPLIT_KV_MAX_Q
+    }
+
     /// The plan (tile sizes and head chunking) this kernel uses for `shape`.
     pub fn plan(&self, shape: &AttnShape) -> Plan {
         Plan::new(shape, self.tiles.unwrap_or_else(|| TileConfig::for_shape(shape)))
@@ -92,9 +105,11 @@ impl Flash {
     }
 
     /// Like [`AttentionKernel::forward`], on a caller-provided workspace
-    /// (no allocation under `Par::Seq`). The workspace must come from
-    /// [`Flash::workspace`] for the same head dims, group size, tiles and
-    /// at most as many threads.
+    /// (no allocation under `Par::Seq` on the tiled path). The workspace
+    /// must come from [`Flash::workspace`] for the same head dims, group
+    /// size, tiles and at most as many threads. Split-KV calls (see
+    /// [`SPLIT_KV_MAX_Q`]) allocate their partial results instead, a size
+    /// independent of the number of keys.
     pub fn forward_in<T: Element>(
         &self,
         inputs: &AttnInputs<'_, T>,
@@ -125,6 +140,18 @@ impl Flash {
         if shape.q_len() == 0 {
             return Ok(());
         }
+        if self.uses_split_kv(shape) {
+            let kv = ViewKv { k: &inputs.k, v: &inputs.v };
+            let (hq, nq) = (shape.q_heads(), shape.q_len());
+            let mut lse = lse;
+            split_kv(&kv, &inputs.q, hq, nq, params, par, |b, h, t, row, l| {
+                out.row_mut(b, h, t).copy_from_slice(row);
+                if let Some(lse) = lse.as_deref_mut() {
+                    lse[(b * hq + h) * nq + t] = l;
+                }
+            });
+            return Ok(());
+        }
         let n = self.workers(shape, par);
         let job = Job { inputs, params, plan, out: out.row_writer(), lse: LseWriter::new(lse) };
         job.run(&mut ws.workers[..n], par);
@@ -147,6 +174,9 @@ impl AttentionKernel for Flash {
     /// One scratch set per worker: `O(threads × tile)`, independent of
     /// `Nq` and `Nk`.
     fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
+        if self.uses_split_kv(shape) {
+            return split_kv_bytes(shape, par.threads());
+        }
         self.workers(shape, par) * self.plan(shape).worker_bytes()
     }
 
