@@ -1,15 +1,18 @@
 //! `cargo bench -p harness`: the long-context sweep.
 //!
-//! Sequence length × head grouping (MHA/GQA/MQA) × mask × d × threads for
-//! the naive and the flash kernel (see `harness::sweep::grid`), then
-//! `results/runs/*.json`, `results/latest.json`, `docs/results.md`,
-//! `docs/headline.md` and `docs/img/*.svg` are regenerated.
+//! Prefill: sequence length × head grouping (MHA/GQA/MQA) × mask × d ×
+//! threads for the naive and the flash kernel; decode: cache length ×
+//! grouping × cache dtype × threads for `attn_flash::decode` (see
+//! `harness::sweep::grid`). Then `results/runs/*.json`,
+//! `results/latest.json`, `docs/results.md`, `docs/headline.md` and
+//! `docs/img/*.svg` are regenerated.
 //!
 //! - `ATTNLAB_PROFILE=quick|default|full` picks the grid (default:
 //!   `default`, about 10 minutes on a 2-core Zen 4; `full` runs flash to
 //!   N = 131072 and takes hours).
-//! - A filter argument (`cargo bench -p harness -- mqa/causal`) keeps the
-//!   configurations whose id contains it; criterion applies it too.
+//! - A filter argument (`cargo bench -p harness -- mqa/causal`, `-- decode/`)
+//!   keeps the configurations whose id contains it; criterion applies it
+//!   too.
 //! - `ATTNLAB_MEM_BUDGET_GIB` sets the memory budget (default: half of
 //!   physical memory); configurations needing more are recorded as
 //!   "needs X GiB" instead of run.
@@ -22,7 +25,10 @@
 //! Each configuration first runs in a fresh child process (this binary,
 //! re-executed) for memory, error and, for long calls, time; short calls
 //! are then timed here by criterion with ids such as
-//! `prefill/flash/mha/causal/d64/f32/t2/4096`.
+//! `prefill/flash/mha/causal/d64/f32/t2/4096` or
+//! `decode/flash/gqa/f16/t2/32768`. Decode rows' "% of bandwidth" divides
+//! by the read bandwidth measured here for the same thread count (the best
+//! of the measurements before and after the sweep, like "% of peak").
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use harness::machine::{self, MachineInfo, PeakOptions};
@@ -148,6 +154,7 @@ fn main() -> ExitCode {
                         Err(e) => row = Row::error(cfg, e),
                     }
                 }
+                row.set_read_gbs(Some(peak.read_gbs(cfg.threads)));
                 row
             }
         };
@@ -165,6 +172,9 @@ fn main() -> ExitCode {
                 let p = peak.fma_gflops(r.config.threads);
                 r.peak_gflops = Some(p);
                 r.pct_peak = Some(100.0 * g / p);
+            }
+            if r.status == Status::Ok {
+                r.set_read_gbs(Some(peak.read_gbs(r.config.threads)));
             }
         }
     }
@@ -263,7 +273,7 @@ fn time_with_criterion(
     let mut records: Vec<(u64, f64)> = Vec::new();
     let mut failure: Option<String> = None;
     {
-        let mut g = c.benchmark_group("prefill");
+        let mut g = c.benchmark_group(cfg.kind.name());
         g.sample_size(10)
             .warm_up_time(s.criterion_warm_up)
             .measurement_time(s.criterion_measurement)
@@ -301,7 +311,7 @@ fn time_with_criterion(
 fn read_estimate(dir: &Path, cfg: &Config, since: SystemTime) -> Option<f64> {
     let safe = |s: &str| s.replace(['?', '"', '/', '\\', '*', '<', '>', ':', '|', '^'], "_");
     let path = dir
-        .join("prefill")
+        .join(cfg.kind.name())
         .join(safe(&cfg.function_id()))
         .join(safe(&cfg.param_id()))
         .join("new/estimates.json");

@@ -1,16 +1,19 @@
-//! `attn decode`: benchmark one KV-cache decode configuration.
+//! `attn decode`: benchmark one KV-cache decode configuration; and the
+//! decode configurations of the sweep ([`prepare`], see [`crate::sweep`]).
 //!
-//! Fills a [`KvCache`] of the chosen storage type with seeded
-//! standard-normal K/V of length `--kv-len` for every batch entry, then
-//! times `attn_flash::decode` of `--q-len` new queries: `--warmup` untimed
-//! and `--reps` timed calls (median). Reports the K+V bytes read per step,
-//! the achieved GB/s and its percentage of the read bandwidth measured by
-//! `attn peak`'s microbenchmark in the same process.
+//! Fills a [`KvCache`] of the chosen storage type with seeded K/V of
+//! length `--kv-len` for every batch entry ([`fill_cache`]), then times
+//! `attn_flash::decode` of `--q-len` new queries (seeded standard-normal,
+//! f32): `--warmup` untimed and `--reps` timed calls (median). Reports the
+//! K+V bytes read per step, the achieved GB/s and its percentage of the
+//! read bandwidth measured by `attn peak`'s microbenchmark in the same
+//! process.
 
 use crate::machine::{PeakOptions, measure_peak};
-use crate::sweep::normal;
-use attn_core::{AttnParams, Element, Mask, Par, bf16, f16};
+use crate::sweep::{Config, Dtype, Runner, SplitMix64, normal};
+use attn_core::{AttnError, AttnParams, Element, Mask, Par, bf16, f16};
 use attn_flash::{KvCache, decode};
+use rayon::prelude::*;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -127,12 +130,7 @@ fn measure_typed<T: Element>(a: &DecodeArgs) -> Result<DecodeRow, String> {
     };
     let mut cache = KvCache::<T>::new(a.batch, a.kv_heads, a.kv_len, a.head_dim, a.head_dim)
         .map_err(|e| e.to_string())?;
-    let per = a.kv_heads * a.kv_len * a.head_dim;
-    for b in 0..a.batch {
-        let k: Vec<f32> = normal(per, 1 + b as u64, 1);
-        let v: Vec<f32> = normal(per, 1 + b as u64, 2);
-        cache.append(b, &k, &v).map_err(|e| e.to_string())?;
-    }
+    fill_cache(&mut cache, crate::sweep::SEED).map_err(|e| e.to_string())?;
     let q: Vec<f32> = normal(a.batch * a.q_heads * a.q_len * a.head_dim, 7, 3);
     let mut out = vec![0f32; a.batch * a.q_heads * a.q_len * a.head_dim];
     let mut lse = vec![0f32; a.batch * a.q_heads * a.q_len];
@@ -209,5 +207,220 @@ pub fn decode_main(a: &DecodeArgs) -> ExitCode {
             eprintln!("attn decode: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+// ------------------------------------------------ sweep configurations ----
+
+/// Positions appended at a time by [`fill_cache`].
+const FILL_POSITIONS: usize = 1024;
+
+/// Most query rows [`Runner::sampled_error`] checks for a decode
+/// configuration: each row reads the whole cache in f64.
+pub const MAX_ERR_ROWS: usize = 8;
+
+/// `len` values uniform on (−√3, √3) (mean 0, variance 1, like the
+/// standard-normal prefill inputs, at a fraction of Box-Muller's cost:
+/// filling a 4 GiB cache stays a matter of seconds), generated in parallel
+/// in fixed 64 Ki-element chunks, each its own SplitMix64 stream: the
+/// values depend only on (seed, stream, index).
+pub fn uniform(len: usize, seed: u64, stream: u64) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![0f32; len];
+    let half_width = 3f32.sqrt();
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let mut rng = SplitMix64(
+            seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407)
+                ^ (c as u64).wrapping_mul(0x9FB2_1C65),
+        );
+        rng.next_u64();
+        for pair in chunk.chunks_mut(2) {
+            let x = rng.next_u64();
+            for (i, o) in pair.iter_mut().enumerate() {
+                let bits = (x >> (8 + 32 * i)) & 0xFF_FFFF; // 24 bits each
+                let u = (bits as f32 + 0.5) * (1.0 / (1u32 << 24) as f32);
+                *o = (2.0 * u - 1.0) * half_width;
+            }
+        }
+    });
+    out
+}
+
+/// Fills every batch entry of `cache` up to its capacity with seeded K/V
+/// ([`uniform`]), appending [`FILL_POSITIONS`] positions at a time (so the
+/// f32 staging buffers stay small next to the cache).
+pub fn fill_cache<T: Element>(cache: &mut KvCache<T>, seed: u64) -> Result<(), AttnError> {
+    let (hkv, d, dv, cap) = (cache.kv_heads(), cache.head_dim(), cache.v_dim(), cache.capacity());
+    let chunks = cap.div_ceil(FILL_POSITIONS) as u64;
+    for b in 0..cache.batch() {
+        while cache.lens()[b] < cap {
+            let start = cache.lens()[b];
+            let n = FILL_POSITIONS.min(cap - start);
+            let stream = 2 * (b as u64 * chunks + (start / FILL_POSITIONS) as u64);
+            let k = uniform(hkv * n * d, seed, stream + 1);
+            let v = uniform(hkv * n * dv, seed, stream + 2);
+            cache.append(b, &k, &v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Heap bytes one `attn_flash::decode` call of `cfg` allocates, as the
+/// kernel sizes them (mirrored here: the kernel's own figure is private):
+/// the split-KV partials (output and LSE per query row, K/V head and chunk;
+/// at most [`attn_flash::decode::MAX_CHUNKS`] chunks of at least
+/// [`attn_flash::decode::CHUNK`] positions), the merge buffers, and the
+/// scratch of each worker thread.
+pub fn workspace_bytes(cfg: &Config) -> u64 {
+    use attn_flash::decode::{CHUNK, MAX_CHUNKS};
+    const KB: usize = 16; // keys per block of the kernel
+    if cfg.kv_heads == 0 || !cfg.q_heads.is_multiple_of(cfg.kv_heads) {
+        return 0;
+    }
+    let nc = cfg.kv_len.div_ceil(CHUNK).clamp(1, MAX_CHUNKS);
+    let rows = cfg.q_heads / cfg.kv_heads * cfg.q_len;
+    let items = cfg.batch * cfg.kv_heads * nc;
+    let (d, dvp) = (cfg.head_dim, cfg.v_dim.next_multiple_of(16));
+    let partials = (items + 1) * rows * (cfg.v_dim + 1);
+    let per_worker = rows * (d + dvp + KB + 2) + KB * (d + dvp);
+    (4 * (partials + cfg.threads.max(1) * per_worker)) as u64
+}
+
+/// A decode configuration ready to run: the filled cache, queries,
+/// outputs and thread pool.
+pub struct DecodeRunner<T> {
+    cache: KvCache<T>,
+    q: Vec<f32>,
+    q_heads: usize,
+    q_len: usize,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    params: AttnParams,
+    par: Par,
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// Builds the runner of a decode configuration of the sweep: a cache of
+/// capacity `kv_len` filled to it ([`fill_cache`] with `seed`), f32
+/// standard-normal queries, outputs touched before the first call.
+pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
+    match cfg.dtype {
+        Dtype::F32 => Ok(Box::new(DecodeRunner::<f32>::new(cfg, seed)?)),
+        Dtype::F16 => Ok(Box::new(DecodeRunner::<f16>::new(cfg, seed)?)),
+        Dtype::Bf16 => Ok(Box::new(DecodeRunner::<bf16>::new(cfg, seed)?)),
+    }
+}
+
+impl<T: Element> DecodeRunner<T> {
+    fn new(cfg: &Config, seed: u64) -> Result<Self, String> {
+        let e = |e: AttnError| e.to_string();
+        let mut cache =
+            KvCache::<T>::new(cfg.batch, cfg.kv_heads, cfg.kv_len, cfg.head_dim, cfg.v_dim)
+                .map_err(e)?;
+        fill_cache(&mut cache, seed).map_err(e)?;
+        let rows = cfg.batch * cfg.q_heads * cfg.q_len;
+        let q = normal::<f32>(rows * cfg.head_dim, seed, 0);
+        let out = vec![0.5f32; rows * cfg.v_dim];
+        let lse = vec![0.5f32; rows];
+        let pool = if cfg.threads > 1 {
+            let p = rayon::ThreadPoolBuilder::new()
+                .num_threads(cfg.threads)
+                .build()
+                .map_err(|e| e.to_string())?;
+            p.install(|| rayon::join(|| (), || ())); // threads started
+            Some(p)
+        } else {
+            None
+        };
+        Ok(DecodeRunner {
+            cache,
+            q,
+            q_heads: cfg.q_heads,
+            q_len: cfg.q_len,
+            out,
+            lse,
+            params: cfg.params(),
+            par: cfg.par(),
+            pool,
+        })
+    }
+}
+
+impl<T: Element> Runner for DecodeRunner<T> {
+    fn run(&mut self) -> Result<(), AttnError> {
+        let DecodeRunner { cache, q, q_heads, q_len, out, lse, params, par, pool } = self;
+        let mut call = || {
+            decode(
+                cache,
+                q,
+                *q_heads,
+                *q_len,
+                out,
+                Some(std::hint::black_box(&mut lse[..])),
+                params,
+                *par,
+            )
+        };
+        let r = match pool {
+            Some(p) => p.install(call),
+            None => call(),
+        };
+        std::hint::black_box(&self.out);
+        r
+    }
+
+    /// Max |O − O_f64| over at most [`MAX_ERR_ROWS`] query rows evenly
+    /// spaced over `[B, Hq, nq]` (first and last included, so that several
+    /// K/V heads are exercised), against an f64 evaluation over the cache
+    /// as stored.
+    fn sampled_error(&self, rows: usize) -> (f64, usize) {
+        let c = &self.cache;
+        let (hq, nq, hkv) = (self.q_heads, self.q_len, c.kv_heads());
+        let (d, dv) = (c.head_dim(), c.v_dim());
+        let total = c.batch() * hq * nq;
+        let n = rows.min(MAX_ERR_ROWS).min(total);
+        if n == 0 {
+            return (0.0, 0);
+        }
+        let mut picks: Vec<usize> =
+            (0..n).map(|k| if n == 1 { total - 1 } else { k * (total - 1) / (n - 1) }).collect();
+        picks.dedup();
+        let scale = self.params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
+        let err = picks
+            .par_iter()
+            .map(|&r| {
+                let (b, h, t) = (r / (hq * nq), (r / nq) % hq, r % nq);
+                let g = h / (hq / hkv);
+                let qrow = &self.q[r * d..][..d];
+                let keys = self.params.mask.key_range(t, nq, c.lens()[b]);
+                let mut o = vec![0f64; dv];
+                if !keys.is_empty() {
+                    let s: Vec<f64> = keys
+                        .clone()
+                        .map(|j| {
+                            let dot: f64 = qrow
+                                .iter()
+                                .zip(c.k_row(b, g, j))
+                                .map(|(x, y)| *x as f64 * y.to_f32() as f64)
+                                .sum();
+                            scale * dot
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let mut sum = 0.0;
+                    for (j, sj) in keys.zip(&s) {
+                        let p = (sj - m).exp();
+                        sum += p;
+                        for (oc, x) in o.iter_mut().zip(c.v_row(b, g, j)) {
+                            *oc += p * x.to_f32() as f64;
+                        }
+                    }
+                    o.iter_mut().for_each(|x| *x /= sum);
+                }
+                let got = &self.out[r * dv..][..dv];
+                o.iter().zip(got).map(|(r, g)| (r - *g as f64).abs()).fold(0.0, f64::max)
+            })
+            .reduce(|| 0.0, f64::max);
+        (err, picks.len())
     }
 }

@@ -214,6 +214,19 @@ impl Peak {
         }
     }
 
+    /// Read bandwidth for `threads` threads, GB/s: the 1-thread figure for
+    /// 1, the all-threads one for `threads_all`, linear in between.
+    pub fn read_gbs(&self, threads: usize) -> f64 {
+        if threads <= 1 || self.threads_all <= 1 {
+            self.read_gbs_1t
+        } else if threads >= self.threads_all {
+            self.read_gbs_all
+        } else {
+            let f = (threads - 1) as f64 / (self.threads_all - 1) as f64;
+            self.read_gbs_1t + f * (self.read_gbs_all - self.read_gbs_1t)
+        }
+    }
+
     /// FMA peak for `threads` threads: the 1-thread figure for 1, the
     /// all-threads one for `threads_all`, linear in between.
     pub fn fma_gflops(&self, threads: usize) -> f64 {

@@ -8,9 +8,15 @@
 //! combinations of that grouping and mask; the plots are SVG (plotters,
 //! SVG backend): time vs N and memory vs N on log-log axes with O(N²) and
 //! O(N) references, and GFLOP/s vs N per grouping.
+//!
+//! Decode rows (schema 2) get their own section when the run has any:
+//! tables per grouping and thread count (L rows × cache dtype columns: µs
+//! per step, GB/s of K+V, % of the run's read bandwidth, f16/bf16 speedup
+//! over f32) and `img/decode_gbs_vs_l.svg`. Everything else is computed
+//! from the prefill rows only, so a prefill-only run renders as before.
 
 use crate::machine::fmt_bytes;
-use crate::sweep::{Config, Dtype, Row, RunFile, Status, fmt_duration, workspace_root};
+use crate::sweep::{Config, Dtype, Kind, Row, RunFile, Status, fmt_duration, workspace_root};
 use plotters::coord::ranged1d::Ranged;
 use plotters::prelude::*;
 use std::collections::BTreeSet;
@@ -63,24 +69,50 @@ pub fn source_name(path: &Path, root: &Path) -> String {
     p.strip_prefix(&r).map(|x| x.display().to_string()).unwrap_or_else(|_| p.display().to_string())
 }
 
-/// Reads a results file.
+/// Reads a results file (schema 1 or 2, see [`crate::sweep::SCHEMA`]).
 pub fn load(path: &Path) -> Result<RunFile, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: not a results file: {e}", path.display()))
+    let run: RunFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a results file: {e}", path.display()))?;
+    if run.schema > crate::sweep::SCHEMA {
+        return Err(format!(
+            "{}: schema {} is newer than this attn's ({}): rebuild attn",
+            path.display(),
+            run.schema,
+            crate::sweep::SCHEMA
+        ));
+    }
+    Ok(run)
+}
+
+/// The run with its prefill rows only (what every part but the decode
+/// section is made of).
+fn prefill_only(run: &RunFile) -> RunFile {
+    let rows = run.rows.iter().filter(|r| r.config.kind == Kind::Prefill).cloned().collect();
+    RunFile { rows, ..run.clone() }
+}
+
+fn decode_rows(run: &RunFile) -> Vec<&Row> {
+    run.rows.iter().filter(|r| r.config.kind == Kind::Decode).collect()
 }
 
 /// Writes `results.md`, `headline.md` and `img/{time,memory,gflops}_vs_n.svg`
-/// into `docs`; `source` names the results file in the text.
+/// (and `img/decode_gbs_vs_l.svg` when the run has decode rows) into
+/// `docs`; `source` names the results file in the text.
 pub fn generate(run: &RunFile, docs: &Path, source: &str) -> std::io::Result<Vec<PathBuf>> {
     let img = docs.join("img");
     std::fs::create_dir_all(&img)?;
     let mut written = Vec::new();
-    for (name, svg) in [
+    let mut plots = vec![
         ("time_vs_n.svg", plot_time_vs_n(run)),
         ("memory_vs_n.svg", plot_memory_vs_n(run)),
         ("gflops_vs_n.svg", plot_gflops_vs_n(run)),
-    ] {
+    ];
+    if !decode_rows(run).is_empty() {
+        plots.push(("decode_gbs_vs_l.svg", plot_decode_gbs_vs_l(run)));
+    }
+    for (name, svg) in plots {
         let path = img.join(name);
         match svg {
             Ok(s) => {
@@ -114,9 +146,10 @@ pub struct Main {
 
 impl Main {
     /// d = 64 (else the most frequent d), f32, all threads (else the most
-    /// threads any row used).
+    /// threads any row used), over the prefill rows.
     pub fn of(run: &RunFile) -> Main {
-        let rows = &run.rows;
+        let pre = prefill_only(run);
+        let rows = &pre.rows;
         let ds: Vec<usize> = rows.iter().map(|r| r.config.head_dim).collect();
         let d = if ds.contains(&64) { 64 } else { most_frequent(&ds).unwrap_or(64) };
         let threads = if rows.iter().any(|r| r.config.threads == run.peak.threads_all) {
@@ -129,7 +162,8 @@ impl Main {
 
     /// Whether `c` is in the main combination (prefill, B = 1).
     pub fn has(&self, c: &Config) -> bool {
-        c.head_dim == self.d
+        c.kind == Kind::Prefill
+            && c.head_dim == self.d
             && c.v_dim == c.head_dim
             && c.dtype == self.dtype
             && c.threads == self.threads
@@ -301,7 +335,9 @@ fn n_label(n: usize) -> String {
 }
 
 /// `docs/results.md`.
-pub fn render_results_md(run: &RunFile, source: &str) -> String {
+pub fn render_results_md(all: &RunFile, source: &str) -> String {
+    let pre = prefill_only(all);
+    let run = &pre;
     let mut s = String::new();
     let main = Main::of(run);
     let ks = kernels(run);
@@ -413,16 +449,16 @@ pub fn render_results_md(run: &RunFile, source: &str) -> String {
     );
 
     let _ = writeln!(s, "## Grid of this run\n");
-    for g in &run.grid {
+    for g in &all.grid {
         let _ = writeln!(s, "- {g}");
     }
     let _ = writeln!(
         s,
         "\n{} configurations: {} measured, {} skipped for memory, {} failed.\n",
-        run.rows.len(),
-        run.rows.iter().filter(|r| r.status == Status::Ok).count(),
-        run.rows.iter().filter(|r| r.status == Status::Skipped).count(),
-        run.rows.iter().filter(|r| r.status == Status::Error).count()
+        all.rows.len(),
+        all.rows.iter().filter(|r| r.status == Status::Ok).count(),
+        all.rows.iter().filter(|r| r.status == Status::Skipped).count(),
+        all.rows.iter().filter(|r| r.status == Status::Error).count()
     );
 
     let _ = writeln!(s, "## Headline\n");
@@ -461,7 +497,9 @@ pub fn render_results_md(run: &RunFile, source: &str) -> String {
         }
     }
 
-    let failed: Vec<&Row> = run.rows.iter().filter(|r| r.status == Status::Error).collect();
+    decode_section(&mut s, all);
+
+    let failed: Vec<&Row> = all.rows.iter().filter(|r| r.status == Status::Error).collect();
     if !failed.is_empty() {
         let _ = writeln!(s, "## ¹ Configurations that failed\n");
         let mut notes: Vec<(String, Vec<String>)> = Vec::new();
@@ -624,6 +662,8 @@ fn other_table(s: &mut String, rows: &[&Row], ks: &[String]) {
 /// the longest N the naive kernel ran, and the longest N the flash kernel
 /// ran (with what naive would have needed there).
 pub fn headline_rows(run: &RunFile) -> Vec<(String, String, usize)> {
+    let pre = prefill_only(run);
+    let run = &pre;
     let main = Main::of(run);
     let in_main = |r: &&Row| main.has(&r.config);
     let mut picks: Vec<(String, String, usize)> = Vec::new();
@@ -667,6 +707,8 @@ pub fn headline_rows(run: &RunFile) -> Vec<(String, String, usize)> {
 }
 
 fn headline_table(run: &RunFile) -> String {
+    let pre = prefill_only(run);
+    let run = &pre;
     let main = Main::of(run);
     let mut s = String::new();
     let mut body = Vec::new();
@@ -808,17 +850,22 @@ fn log_bounds(vals: impl Iterator<Item = f64>, pad: f64) -> Option<(f64, f64)> {
     }
 }
 
-/// Draws one log-log panel.
+const N_AXIS: &str = "N (sequence length)";
+
+/// Draws one panel: log x, log or linear y (from 0 to `y_top`, default
+/// 1.25 times the largest value).
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     series: &[Series],
     y_log: bool,
     y_fmt: &dyn Fn(f64) -> String,
     hline: Option<(f64, String)>,
     legend: SeriesLabelPosition,
+    y_top: Option<f64>,
 ) -> Result<(), String> {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (x0, x1) = log_bounds(xs, 1.25).ok_or("no points")?;
@@ -839,7 +886,7 @@ fn panel<DB: DrawingBackend>(
         let mut chart = b.build_cartesian_2d(xr(), (y0..y1).log_scale()).map_err(e2s)?;
         chart
             .configure_mesh()
-            .x_desc("N (sequence length)")
+            .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&|x| fmt_n_axis(*x))
             .y_label_formatter(&|y| y_fmt(*y))
@@ -848,10 +895,10 @@ fn panel<DB: DrawingBackend>(
             .map_err(e2s)?;
         draw_all(&mut chart, series, &hline, (x0, x1), legend)
     } else {
-        let mut chart = b.build_cartesian_2d(xr(), 0f64..y1 / 1.6).map_err(e2s)?;
+        let mut chart = b.build_cartesian_2d(xr(), 0f64..y_top.unwrap_or(y1 / 1.6)).map_err(e2s)?;
         chart
             .configure_mesh()
-            .x_desc("N (sequence length)")
+            .x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&|x| fmt_n_axis(*x))
             .y_label_formatter(&|y| y_fmt(*y))
@@ -983,6 +1030,8 @@ fn time_series(run: &RunFile, g: &str) -> Vec<Series> {
 
 /// `img/time_vs_n.svg`: one log-log panel per grouping.
 pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
+    let pre = prefill_only(run);
+    let run = &pre;
     let gs: Vec<(&str, &str)> = GROUPINGS
         .iter()
         .copied()
@@ -1018,12 +1067,14 @@ pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
             panel(
                 area,
                 &format!("{gname}: time per call ({})", main.describe()),
+                N_AXIS,
                 "ms (log)",
                 &series,
                 true,
                 &fmt_axis,
                 None,
                 SeriesLabelPosition::UpperLeft,
+                None,
             )?;
         }
         root.present().map_err(e2s)?;
@@ -1036,6 +1087,8 @@ pub fn plot_time_vs_n(run: &RunFile) -> PlotResult {
 /// reference, for the causal (else unmasked) MHA rows of the main
 /// combination, falling back to another grouping per N.
 pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
+    let pre = prefill_only(run);
+    let run = &pre;
     let mask =
         if run.rows.iter().any(|r| r.config.mask.name() == "causal") { "causal" } else { "full" };
     let main = Main::of(run);
@@ -1116,6 +1169,7 @@ pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
         panel(
             &root,
             &format!("memory per call, {mask} ({}; MHA, else GQA/MQA)", main.describe()),
+            N_AXIS,
             "MiB (log)",
             &series,
             true,
@@ -1127,6 +1181,7 @@ pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
                 format!("memory budget of the run ({})", gib(run.mem_budget_bytes)),
             )),
             SeriesLabelPosition::UpperLeft,
+            None,
         )?;
         root.present().map_err(e2s)?;
     }
@@ -1135,6 +1190,8 @@ pub fn plot_memory_vs_n(run: &RunFile) -> PlotResult {
 
 /// `img/gflops_vs_n.svg`: GFLOP/s per grouping, with the FMA peak.
 pub fn plot_gflops_vs_n(run: &RunFile) -> PlotResult {
+    let pre = prefill_only(run);
+    let run = &pre;
     let main = Main::of(run);
     let peak = run.peak.fma_gflops(main.threads);
     let gs: Vec<(&str, &str)> = GROUPINGS
@@ -1171,12 +1228,318 @@ pub fn plot_gflops_vs_n(run: &RunFile) -> PlotResult {
             panel(
                 area,
                 &format!("{gname}: GFLOP/s ({})", main.describe()),
+                N_AXIS,
                 "GFLOP/s",
                 &series,
                 false,
                 &|y| format!("{}", y.round() as i64),
                 Some((peak, format!("FMA peak {} GFLOP/s", fmt_num(peak)))),
                 SeriesLabelPosition::LowerRight,
+                None,
+            )?;
+        }
+        root.present().map_err(e2s)?;
+    }
+    Ok(svg)
+}
+
+// ---------------------------------------------------------- decode ----
+
+const DECODE_DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+/// One decode table: a grouping and everything but L and the cache dtype.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DecodeGroup {
+    grouping: String,
+    batch: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    q_len: usize,
+    head_dim: usize,
+    v_dim: usize,
+    mask: String,
+    threads: usize,
+}
+
+impl DecodeGroup {
+    fn of(r: &Row) -> DecodeGroup {
+        let c = &r.config;
+        DecodeGroup {
+            grouping: r.grouping.clone(),
+            batch: c.batch,
+            q_heads: c.q_heads,
+            kv_heads: c.kv_heads,
+            q_len: c.q_len,
+            head_dim: c.head_dim,
+            v_dim: c.v_dim,
+            mask: c.mask.name(),
+            threads: c.threads,
+        }
+    }
+
+    fn has(&self, r: &Row) -> bool {
+        r.config.kind == Kind::Decode && DecodeGroup::of(r) == *self
+    }
+
+    /// "GQA (Hq = 32, Hkv = 8), 2 threads", with B, nq, d or the mask
+    /// when they are not the sweep's.
+    fn title(&self) -> String {
+        let g = GROUPINGS
+            .iter()
+            .find(|(k, _)| *k == self.grouping)
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| self.grouping.to_uppercase());
+        let mut extra = String::new();
+        if self.batch != 1 {
+            let _ = write!(extra, ", B = {}", self.batch);
+        }
+        if self.q_len != 1 {
+            let _ = write!(extra, ", nq = {}", self.q_len);
+        }
+        if self.head_dim != 128 || self.v_dim != self.head_dim {
+            let _ = write!(extra, ", d = {}", self.head_dim);
+            if self.v_dim != self.head_dim {
+                let _ = write!(extra, ", dv = {}", self.v_dim);
+            }
+        }
+        if self.mask != "causal" {
+            let _ = write!(extra, ", {}", mask_title(&self.mask));
+        }
+        format!(
+            "{g} (Hq = {}, Hkv = {}{extra}), {} thread{}",
+            self.q_heads,
+            self.kv_heads,
+            self.threads,
+            plural(self.threads)
+        )
+    }
+}
+
+/// The decode tables in order: MHA, GQA, MQA (then others), more threads
+/// first.
+fn decode_groups(rows: &[&Row]) -> Vec<DecodeGroup> {
+    let mut gs: Vec<DecodeGroup> = Vec::new();
+    for r in rows {
+        let g = DecodeGroup::of(r);
+        if !gs.contains(&g) {
+            gs.push(g);
+        }
+    }
+    let order = |g: &str| GROUPINGS.iter().position(|(k, _)| *k == g).unwrap_or(GROUPINGS.len());
+    gs.sort_by_key(|g| {
+        (
+            order(&g.grouping),
+            g.q_heads,
+            g.kv_heads,
+            g.batch,
+            g.q_len,
+            g.head_dim,
+            g.v_dim,
+            g.mask.clone(),
+            std::cmp::Reverse(g.threads),
+        )
+    });
+    gs
+}
+
+/// Threads of the decode plot: the run's "all", else the most any decode
+/// row used.
+fn decode_plot_threads(run: &RunFile, rows: &[&Row]) -> usize {
+    if rows.iter().any(|r| r.config.threads == run.peak.threads_all) {
+        run.peak.threads_all
+    } else {
+        rows.iter().map(|r| r.config.threads).max().unwrap_or(1)
+    }
+}
+
+fn us_cell(r: Option<&Row>) -> String {
+    cell(r, true, |r| {
+        r.us_per_step.map(|u| format!("{}{}", fmt_num(u), if r.samples <= 1 { "*" } else { "" }))
+    })
+}
+
+fn gbs_cell(r: Option<&Row>) -> String {
+    cell(r, false, |r| r.gbs.map(fmt_num))
+}
+
+fn pct_bw_cell(r: Option<&Row>) -> String {
+    cell(r, false, |r| r.pct_bandwidth.map(|p| format!("{p:.0}%")))
+}
+
+/// f32 time / `half` time.
+fn dtype_speedup_cell(f32_row: Option<&Row>, half: Option<&Row>) -> String {
+    match (ok(f32_row), ok(half)) {
+        (Some(a), Some(b)) => {
+            format!("{:.2}×", a.median_ms.unwrap_or(f64::NAN) / b.median_ms.unwrap_or(f64::NAN))
+        }
+        _ => "–".into(),
+    }
+}
+
+/// The "Decode" section of `docs/results.md` (nothing when the run has no
+/// decode rows).
+fn decode_section(s: &mut String, run: &RunFile) {
+    let rows = decode_rows(run);
+    if rows.is_empty() {
+        return;
+    }
+    let p = &run.peak;
+    let l3 = run
+        .machine
+        .caches
+        .iter()
+        .filter(|c| c.kind != "Instruction")
+        .max_by_key(|c| c.level)
+        .map(|c| (c.level, c.size_bytes));
+    let _ = writeln!(s, "## Decode (KV cache)\n");
+    let _ = writeln!(
+        s,
+        "- **Problem**: one decode step, `attn_flash::decode` (split-KV: per K/V head at most \
+         {} chunks of at least {} positions, fixed-order LSE merge): B = 1, Hq = 32 query heads, one new query (nq = 1; \
+         causal, so it sees the whole cache), d = dv = 128, against a KV cache of L positions \
+         stored as f32, f16 or bf16; queries, outputs, the LSE and all arithmetic are f32. MHA \
+         has Hkv = 32, GQA Hkv = 8, MQA Hkv = 1. Cache values are seeded uniform on (−√3, √3) \
+         (unit variance), queries standard-normal.",
+        attn_flash::decode::MAX_CHUNKS,
+        attn_flash::decode::CHUNK
+    );
+    let _ = writeln!(
+        s,
+        "- **What is timed**: the decode call alone, on a cache filled beforehand (partials \
+         and merge buffers allocated inside, output and LSE written), timed like the prefill \
+         rows (criterion for short steps, direct otherwise; `*` marks a single timed call); \
+         **µs** is the median time of one step. Consecutive steps read the same cache, so \
+         one that fits in the last-level cache{} is read from there rather than from DRAM.",
+        l3.map(|(lvl, b)| format!(" (L{lvl}, {})", fmt_bytes(b as f64))).unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "- **GB/s** = bytes of K and V one step reads, B·Hkv·L·(d + dv)·(4 for f32, 2 for \
+         f16/bf16), over the time; queries, outputs and partials are not counted. **K+V** is \
+         that size for an f32 cache (half of it for f16/bf16). **% bw** divides by the read \
+         bandwidth measured in this run for the same thread count ({} GB/s on 1 thread, {} \
+         GB/s on {} threads; {}): above 100% means the cache was served from the CPU caches.",
+        fmt_num(p.read_gbs_1t),
+        fmt_num(p.read_gbs_all),
+        p.threads_all,
+        p.read_method
+    );
+    let _ = writeln!(
+        s,
+        "- **f16 ×**, **bf16 ×** = f32 time / f16 (bf16) time: at most about 2× for a step \
+         bound by memory bandwidth (half the bytes), less where the widening to f32 costs.\n"
+    );
+    let _ = writeln!(s, "![decode GB/s vs L](img/decode_gbs_vs_l.svg)\n");
+
+    for g in decode_groups(&rows) {
+        let sel: Vec<&Row> = rows.iter().copied().filter(|r| g.has(r)).collect();
+        let dts: Vec<Dtype> = DECODE_DTYPES
+            .iter()
+            .copied()
+            .filter(|d| sel.iter().any(|r| r.config.dtype == *d))
+            .collect();
+        let ls: BTreeSet<usize> = sel.iter().map(|r| r.config.kv_len).collect();
+        let find_dl = |d: Dtype, l: usize| -> Option<&Row> {
+            sel.iter().copied().find(|r| r.config.dtype == d && r.config.kv_len == l)
+        };
+        let halves: Vec<Dtype> = if dts.contains(&Dtype::F32) {
+            dts.iter().copied().filter(|d| *d != Dtype::F32).collect()
+        } else {
+            Vec::new()
+        };
+        let _ = writeln!(s, "### Decode, {}\n", g.title());
+        let mut head = vec!["L".to_string(), "K+V (f32)".to_string()];
+        head.extend(dts.iter().map(|d| format!("{} µs", d.name())));
+        head.extend(halves.iter().map(|d| format!("{} ×", d.name())));
+        head.extend(dts.iter().map(|d| format!("{} GB/s", d.name())));
+        head.extend(dts.iter().map(|d| format!("{} % bw", d.name())));
+        let mut body = Vec::new();
+        for &l in &ls {
+            let f32_bytes = (g.batch * g.kv_heads * l * (g.head_dim + g.v_dim) * 4) as f64;
+            let mut row = vec![n_label(l), fmt_bytes(f32_bytes)];
+            row.extend(dts.iter().map(|&d| us_cell(find_dl(d, l))));
+            row.extend(
+                halves.iter().map(|&d| dtype_speedup_cell(find_dl(Dtype::F32, l), find_dl(d, l))),
+            );
+            row.extend(dts.iter().map(|&d| gbs_cell(find_dl(d, l))));
+            row.extend(dts.iter().map(|&d| pct_bw_cell(find_dl(d, l))));
+            body.push(row);
+        }
+        table(s, &head, &body);
+    }
+}
+
+fn dtype_color(d: Dtype) -> RGBColor {
+    match d {
+        Dtype::F32 => FLASH_FULL,
+        Dtype::F16 => FLASH_CAUSAL,
+        Dtype::Bf16 => NAIVE_CAUSAL,
+    }
+}
+
+/// `img/decode_gbs_vs_l.svg`: GB/s of K+V against L (log x), one panel
+/// per grouping, one line per cache dtype, at all threads, with the read
+/// bandwidth measured in the run for that thread count.
+pub fn plot_decode_gbs_vs_l(run: &RunFile) -> PlotResult {
+    let rows = decode_rows(run);
+    let threads = decode_plot_threads(run, &rows);
+    let groups: Vec<DecodeGroup> =
+        decode_groups(&rows).into_iter().filter(|g| g.threads == threads).collect();
+    let series_of = |g: &DecodeGroup| -> Vec<Series> {
+        DECODE_DTYPES
+            .iter()
+            .map(|&d| {
+                let mut pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| g.has(r) && r.config.dtype == d)
+                    .filter_map(|r| {
+                        ok(Some(r)).and_then(|r| r.gbs).map(|y| (r.config.kv_len as f64, y))
+                    })
+                    .filter(|p| p.1 > 0.0 && p.1.is_finite())
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    label: format!("{} cache", d.name()),
+                    color: dtype_color(d),
+                    dashed: false,
+                    hollow: d == Dtype::Bf16,
+                    points: pts,
+                }
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    };
+    let groups: Vec<DecodeGroup> =
+        groups.into_iter().filter(|g| !series_of(g).is_empty()).collect();
+    if groups.is_empty() {
+        return Err("no measured decode rows".into());
+    }
+    let bw = run.peak.read_gbs(threads);
+    // Room above the bandwidth line for the legend, the same in every panel.
+    let top = rows
+        .iter()
+        .filter(|r| r.config.threads == threads)
+        .filter_map(|r| ok(Some(r)).and_then(|r| r.gbs))
+        .fold(bw, f64::max)
+        * 1.6;
+    let mut svg = String::new();
+    {
+        let root =
+            SVGBackend::with_string(&mut svg, (460 * groups.len() as u32, 440)).into_drawing_area();
+        root.fill(&WHITE).map_err(e2s)?;
+        let areas = root.split_evenly((1, groups.len()));
+        for (area, g) in areas.iter().zip(&groups) {
+            panel(
+                area,
+                &format!("decode GB/s of K+V, {}", g.title()),
+                "L (cached positions)",
+                "GB/s",
+                &series_of(g),
+                false,
+                &|y| format!("{}", y.round() as i64),
+                Some((bw, format!("read bandwidth {} GB/s (measured)", fmt_num(bw)))),
+                SeriesLabelPosition::UpperRight,
+                Some(top),
             )?;
         }
         root.present().map_err(e2s)?;

@@ -1,10 +1,13 @@
 //! The long-context sweep and `attn bench` (one configuration).
 //!
-//! One configuration ([`Config`]) is a kernel, a shape, a mask, a storage
-//! type and a thread count. [`measure`] runs it in the current process:
+//! One configuration ([`Config`]) is a kind (prefill or decode), a kernel,
+//! a shape, a mask, a storage type and a thread count. [`measure`] runs it
+//! in the current process:
 //!
 //! 1. seeded standard-normal inputs (SplitMix64 + Box-Muller, [`SEED`]),
-//!    output and LSE buffers allocated and touched *before* the call;
+//!    output and LSE buffers allocated and touched *before* the call
+//!    (decode: a filled [`attn_flash::KvCache`] of the storage type and f32
+//!    queries, see [`crate::decode`]);
 //! 2. one call with VmHWM reset just before it (`/proc/self/clear_refs`)
 //!    and the counting allocator's high-water mark reset
 //!    ([`crate::alloc::measure`]): `extra_bytes` is the peak of heap bytes
@@ -23,6 +26,13 @@
 //! at least 10 samples, which a 30 s call cannot afford). Configurations
 //! that need more memory than the budget are recorded as skipped with the
 //! bytes they would need.
+//!
+//! Decode configurations ([`Kind::Decode`], ids `decode/flash/gqa/f16/t2/32768`)
+//! go through the same steps: one step is `attn_flash::decode` of `nq` new
+//! queries against a cache of `kv_len` positions, and the row adds
+//! `us_per_step`, `kv_bytes` (K+V of the cache read per step), `gbs` and
+//! `pct_bandwidth` (of the read bandwidth the sweep measured for the same
+//! thread count, [`Row::set_read_gbs`]).
 
 use crate::alloc;
 use crate::machine::{self, MachineInfo, Peak, PeakOptions, fmt_bytes};
@@ -43,8 +53,11 @@ pub const SEED: u64 = 0x5EED_A77E;
 /// one-configuration child (its value: a JSON [`ChildRequest`]).
 pub const CHILD_ENV: &str = "ATTNLAB_HARNESS_CHILD";
 
-/// Version of the results file format.
-pub const SCHEMA: u32 = 1;
+/// Version of the results file format. 2 added decode rows (`kind`,
+/// `cache_dtype`, `us_per_step`, `kv_bytes`, `gbs`, `read_gbs`,
+/// `pct_bandwidth`); files of schema 1 (prefill only) still load, their
+/// rows read as prefill.
+pub const SCHEMA: u32 = 2;
 
 // ------------------------------------------------------------ CLI ----
 
@@ -161,6 +174,7 @@ fn config_from_args(a: &BenchArgs) -> Result<Config, String> {
         None => MaskSpec::Full,
     };
     let cfg = Config {
+        kind: Kind::Prefill,
         kernel: kernel.name().to_string(),
         batch: a.batch,
         q_heads: a.q_heads,
@@ -316,10 +330,35 @@ impl TryFrom<String> for MaskSpec {
     }
 }
 
+/// What a configuration times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// One forward call over Q, K, V (`attnlab::Kernel::forward`).
+    #[default]
+    Prefill,
+    /// One step of `attn_flash::decode`: `q_len` new queries against a KV
+    /// cache of `kv_len` positions stored as `dtype` (queries are f32).
+    Decode,
+}
+
+impl Kind {
+    /// "prefill" or "decode": the first part of ids and criterion's group.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Prefill => "prefill",
+            Kind::Decode => "decode",
+        }
+    }
+}
+
 /// One point of the sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
-    /// "naive", "flash" or "oracle".
+    /// Prefill or decode (absent in schema-1 files: prefill).
+    #[serde(default)]
+    pub kind: Kind,
+    /// "naive", "flash" or "oracle" (decode: "flash").
     pub kernel: String,
     /// B.
     pub batch: usize,
@@ -337,7 +376,7 @@ pub struct Config {
     pub v_dim: usize,
     /// Mask.
     pub mask: MaskSpec,
-    /// Storage type.
+    /// Storage type (decode: of the K/V cache; queries are f32).
     pub dtype: Dtype,
     /// Threads (1 = `Par::Seq`).
     pub threads: usize,
@@ -357,6 +396,7 @@ impl Config {
     ) -> Config {
         let (hq, hkv) = g.heads();
         Config {
+            kind: Kind::Prefill,
             kernel: kernel.into(),
             batch: 1,
             q_heads: hq,
@@ -371,14 +411,40 @@ impl Config {
         }
     }
 
+    /// A decode configuration of the sweep: B = 1, Hq = 32, Hkv = 32, 8
+    /// or 1 ([`Grouping::decode_heads`]), one new query (causal), d = dv =
+    /// 128, a cache of `kv_len` positions stored as `dtype`.
+    pub fn decode(g: Grouping, dtype: Dtype, threads: usize, kv_len: usize) -> Config {
+        let (hq, hkv) = g.decode_heads();
+        Config {
+            kind: Kind::Decode,
+            kernel: "flash".into(),
+            batch: 1,
+            q_heads: hq,
+            kv_heads: hkv,
+            q_len: 1,
+            kv_len,
+            head_dim: 128,
+            v_dim: 128,
+            mask: MaskSpec::Causal,
+            dtype,
+            threads,
+        }
+    }
+
     /// "mha", "gqa" or "mqa".
     pub fn grouping(&self) -> &'static str {
         grouping_name(self.q_heads, self.kv_heads)
     }
 
     /// Criterion function id: `flash/mha/causal/d64/f32/t2` (plus `/b{B}`,
-    /// `/h{Hq}x{Hkv}` or `/dv{dv}` when they differ from the sweep's).
+    /// `/h{Hq}x{Hkv}` or `/dv{dv}` when they differ from the sweep's);
+    /// decode: `flash/gqa/f16/t2` (plus `/b{B}`, `/h{Hq}x{Hkv}`, `/d{d}`,
+    /// `/dv{dv}`, `/nq{nq}` or the mask when they differ from the sweep's).
     pub fn function_id(&self) -> String {
+        if self.kind == Kind::Decode {
+            return self.decode_function_id();
+        }
         let mut s = format!(
             "{}/{}/{}/d{}/{}/t{}",
             self.kernel,
@@ -400,18 +466,46 @@ impl Config {
         s
     }
 
-    /// Criterion parameter: `N`, or `NqxNk` when they differ.
+    fn decode_function_id(&self) -> String {
+        let mut s =
+            format!("{}/{}/{}/t{}", self.kernel, self.grouping(), self.dtype.name(), self.threads);
+        if self.batch != 1 {
+            s += &format!("/b{}", self.batch);
+        }
+        if self.q_heads != 32 || !matches!(self.kv_heads, 32 | 8 | 1) {
+            s += &format!("/h{}x{}", self.q_heads, self.kv_heads);
+        }
+        if self.head_dim != 128 {
+            s += &format!("/d{}", self.head_dim);
+        }
+        if self.v_dim != self.head_dim {
+            s += &format!("/dv{}", self.v_dim);
+        }
+        if self.q_len != 1 {
+            s += &format!("/nq{}", self.q_len);
+        }
+        if self.mask != MaskSpec::Causal {
+            s += &format!("/{}", self.mask.name());
+        }
+        s
+    }
+
+    /// Criterion parameter: `N`, or `NqxNk` when they differ; decode: the
+    /// cache length L.
     pub fn param_id(&self) -> String {
-        if self.q_len == self.kv_len {
+        if self.kind == Kind::Decode {
+            self.kv_len.to_string()
+        } else if self.q_len == self.kv_len {
             self.q_len.to_string()
         } else {
             format!("{}x{}", self.q_len, self.kv_len)
         }
     }
 
-    /// Full id, `prefill/flash/mha/causal/d64/f32/t2/4096`.
+    /// Full id, `prefill/flash/mha/causal/d64/f32/t2/4096` or
+    /// `decode/flash/gqa/f16/t2/32768`: criterion's group/function/parameter.
     pub fn id(&self) -> String {
-        format!("prefill/{}/{}", self.function_id(), self.param_id())
+        format!("{}/{}/{}", self.kind.name(), self.function_id(), self.param_id())
     }
 
     /// The validated shape.
@@ -452,21 +546,37 @@ impl Config {
         }
     }
 
-    /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32).
+    /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32); decode:
+    /// the K/V cache, f32 queries, O and LSE.
     pub fn io_bytes(&self) -> u64 {
         let e = self.dtype.size() as u64;
         let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
         let (nq, nk, d, dv) =
             (self.q_len as u64, self.kv_len as u64, self.head_dim as u64, self.v_dim as u64);
-        e * b * (hq * nq * d + hkv * nk * (d + dv)) + 4 * b * hq * nq * (dv + 1)
+        let q_bytes = if self.kind == Kind::Decode { 4 } else { e };
+        q_bytes * b * hq * nq * d + e * b * hkv * nk * (d + dv) + 4 * b * hq * nq * (dv + 1)
     }
 
-    /// The kernel's `workspace_bytes` for this configuration.
+    /// The kernel's `workspace_bytes` for this configuration (decode: the
+    /// split-KV partials, [`crate::decode::workspace_bytes`]).
     pub fn workspace_bytes(&self) -> u64 {
+        if self.kind == Kind::Decode {
+            return crate::decode::workspace_bytes(self);
+        }
         match (self.kernel.parse::<Kernel>(), self.shape()) {
             (Ok(k), Ok(s)) => k.workspace_bytes(&s, &self.params(), self.par()) as u64,
             _ => 0,
         }
+    }
+
+    /// Decode: bytes of K and V one step reads (the whole cache of
+    /// `kv_len` positions per batch entry, every K/V head); `None` for
+    /// prefill.
+    pub fn kv_bytes(&self) -> Option<u64> {
+        (self.kind == Kind::Decode).then(|| {
+            (self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.v_dim)) as u64
+                * self.dtype.size() as u64
+        })
     }
 }
 
@@ -501,6 +611,15 @@ impl Grouping {
             Grouping::Mha => (8, 8),
             Grouping::Gqa => (8, 2),
             Grouping::Mqa => (8, 1),
+        }
+    }
+    /// (Hq, Hkv) of the decode configurations: 32 query heads, as in
+    /// 7-8B-parameter models, with 32, 8 or 1 K/V heads.
+    pub fn decode_heads(self) -> (usize, usize) {
+        match self {
+            Grouping::Mha => (32, 32),
+            Grouping::Gqa => (32, 8),
+            Grouping::Mqa => (32, 1),
         }
     }
 }
@@ -568,6 +687,26 @@ pub struct Row {
     pub avx512f: bool,
     /// Compiled with fma.
     pub fma: bool,
+    /// Decode: the storage type of the K/V cache (= `dtype`); `None` for
+    /// prefill.
+    #[serde(default)]
+    pub cache_dtype: Option<Dtype>,
+    /// Decode: `median_ms` in µs, the time of one step.
+    #[serde(default)]
+    pub us_per_step: Option<f64>,
+    /// Decode: K+V bytes of the cache one step reads ([`Config::kv_bytes`]).
+    #[serde(default)]
+    pub kv_bytes: Option<u64>,
+    /// Decode: `kv_bytes / median`, GB/s (1e9 bytes).
+    #[serde(default)]
+    pub gbs: Option<f64>,
+    /// Decode: the read bandwidth of `threads` measured in the same run,
+    /// GB/s (the denominator of `pct_bandwidth`).
+    #[serde(default)]
+    pub read_gbs: Option<f64>,
+    /// Decode: `gbs / read_gbs`, percent.
+    #[serde(default)]
+    pub pct_bandwidth: Option<f64>,
 }
 
 impl Row {
@@ -599,6 +738,12 @@ impl Row {
             err_rows: 0,
             avx512f: cfg!(target_feature = "avx512f"),
             fma: cfg!(target_feature = "fma"),
+            cache_dtype: (cfg.kind == Kind::Decode).then_some(cfg.dtype),
+            us_per_step: None,
+            kv_bytes: cfg.kv_bytes(),
+            gbs: None,
+            read_gbs: None,
+            pct_bandwidth: None,
         }
     }
 
@@ -607,7 +752,8 @@ impl Row {
         Row { status: Status::Error, note: note.into(), ..Row::new(cfg) }
     }
 
-    /// Sets the time and derives GFLOP/s and % of peak.
+    /// Sets the time and derives GFLOP/s and % of peak (decode: also µs
+    /// per step and GB/s of K+V).
     pub fn set_time(&mut self, median_ms: f64, samples: usize, timer: &str, peak: Option<f64>) {
         self.median_ms = Some(median_ms);
         self.samples = samples;
@@ -617,6 +763,26 @@ impl Row {
         if let Some(p) = peak.filter(|p| *p > 0.0) {
             self.peak_gflops = Some(p);
             self.pct_peak = Some(100.0 * gflops / p);
+        }
+        if let Some(kv) = self.kv_bytes {
+            self.us_per_step = Some(median_ms * 1e3);
+            self.gbs = Some(kv as f64 / (median_ms * 1e-3) * 1e-9);
+        }
+        if let Some(r) = self.read_gbs {
+            self.set_read_gbs(Some(r));
+        }
+    }
+
+    /// Decode rows with a time: sets the read bandwidth that
+    /// `pct_bandwidth` divides by (the run's measurement for this row's
+    /// thread count).
+    pub fn set_read_gbs(&mut self, read_gbs: Option<f64>) {
+        if self.config.kind != Kind::Decode || self.gbs.is_none() {
+            return;
+        }
+        if let Some(r) = read_gbs.filter(|r| *r > 0.0) {
+            self.read_gbs = Some(r);
+            self.pct_bandwidth = self.gbs.map(|g| 100.0 * g / r);
         }
     }
 }
@@ -659,9 +825,11 @@ pub enum Profile {
     Smoke,
     /// A few seconds: short N only.
     Quick,
-    /// About 10 minutes on a 2-core Zen 4 (`cargo bench -p harness`).
+    /// About 10 minutes on a 2-core Zen 4 (`cargo bench -p harness`), of
+    /// which decode about 1.5.
     Default,
-    /// Flash to N = 131072, every axis further out (about 40 minutes).
+    /// Flash to N = 131072, every axis further out, the whole decode grid
+    /// (hours).
     Full,
 }
 
@@ -687,10 +855,97 @@ impl Profile {
     }
 }
 
-/// The sweep's configurations for `profile` with `all` = every core,
-/// sorted by N (then by kernel, grouping, mask, d, dtype, threads), and a
-/// description of the grid, one line per part.
+/// Cache lengths L of the decode grid.
+pub const DECODE_LENS: [usize; 6] = [1024, 4096, 16384, 32768, 65536, 131072];
+
+/// The sweep's configurations for `profile` with `all` = every core:
+/// prefill sorted by N (then by kernel, grouping, mask, d, dtype,
+/// threads), then decode sorted by L (then grouping, dtype, threads); and
+/// a description of the grid, one line per part.
 pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    let (mut v, mut desc) = prefill_grid(profile, all);
+    let (d, dd) = decode_grid(profile, all);
+    v.extend(d);
+    desc.extend(dd);
+    v.sort_by_key(|c| {
+        let decode = c.kind == Kind::Decode;
+        let dtype_key = if decode {
+            [Dtype::F32, Dtype::F16, Dtype::Bf16].iter().position(|d| *d == c.dtype).unwrap_or(3)
+        } else {
+            usize::from(c.dtype.size() == 4)
+        };
+        (
+            decode,
+            if decode { c.kv_len } else { c.q_len },
+            c.kernel.clone(),
+            ["mha", "gqa", "mqa"].iter().position(|g| *g == c.grouping()),
+            c.mask.name(),
+            c.head_dim,
+            dtype_key,
+            c.threads,
+        )
+    });
+    v.dedup();
+    (v, desc)
+}
+
+/// The decode part of [`grid`] (unsorted).
+fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    use Grouping::*;
+    let all = all.max(1);
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+    let mut v: Vec<Config> = Vec::new();
+    let mut desc: Vec<String> = Vec::new();
+    let mut at = |gs: &[Grouping], dts: &[Dtype], ts: &[usize], ls: &[usize]| {
+        for &g in gs {
+            for &dt in dts {
+                for &t in ts {
+                    for &l in ls {
+                        v.push(Config::decode(g, dt, t, l));
+                    }
+                }
+            }
+        }
+    };
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let head = "decode (B = 1, Hq = 32, d = 128, one new query, causal; MHA Hkv = 32, GQA 8, \
+                MQA 1)";
+    match profile {
+        Profile::Smoke => {
+            at(&[Gqa], &[Dtype::F16], &[1], &[1024]);
+            desc.push("smoke: decode GQA, f16 cache, L = 1024, 1 thread".into());
+        }
+        Profile::Quick => {
+            at(&[Gqa], &dtypes, &[all], &[1024, 4096]);
+            desc.push(format!("{head}: GQA x f32/f16/bf16 cache, L = 1024, 4096, {all} threads"));
+        }
+        Profile::Default => {
+            at(&[Gqa, Mqa], &dtypes, &[all], &DECODE_LENS);
+            at(&[Mha], &dtypes, &[all], &DECODE_LENS[..5]);
+            desc.push(format!(
+                "{head}: GQA and MQA x f32/f16/bf16 cache x L = 1k ... 128k, MHA x the same \
+                 dtypes x L = 1k ... 64k (2 GiB of f32 cache), {all} threads"
+            ));
+            if all > 1 {
+                at(&[Gqa], &dtypes, &[1], &[1024, 4096, 32768, 131072]);
+                desc.push(
+                    "decode: GQA x f32/f16/bf16 cache x L = 1k, 4k, 32k, 128k on 1 thread".into(),
+                );
+            }
+        }
+        Profile::Full => {
+            at(&Grouping::ALL, &dtypes, &threads, &DECODE_LENS);
+            let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
+            desc.push(format!(
+                "{head}: MHA/GQA/MQA x f32/f16/bf16 cache x L = 1k ... 128k x threads {ts}"
+            ));
+        }
+    }
+    (v, desc)
+}
+
+/// The prefill part of [`grid`] (unsorted).
+fn prefill_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     use Grouping::*;
     use MaskSpec::{Causal, Full};
     let all = all.max(1);
@@ -815,18 +1070,6 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             desc.push("N = 1024, 4096, 16384: flash f16 and bf16, MHA full/causal".into());
         }
     }
-    v.sort_by_key(|c| {
-        (
-            c.q_len,
-            c.kernel.clone(),
-            ["mha", "gqa", "mqa"].iter().position(|g| *g == c.grouping()),
-            c.mask.name(),
-            c.head_dim,
-            c.dtype.size() == 4,
-            c.threads,
-        )
-    });
-    v.dedup();
     (v, desc)
 }
 
@@ -873,8 +1116,12 @@ pub struct Prepared<T> {
     pool: Option<rayon::ThreadPool>,
 }
 
-/// Builds inputs (seeded), outputs and the thread pool of `cfg`.
+/// Builds inputs (seeded), outputs and the thread pool of `cfg` (decode:
+/// [`crate::decode::prepare`]).
 pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
+    if cfg.kind == Kind::Decode {
+        return crate::decode::prepare(cfg, seed);
+    }
     match cfg.dtype {
         Dtype::F32 => Ok(Box::new(Prepared::<f32>::new(cfg, seed)?)),
         Dtype::F16 => Ok(Box::new(Prepared::<f16>::new(cfg, seed)?)),
@@ -1306,6 +1553,19 @@ pub fn estimated_cost_s(cfg: &Config, s: &SweepSettings) -> f64 {
     if cfg.io_bytes() + cfg.workspace_bytes() > s.mem_budget_bytes {
         return 0.01; // recorded as skipped, not run
     }
+    if let Some(kv) = cfg.kv_bytes() {
+        // filling the cache (~1 GB/s of f32 values), steps at ~8 GB/s
+        let fill = (kv / cfg.dtype.size() as u64 * 4) as f64 / 1e9;
+        let step = kv as f64 / 8e9;
+        let (fills, timing) = if step * 1e3 < s.criterion_max_ms {
+            let t = s.criterion_warm_up.as_secs_f64()
+                + s.criterion_measurement.as_secs_f64().max(10.0 * step);
+            (2.0, t)
+        } else {
+            (1.0, (s.direct_budget_s.max(step)).min(step * s.direct_max_reps as f64))
+        };
+        return 0.1 + fills * fill + step + timing;
+    }
     let rate = match cfg.kernel.as_str() {
         "naive" => 40e9 * (cfg.threads as f64).powf(0.7),
         _ => 80e9 * cfg.threads as f64,
@@ -1362,6 +1622,13 @@ impl Progress {
         self.done = i + 1;
         self.done_cost += self.costs.get(i).copied().unwrap_or(0.0);
         let what = match row.status {
+            Status::Ok if row.config.kind == Kind::Decode => format!(
+                "{:.1} us/step, {:.1} GB/s of K+V ({:.0}% of read bandwidth), err {:.1e}",
+                row.us_per_step.unwrap_or(f64::NAN),
+                row.gbs.unwrap_or(f64::NAN),
+                row.pct_bandwidth.unwrap_or(f64::NAN),
+                row.max_abs_err.unwrap_or(f64::NAN)
+            ),
             Status::Ok => format!(
                 "{:.3} ms, {:.1} GFLOP/s, extra {}, err {:.1e}",
                 row.median_ms.unwrap_or(f64::NAN),
@@ -1433,6 +1700,30 @@ mod tests {
     }
 
     #[test]
+    fn decode_ids_and_bytes() {
+        let c = Config::decode(Grouping::Gqa, Dtype::F16, 2, 32768);
+        assert_eq!(c.id(), "decode/flash/gqa/f16/t2/32768");
+        assert_eq!((c.q_heads, c.kv_heads, c.q_len, c.head_dim), (32, 8, 1, 128));
+        assert_eq!(c.kv_bytes(), Some(8 * 32768 * 256 * 2));
+        let r = Row::new(&c);
+        assert_eq!(
+            (r.kv_bytes, r.cache_dtype, r.grouping.as_str()),
+            (c.kv_bytes(), Some(Dtype::F16), "gqa")
+        );
+        assert!(r.needs_bytes > c.kv_bytes().unwrap() && r.workspace_bytes > 0);
+        let c = Config::decode(Grouping::Mha, Dtype::F32, 1, 131072);
+        assert_eq!(c.id(), "decode/flash/mha/f32/t1/131072");
+        assert_eq!(c.kv_bytes(), Some(4 << 30));
+        let c = Config { q_len: 4, batch: 2, ..c };
+        assert_eq!(c.id(), "decode/flash/mha/f32/t1/b2/nq4/131072");
+        assert_eq!(
+            Config::prefill("flash", Grouping::Gqa, MaskSpec::Full, 64, Dtype::F32, 2, 64)
+                .kv_bytes(),
+            None
+        );
+    }
+
+    #[test]
     fn masks_round_trip() {
         for m in [
             MaskSpec::Full,
@@ -1478,7 +1769,10 @@ mod tests {
             sorted.sort();
             sorted.dedup();
             assert_eq!(sorted.len(), ids.len(), "{p:?} has duplicate ids");
-            assert!(g.windows(2).all(|w| w[0].q_len <= w[1].q_len));
+            // prefill by N, then decode by L
+            let len = |c: &Config| (c.kind == Kind::Decode, c.q_len.max(c.kv_len));
+            assert!(g.windows(2).all(|w| len(&w[0]) <= len(&w[1])), "{p:?} is not sorted");
+            assert!(g.iter().any(|c| c.kind == Kind::Decode), "{p:?} has no decode rows");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Memory accounting of the sweep: the counting allocator's "extra bytes"
 //! of one call. Naive's are its score matrix, `B·Hq·Nq·Nk·4` (plus a small
-//! per-worker product); flash's do not grow with N.
+//! per-worker product); flash's do not grow with N; a decode step's are
+//! its split-KV partials.
 //!
 //! The allocator's counters are process-wide, so every test here holds
 //! one lock while it measures.
@@ -95,4 +96,30 @@ fn rss_rise_covers_the_naive_scores() {
     assert_eq!(row.needs_bytes, row.io_bytes + row.workspace_bytes);
     assert!(row.gflops.unwrap() > 0.0 && row.median_ms.unwrap() > 0.0);
     assert_eq!(row.timer, "direct");
+}
+
+#[test]
+fn decode_extra_bytes_are_the_split_kv_partials() {
+    // One decode step allocates its per-chunk partials and merge buffers,
+    // nothing that grows like the cache; its output matches f64.
+    let _g = lock();
+    for (g, dtype, threads, len) in
+        [(Grouping::Gqa, Dtype::F16, 1, 2048), (Grouping::Mqa, Dtype::F32, 2, 1536)]
+    {
+        let cfg = Config::decode(g, dtype, threads, len);
+        let row = sweep::measure(&cfg, &opts());
+        assert_eq!(row.status, Status::Ok, "{}: {}", row.id, row.note);
+        assert!(row.max_abs_err.unwrap() < 1e-5, "{}: err {:?}", row.id, row.max_abs_err);
+        assert!(row.err_rows >= 2, "{}: {} rows checked", row.id, row.err_rows);
+        let (e, ws) = (row.extra_bytes.unwrap(), row.workspace_bytes);
+        assert!(e.abs_diff(ws) <= 64 << 10, "{}: extra {e} vs workspace {ws}", row.id);
+        let kv = row.kv_bytes.unwrap();
+        assert_eq!(kv, (cfg.kv_heads * len * 256 * dtype.size()) as u64);
+        assert!(e * 8 < kv, "{}: extra {e} B is not small next to the cache ({kv} B)", row.id);
+        // the step's figures
+        let us = row.us_per_step.unwrap();
+        assert!((us - row.median_ms.unwrap() * 1e3).abs() < 1e-6 * us);
+        assert!((row.gbs.unwrap() - kv as f64 / us * 1e-3).abs() < 1e-9 * kv as f64);
+        assert_eq!(row.cache_dtype, Some(dtype));
+    }
 }

@@ -1,11 +1,12 @@
 //! The report generator on a small synthetic result set: tables per
 //! grouping and mask, "needs X GiB" where naive stops, speedups, the
-//! headline, the SVG plots, `attn report`'s round trip through a results
+//! headline, the decode section (tables per grouping and threads, the GB/s
+//! plot), the SVG plots, `attn report`'s round trip through a results
 //! file, and that the committed docs are what the committed results give.
 
 use harness::machine::{CacheInfo, MachineInfo, Peak};
 use harness::report::{self, ReportArgs};
-use harness::sweep::{Config, Dtype, Grouping, MaskSpec, Row, RunFile, SCHEMA, Status};
+use harness::sweep::{Config, Dtype, Grouping, Kind, MaskSpec, Row, RunFile, SCHEMA, Status};
 use std::path::PathBuf;
 
 const GIB: u64 = 1 << 30;
@@ -61,6 +62,27 @@ fn measured(cfg: Config) -> Row {
     r
 }
 
+/// A decode row: f32 caches read at 15 GB/s, 16-bit ones at 12 GB/s (on
+/// 2 threads; half of that on 1); MHA's f32 cache at 128k (4 GiB) over the
+/// 3 GiB budget of this test.
+fn decode_row(g: Grouping, dt: Dtype, threads: usize, l: usize) -> Row {
+    let cfg = Config::decode(g, dt, threads, l);
+    let mut r = Row::new(&cfg);
+    if r.needs_bytes > 3 * GIB {
+        let note = format!("needs {} GiB > budget 3.0 GiB", r.needs_bytes / GIB);
+        return Row { status: Status::Skipped, note, ..r };
+    }
+    let rate = if dt == Dtype::F32 { 15e9 } else { 12e9 } * threads as f64 / 2.0;
+    let ms = r.kv_bytes.unwrap() as f64 / rate * 1e3;
+    r.set_time(ms, 10, "criterion", Some(if threads == 1 { 100.0 } else { 200.0 }));
+    r.set_read_gbs(Some(if threads == 1 { 20.0 } else { 30.0 }));
+    r.extra_bytes = Some(r.workspace_bytes);
+    r.max_abs_err = Some(2e-8);
+    r.err_rows = 8;
+    r.first_call_ms = Some(ms);
+    r
+}
+
 fn synthetic() -> RunFile {
     let mut rows = Vec::new();
     for g in Grouping::ALL {
@@ -96,6 +118,17 @@ fn synthetic() -> RunFile {
         &Config::prefill("flash", Grouping::Mha, MaskSpec::Full, 64, Dtype::Bf16, 2, 4096),
         "unsupported: bf16 in this test",
     ));
+    // decode: every grouping and cache dtype on 2 threads, GQA also on 1
+    for g in Grouping::ALL {
+        for dt in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            for l in [1024, 32768, 131072] {
+                rows.push(decode_row(g, dt, 2, l));
+            }
+        }
+    }
+    for dt in [Dtype::F32, Dtype::F16] {
+        rows.push(decode_row(Grouping::Gqa, dt, 1, 32768));
+    }
     RunFile {
         schema: SCHEMA,
         profile: "default".into(),
@@ -106,7 +139,7 @@ fn synthetic() -> RunFile {
         peak: peak(),
         mem_budget_bytes: 12 * GIB,
         seed: 42,
-        grid: vec!["synthetic grid line".into()],
+        grid: vec!["synthetic grid line".into(), "synthetic decode line".into()],
         timing: "synthetic timing".into(),
         rows,
     }
@@ -169,6 +202,104 @@ fn tables_per_grouping_and_mask() {
 }
 
 #[test]
+fn decode_tables_per_grouping_and_threads() {
+    let run = synthetic();
+    let md = report::render_results_md(&run, "results/test.json");
+    let (prefill, decode) = md.split_once("## Decode (KV cache)").expect("a decode section");
+    // the prefill part does not see decode rows (L = 32k is decode only)
+    assert!(!prefill.contains("| 32k |"), "decode rows leaked into the prefill tables");
+    assert!(prefill.contains("synthetic decode line"), "{prefill}");
+    for want in [
+        "### Decode, MHA (Hq = 32, Hkv = 32), 2 threads",
+        "### Decode, GQA (Hq = 32, Hkv = 8), 2 threads",
+        "### Decode, GQA (Hq = 32, Hkv = 8), 1 thread",
+        "### Decode, MQA (Hq = 32, Hkv = 1), 2 threads",
+        "| L | K+V (f32) | f32 µs | f16 µs | bf16 µs | f16 × | bf16 × | f32 GB/s | f16 GB/s | bf16 GB/s | f32 % bw | f16 % bw | bf16 % bw |",
+        "![decode GB/s vs L](img/decode_gbs_vs_l.svg)",
+        "20.0 GB/s on 1 thread, 30.0 GB/s on 2 threads",
+        "bytes of K and V one step reads",
+    ] {
+        assert!(
+            decode.contains(want),
+            "missing {want:?} in
+{decode}"
+        );
+    }
+    // GQA, 2 threads, L = 32k: 256 MiB of f32 at 15 GB/s (50% of 30),
+    // 128 MiB of f16/bf16 at 12 GB/s (40%): 1.60x
+    let row = "| 32k | 256 MiB | 17896 | 11185 | 11185 | 1.60× | 1.60× | 15.0 | 12.0 | 12.0 | 50% | 40% | 40% |";
+    assert!(
+        decode.contains(row),
+        "no {row:?} in
+{decode}"
+    );
+    // 1 thread: half the rate, % of the 1-thread bandwidth; no bf16 row
+    let row = "| 32k | 256 MiB | 35791 | 22370 | 1.60× | 7.50 | 6.00 | 38% | 30% |";
+    assert!(
+        decode.contains(row),
+        "no {row:?} in
+{decode}"
+    );
+    // MHA's f32 cache at 128k is over the budget: its needs, f16 still runs
+    assert!(decode.contains("| 128k | 4.00 GiB | needs 4.0 GiB | "), "{decode}");
+    // the failed-rows footnote still closes the page
+    assert!(decode.contains("## ¹ Configurations that failed"), "{decode}");
+}
+
+#[test]
+fn decode_plot_has_a_line_per_dtype_and_the_bandwidth() {
+    let run = synthetic();
+    let svg = report::plot_decode_gbs_vs_l(&run).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for want in [
+        "f32 cache",
+        "f16 cache",
+        "bf16 cache",
+        "read bandwidth 30.0 GB/s (measured)",
+        "MHA (Hq = 32, Hkv = 32), 2 threads",
+        "MQA (Hq = 32, Hkv = 1), 2 threads",
+        "L (cached positions)",
+    ] {
+        assert!(svg.contains(want), "decode plot lacks {want:?}");
+    }
+    // all threads only
+    assert!(!svg.contains("1 thread"), "1-thread rows in the decode plot");
+    // a run without decode rows renders no decode section
+    let mut pre = synthetic();
+    pre.rows.retain(|r| r.config.kind == Kind::Prefill);
+    assert!(report::plot_decode_gbs_vs_l(&pre).is_err());
+    assert!(!report::render_results_md(&pre, "x").contains("Decode"));
+}
+
+#[test]
+fn schema_1_files_load_as_prefill_and_newer_ones_are_refused() {
+    let dir = tmp("schema");
+    let mut pre = synthetic();
+    pre.rows.retain(|r| r.config.kind == Kind::Prefill);
+    // a schema-1 file: no kind, no decode fields
+    let mut v = serde_json::to_value(&pre).unwrap();
+    v["schema"] = 1.into();
+    for r in v["rows"].as_array_mut().unwrap() {
+        let o = r.as_object_mut().unwrap();
+        for k in
+            ["kind", "cache_dtype", "us_per_step", "kv_bytes", "gbs", "read_gbs", "pct_bandwidth"]
+        {
+            assert!(o.remove(k).is_some(), "no {k} in a row");
+        }
+    }
+    let old = dir.join("old.json");
+    std::fs::write(&old, serde_json::to_string(&v).unwrap()).unwrap();
+    let loaded = report::load(&old).unwrap();
+    assert_eq!(loaded.schema, 1);
+    assert_eq!(loaded.rows, pre.rows, "schema-1 rows read back as prefill rows");
+    let newer = dir.join("newer.json");
+    v["schema"] = (SCHEMA + 1).into();
+    std::fs::write(&newer, serde_json::to_string(&v).unwrap()).unwrap();
+    let e = report::load(&newer).unwrap_err();
+    assert!(e.contains("newer"), "{e}");
+}
+
+#[test]
 fn headline_picks_few_rows_and_links_the_docs() {
     let run = synthetic();
     let rows = report::headline_rows(&run);
@@ -220,6 +351,7 @@ fn report_regenerates_docs_from_a_results_file() {
         "img/time_vs_n.svg",
         "img/memory_vs_n.svg",
         "img/gflops_vs_n.svg",
+        "img/decode_gbs_vs_l.svg",
     ] {
         assert!(docs.join(f).is_file(), "attn report did not write {f}");
     }
