@@ -97,6 +97,18 @@ impl<T: Element> KvCache<T> {
         &self.v[o..o + self.v_dim]
     }
 
+    /// `len` elements of K starting at row `(b, g, j)`: rows of one head
+    /// are contiguous, so this is rows `j..` back to back.
+    pub(crate) fn k_contiguous(&self, b: usize, g: usize, j: usize, len: usize) -> &[T] {
+        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.head_dim;
+        &self.k[o..o + len]
+    }
+    /// `len` elements of V starting at row `(b, g, j)`.
+    pub(crate) fn v_contiguous(&self, b: usize, g: usize, j: usize, len: usize) -> &[T] {
+        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.v_dim;
+        &self.v[o..o + len]
+    }
+
     /// Appends `n` positions to batch entry `b`: `k` is `[Hkv, n, d]` and
     /// `v` `[Hkv, n, dv]`, f32, C order. Checks everything first: on error
     /// nothing is written.

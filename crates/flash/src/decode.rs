@@ -48,6 +48,14 @@ pub(crate) trait KvSource<T: Element>: Sync {
     fn len(&self, b: usize) -> usize;
     fn k_row(&self, b: usize, g: usize, j: usize) -> &[T];
     fn v_row(&self, b: usize, g: usize, j: usize) -> &[T];
+    /// K rows `j..j+n` as one contiguous slice, if they are stored so.
+    fn k_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
+        None
+    }
+    /// V rows `j..j+n` as one contiguous slice, if they are stored so.
+    fn v_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
+        None
+    }
 }
 
 impl<T: Element> KvSource<T> for KvCache<T> {
@@ -71,6 +79,13 @@ impl<T: Element> KvSource<T> for KvCache<T> {
     }
     fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
         KvCache::v_row(self, b, g, j)
+    }
+    fn k_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
+        // rows of one (b, g) are contiguous in the cache: [b][g][pos][d]
+        Some(self.k_contiguous(b, g, j, n * KvCache::head_dim(self)))
+    }
+    fn v_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
+        Some(self.v_contiguous(b, g, j, n * KvCache::v_dim(self)))
     }
 }
 
@@ -309,12 +324,29 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
         // and V rows of a multiple of 16, are read in place).
         let k_in_place = T::as_f32_slice(cache.k_row(b, g, j)).is_some();
         let v_in_place = T::as_f32_slice(cache.v_row(b, g, j)).is_some() && dv == dvp;
-        for jj in 0..jb {
-            if !k_in_place {
-                T::widen_slice(cache.k_row(b, g, j + jj), &mut s.kbuf[jj * d..(jj + 1) * d]);
+        if !k_in_place {
+            match cache.k_block(b, g, j, jb) {
+                // one conversion call for the whole block when rows are contiguous
+                Some(blk) => T::widen_slice(blk, &mut s.kbuf[..jb * d]),
+                None => {
+                    for jj in 0..jb {
+                        T::widen_slice(
+                            cache.k_row(b, g, j + jj),
+                            &mut s.kbuf[jj * d..(jj + 1) * d],
+                        );
+                    }
+                }
             }
-            if !v_in_place {
-                T::widen_slice(cache.v_row(b, g, j + jj), &mut s.vbuf[jj * dvp..jj * dvp + dv]);
+        }
+        if !v_in_place {
+            match cache.v_block(b, g, j, jb) {
+                Some(blk) if dv == dvp => T::widen_slice(blk, &mut s.vbuf[..jb * dvp]),
+                _ => {
+                    for jj in 0..jb {
+                        let dst = &mut s.vbuf[jj * dvp..jj * dvp + dv];
+                        T::widen_slice(cache.v_row(b, g, j + jj), dst);
+                    }
+                }
             }
         }
         let krow = |jj: usize| -> &[f32] {
@@ -354,10 +386,12 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
             }
             // Mask, then the online-softmax update.
             let sc = &mut s.sc[r * KB..(r + 1) * KB];
-            for (jj, x) in sc.iter_mut().enumerate() {
-                let key = j + jj;
-                if jj >= jb || key < rlo || key >= rhi {
-                    *x = f32::NEG_INFINITY;
+            if !(rlo <= j && j + KB <= rhi) {
+                for (jj, x) in sc.iter_mut().enumerate() {
+                    let key = j + jj;
+                    if jj >= jb || key < rlo || key >= rhi {
+                        *x = f32::NEG_INFINITY;
+                    }
                 }
             }
             let scv = f32x16::new(sc[..KB].try_into().unwrap());
