@@ -247,7 +247,7 @@ pub fn uniform(len: usize, seed: u64, stream: u64) -> Vec<f32> {
 }
 
 /// Fills every batch entry of `cache` up to its capacity with seeded K/V
-/// ([`uniform`]), appending [`FILL_POSITIONS`] positions at a time (so the
+/// ([`uniform`]), appending `FILL_POSITIONS` positions at a time (so the
 /// f32 staging buffers stay small next to the cache).
 pub fn fill_cache<T: Element>(cache: &mut KvCache<T>, seed: u64) -> Result<(), AttnError> {
     let (hkv, d, dv, cap) = (cache.kv_heads(), cache.head_dim(), cache.v_dim(), cache.capacity());
