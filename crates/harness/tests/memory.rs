@@ -112,7 +112,16 @@ fn decode_extra_bytes_are_the_split_kv_partials() {
         assert!(row.max_abs_err.unwrap() < 1e-5, "{}: err {:?}", row.id, row.max_abs_err);
         assert!(row.err_rows >= 2, "{}: {} rows checked", row.id, row.err_rows);
         let (e, ws) = (row.extra_bytes.unwrap(), row.workspace_bytes);
-        assert!(e.abs_diff(ws) <= 64 << 10, "{}: extra {e} vs workspace {ws}", row.id);
+        // workspace_bytes counts a scratch for every thread; rayon may
+        // create fewer (it makes one per split it actually runs), so the
+        // prediction is an upper bound, within the 64 KiB slack of the
+        // allocator's bookkeeping.
+        assert!(e <= ws + (64 << 10), "{}: extra {e} above workspace {ws}", row.id);
+        // and at least the per-chunk partial results (+ the merge buffer)
+        let nc = len.div_ceil(attn_flash::decode::CHUNK).clamp(1, attn_flash::decode::MAX_CHUNKS);
+        let rows = cfg.q_heads / cfg.kv_heads * cfg.q_len;
+        let partials = (4 * (nc + 1) * rows * (cfg.v_dim + 1)) as u64;
+        assert!(e >= partials, "{}: extra {e} below the partials' {partials} B", row.id);
         let kv = row.kv_bytes.unwrap();
         assert_eq!(kv, (cfg.kv_heads * len * 256 * dtype.size()) as u64);
         assert!(e * 8 < kv, "{}: extra {e} B is not small next to the cache ({kv} B)", row.id);
