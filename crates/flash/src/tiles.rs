@@ -46,11 +46,12 @@ impl TileConfig {
     /// all sizes side by side in one process) 256×64 and 256×128 were the
     /// fastest at d = 64 and d = 128, causal or not, 3–6% ahead of 128×128
     /// and 10–20% ahead of 64×128: a taller query tile re-reads K and V
-    /// (from L3 once a head's K/V outgrow the L2) fewer times. Short query
-    /// sequences use the smallest multiple of 32 that holds them, so
-    /// decode-like calls do not compute padding rows.
+    /// (from L3 once a head's K/V outgrow the L2) fewer times. Shorter
+    /// query sequences get `Br` ≈ `Nq/2` (a multiple of 32): at least two
+    /// query tiles per head keep both cores busy and no tile is mostly
+    /// padding (N = 128, 2 threads: 64×64 measured 12% faster than 128×64).
     pub fn for_shape(shape: &AttnShape) -> TileConfig {
-        let br = shape.q_len().next_multiple_of(NR).clamp(NR, 256);
+        let br = (shape.q_len() / 2).next_multiple_of(NR).clamp(NR, 256);
         TileConfig { br, bc: 64 }
     }
 
