@@ -12,8 +12,8 @@
 
 use attn_core::simd::{LOG2_E, exp2_shift_sum, slice_max};
 use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Par,
-    TensorView, TensorViewMut, validate_call,
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Par, TensorView,
+    TensorViewMut, validate_call,
 };
 use rayon::prelude::*;
 
@@ -221,7 +221,3 @@ fn head_forward<'t>(
     }
     tmp
 }
-
-/// Rows of a [`Layout::Bnhd`] view are `H·d` apart; this is the one place
-/// the naive kernel depends on the layout, through `row_stride`.
-const _: Layout = Layout::Bnhd;
