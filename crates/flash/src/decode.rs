@@ -119,13 +119,42 @@ impl<T: Element> KvSource<T> for ViewKv<'_, '_, T> {
     }
 }
 
-/// Bytes of the partial results [`split_kv`] keeps: independent of the
-/// number of keys (at most [`MAX_CHUNKS`] chunks per head).
+/// Scratch bytes of one split-KV call: the per-chunk partial outputs and
+/// LSEs, the merge buffer, and each worker's buffers. At most
+/// [`MAX_CHUNKS`] chunks per K/V head, so this stays bounded however long
+/// the cache is. `kv_len` is the longest sequence of the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn split_kv_workspace_bytes(
+    batch: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    q_len: usize,
+    head_dim: usize,
+    v_dim: usize,
+    kv_len: usize,
+    threads: usize,
+) -> usize {
+    let (nc, _) = chunking(kv_len);
+    let rows = q_heads / kv_heads.max(1) * q_len; // rows of one (b, g) item
+    let items = batch * kv_heads * nc;
+    let dvp = v_dim.next_multiple_of(16);
+    let partials = (items + 1) * rows * (v_dim + 1);
+    let per_worker = rows * (head_dim + dvp + KB + 2) + KB * (head_dim + dvp);
+    4 * (partials + threads.max(1) * per_worker)
+}
+
+/// [`split_kv_workspace_bytes`] for an ordinary call's shape.
 pub(crate) fn split_kv_bytes(shape: &attn_core::AttnShape, threads: usize) -> usize {
-    let rows = shape.batch() * shape.q_heads() * shape.q_len();
-    let (d, dvp) = (shape.head_dim(), shape.v_dim().next_multiple_of(16));
-    let per_worker = (shape.group_size() * shape.q_len() * (d + dvp + KB + 2) + KB * (d + dvp)) * 4;
-    4 * rows * (shape.v_dim() + 1) * (MAX_CHUNKS + 1) + threads * per_worker
+    split_kv_workspace_bytes(
+        shape.batch(),
+        shape.q_heads(),
+        shape.kv_heads(),
+        shape.q_len(),
+        shape.head_dim(),
+        shape.v_dim(),
+        shape.kv_len(),
+        threads,
+    )
 }
 
 const KB: usize = 16; // keys per block: one vector of scores per row

@@ -172,7 +172,9 @@ impl AttentionKernel for Flash {
     }
 
     /// One scratch set per worker: `O(threads × tile)`, independent of
-    /// `Nq` and `Nk`.
+    /// `Nq` and `Nk`. Split-KV calls (at most [`SPLIT_KV_MAX_Q`] queries per
+    /// head) add their partial results, at most [`decode::MAX_CHUNKS`] per
+    /// head however long `Nk` is.
     fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
         if self.uses_split_kv(shape) {
             return split_kv_bytes(shape, par.threads());

@@ -265,25 +265,23 @@ pub fn fill_cache<T: Element>(cache: &mut KvCache<T>, seed: u64) -> Result<(), A
     Ok(())
 }
 
-/// Heap bytes one `attn_flash::decode` call of `cfg` allocates, as the
-/// kernel sizes them (mirrored here: the kernel's own figure is private):
-/// the split-KV partials (output and LSE per query row, K/V head and chunk;
-/// at most [`attn_flash::decode::MAX_CHUNKS`] chunks of at least
-/// [`attn_flash::decode::CHUNK`] positions), the merge buffers, and the
-/// scratch of each worker thread.
+/// Heap bytes one `attn_flash::decode` call of `cfg` allocates, from the
+/// kernel's own sizing ([`attn_flash::decode::split_kv_workspace_bytes`]):
+/// the split-KV partials, the merge buffer and each worker's scratch.
 pub fn workspace_bytes(cfg: &Config) -> u64 {
-    use attn_flash::decode::{CHUNK, MAX_CHUNKS};
-    const KB: usize = 16; // keys per block of the kernel
     if cfg.kv_heads == 0 || !cfg.q_heads.is_multiple_of(cfg.kv_heads) {
         return 0;
     }
-    let nc = cfg.kv_len.div_ceil(CHUNK).clamp(1, MAX_CHUNKS);
-    let rows = cfg.q_heads / cfg.kv_heads * cfg.q_len;
-    let items = cfg.batch * cfg.kv_heads * nc;
-    let (d, dvp) = (cfg.head_dim, cfg.v_dim.next_multiple_of(16));
-    let partials = (items + 1) * rows * (cfg.v_dim + 1);
-    let per_worker = rows * (d + dvp + KB + 2) + KB * (d + dvp);
-    (4 * (partials + cfg.threads.max(1) * per_worker)) as u64
+    attn_flash::decode::split_kv_workspace_bytes(
+        cfg.batch,
+        cfg.q_heads,
+        cfg.kv_heads,
+        cfg.q_len,
+        cfg.head_dim,
+        cfg.v_dim,
+        cfg.kv_len,
+        cfg.threads,
+    ) as u64
 }
 
 /// A decode configuration ready to run: the filled cache, queries,
