@@ -5,8 +5,8 @@
 //! bottom-right causal and sliding-window masks and the per-row
 //! log-sum-exp. This crate re-exports the workspace:
 //!
-//! - [`core`] (`attn-core`): shapes, strided views, masks, errors, the
-//!   [`AttentionKernel`] trait;
+//! - `attn-core`, re-exported at the root: shapes, strided views, masks,
+//!   errors, the [`AttentionKernel`] trait;
 //! - [`naive`] (`attn-naive`): the f64 [`Oracle`] and the O(N²) [`Naive`]
 //!   kernel;
 //! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel.
@@ -28,14 +28,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use attn_core as core;
 pub use attn_flash as flash;
 pub use attn_naive as naive;
 
 pub use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par,
-    TensorView, TensorViewMut, bf16, f16,
+    RowWriter, TensorView, TensorViewMut, bf16, f16,
 };
+pub use attn_core::{element, error, kernel, mask, params, shape, view};
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
 

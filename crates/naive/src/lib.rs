@@ -17,4 +17,4 @@ pub mod naive;
 pub mod oracle;
 
 pub use naive::Naive;
-pub use oracle::{Oracle, Reference, reference};
+pub use oracle::{Oracle, Reference, reference, reference_row, reference_rows};

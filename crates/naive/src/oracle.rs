@@ -16,11 +16,9 @@ pub struct Reference {
     pub lse: Vec<f64>,
 }
 
-/// Computes attention in f64, one row at a time:
-/// `s_j = scale·Σ_c q_c·k_jc` over the visible keys `j` of the row,
-/// `lse = m + ln Σ_j exp(s_j − m)` with `m = max_j s_j`, and
-/// `o = Σ_j exp(s_j − lse)·v_j`. No validation beyond the shape: use
-/// [`Oracle`] through [`AttentionKernel`] for checked calls.
+/// Computes attention in f64, one row at a time (see [`reference_row`]).
+/// No validation beyond the shape: use [`Oracle`] through
+/// [`AttentionKernel`] for checked calls.
 pub fn reference<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) -> Reference {
     let s = *inputs.shape();
     let (nq, dv) = (s.q_len(), s.v_dim());
@@ -31,51 +29,101 @@ pub fn reference<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) ->
     }
     out.par_chunks_mut(nq * dv).zip(lse.par_chunks_mut(nq)).enumerate().for_each(|(bh, (o, l))| {
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
-        reference_head(inputs, params, b, h, o, l);
+        let mut scores = Vec::new();
+        for i in 0..nq {
+            l[i] = row_of(inputs, params, b, h, i, &mut scores, &mut o[i * dv..(i + 1) * dv]);
+        }
     });
     Reference { out, lse }
 }
 
-fn reference_head<T: Element>(
+/// The f64 output row and LSE of query rows `(b, h, i)` only: what the
+/// harness uses to check sampled rows of a large run without computing
+/// the whole reference. Same arithmetic as [`reference`].
+pub fn reference_rows<T: Element>(
+    inputs: &AttnInputs<'_, T>,
+    params: &AttnParams,
+    rows: &[(usize, usize, usize)],
+) -> Vec<(Vec<f64>, f64)> {
+    rows.par_iter()
+        .map(|&(b, h, i)| {
+            let mut o = vec![0f64; inputs.shape().v_dim()];
+            let l = row_of(inputs, params, b, h, i, &mut Vec::new(), &mut o);
+            (o, l)
+        })
+        .collect()
+}
+
+fn row_of<T: Element>(
     inputs: &AttnInputs<'_, T>,
     params: &AttnParams,
     b: usize,
     h: usize,
+    i: usize,
+    scores: &mut Vec<f64>,
     out: &mut [f64],
-    lse: &mut [f64],
-) {
-    let s = *inputs.shape();
-    let (nq, nk, d, dv) = (s.q_len(), s.kv_len(), s.head_dim(), s.v_dim());
-    let scale = params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
+) -> f64 {
+    let s = inputs.shape();
     let g = s.kv_head_of(h);
-    let mut scores = vec![0f64; nk];
-    for i in 0..nq {
-        let keys = params.mask.key_range(i, nq, nk);
-        let o = &mut out[i * dv..(i + 1) * dv];
-        if keys.is_empty() {
-            o.fill(0.0);
-            lse[i] = f64::NEG_INFINITY;
-            continue;
-        }
-        let q = inputs.q.row(b, h, i);
-        for j in keys.clone() {
-            let k = inputs.k.row(b, g, j);
-            let dot: f64 =
-                q.iter().zip(k).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
-            scores[j] = scale * dot;
-        }
-        let m = keys.clone().map(|j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = keys.clone().map(|j| (scores[j] - m).exp()).sum();
-        let l = m + sum.ln();
-        lse[i] = l;
-        o.fill(0.0);
-        for j in keys {
-            let p = (scores[j] - l).exp();
-            for (oc, vc) in o.iter_mut().zip(inputs.v.row(b, g, j)) {
-                *oc += p * vc.to_f32() as f64;
-            }
+    let keys = params.mask.key_range(i, s.q_len(), s.kv_len());
+    let scale = params.scale.map(f64::from).unwrap_or(1.0 / (s.head_dim() as f64).sqrt());
+    let (k, v) = (&inputs.k, &inputs.v);
+    reference_row(
+        inputs.q.row(b, h, i),
+        keys,
+        scale,
+        |j| k.row(b, g, j),
+        |j| v.row(b, g, j),
+        scores,
+        out,
+    )
+}
+
+/// One row of attention in f64, the single definition every reference in
+/// the workspace uses (prefill, decode over a cache, sampled checks).
+///
+/// `s_j = scale·Σ_c q_c·k_jc` over the visible keys `j ∈ keys`, `m = max s_j`,
+/// `o = Σ_j exp(s_j − m)·v_j / Σ_j exp(s_j − m)` and
+/// `lse = m + ln Σ_j exp(s_j − m)`. Normalising by the row max (not by
+/// `exp(s_j − lse)`) keeps the output exact whatever the magnitude of `m`:
+/// `lse` may round away the small terms when `|m|` is large, the weights
+/// `exp(s_j − m)` never do. Returns the LSE (`-inf` and a zero row when
+/// `keys` is empty). `scores` is a reusable buffer.
+pub fn reference_row<'r, Tq, Tk, Tv>(
+    q: &[Tq],
+    keys: std::ops::Range<usize>,
+    scale: f64,
+    k_row: impl Fn(usize) -> &'r [Tk],
+    v_row: impl Fn(usize) -> &'r [Tv],
+    scores: &mut Vec<f64>,
+    out: &mut [f64],
+) -> f64
+where
+    Tq: Element,
+    Tk: Element + 'r,
+    Tv: Element + 'r,
+{
+    out.fill(0.0);
+    if keys.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    scores.clear();
+    scores.extend(keys.clone().map(|j| {
+        let dot: f64 =
+            q.iter().zip(k_row(j)).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
+        scale * dot
+    }));
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for (j, sj) in keys.zip(scores.iter()) {
+        let p = (sj - m).exp();
+        sum += p;
+        for (oc, vc) in out.iter_mut().zip(v_row(j)) {
+            *oc += p * vc.to_f32() as f64;
         }
     }
+    out.iter_mut().for_each(|x| *x /= sum);
+    m + sum.ln()
 }
 
 /// The oracle as a kernel: f64 inside, rounded to f32 on output.
@@ -156,6 +204,22 @@ mod tests {
         let want: Vec<f64> = (1..=3).map(|n| (n as f64).ln()).collect();
         for (a, b) in r.lse.iter().zip(&want) {
             assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn exact_at_any_logit_magnitude() {
+        // Constant Q = K = x, V = 1: every weight is equal, so the output
+        // is exactly 1 however large the logits are.
+        for x in [1e3f32, 1e7, 1e8, 1e9, 1e15, 1e18, 1e30] {
+            let shape = AttnShape::new(1, 1, 1, 2, 5, 2, 1).unwrap();
+            let (q, k, v) = ([x; 4], [x; 10], [1.0f32; 5]);
+            let inp = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+            let r = reference(&inp, &AttnParams::default());
+            assert_eq!(r.out, vec![1.0, 1.0], "x = {x}");
+            let rows = reference_rows(&inp, &AttnParams::default(), &[(0, 0, 1)]);
+            assert_eq!(rows[0].0, vec![1.0]);
+            assert_eq!(rows[0].1, r.lse[1]);
         }
     }
 
