@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use attnlab::{
     AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par, TensorView,
-    TensorViewMut, core::validate_call, f16,
+    TensorViewMut, kernel::validate_call, f16,
 };
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
