@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use attnlab::{AttnParams, AttnShape, attention};
-//! let shape = AttnShape::new(1, 4, 2, 16, 16, 8, 8)?; // GQA, 2 q heads per kv head
+//! let shape = AttnShape::builder().batch(1).q_heads(4).kv_heads(2).q_len(16).kv_len(16).head_dim(8).v_dim(8).build()?; // GQA, 2 q heads per kv head
 //! let q = vec![0.5f32; 1 * 4 * 16 * 8];
 //! let kv = vec![0.25f32; 1 * 2 * 16 * 8];
 //! let r = attention(&shape, &q, &kv, &kv, &AttnParams::causal())?;
@@ -32,12 +32,13 @@ pub use attn_flash as flash;
 pub use attn_naive as naive;
 
 pub use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par,
-    RowWriter, TensorView, TensorViewMut, bf16, f16,
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
+    HeadRowsMut, Layout, Mask, Par, ShapeBuilder, TensorView, TensorViewMut, bf16, f16,
 };
-pub use attn_core::{element, error, kernel, mask, params, shape, view};
+pub use attn_core::{element, error, kernel, mask, par, params, shape, view};
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
+pub use attn_simd::isa;
 
 use std::fmt;
 use std::str::FromStr;
@@ -127,7 +128,7 @@ pub fn attention(
     v: &[f32],
     params: &AttnParams,
 ) -> Result<Output, AttnError> {
-    attention_with(Kernel::default(), Layout::Bhnd, shape, q, k, v, params, Par::Rayon(0))
+    attention_with(Kernel::default(), Layout::Bhnd, shape, q, k, v, params, Par::Pool)
 }
 
 /// Attention with an explicit kernel, layout and parallelism.

@@ -40,9 +40,8 @@ impl Under {
         let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout).unwrap();
         let r = match self {
             Under::Kernel(k) => k.forward(inputs, &mut view, Some(&mut lse), params, par),
-            Under::FlashTiles(t) => {
-                Flash::with_tiles(*t).forward(inputs, &mut view, Some(&mut lse), params, par)
-            }
+            Under::FlashTiles(t) => Flash::with_tiles(*t)
+                .and_then(|f| f.forward(inputs, &mut view, Some(&mut lse), params, par)),
         };
         r.unwrap_or_else(|e| panic!("{self:?} failed: {e}"));
         (out, lse)

@@ -58,17 +58,28 @@ fn check_decode<T: Element>(
     let params = AttnParams::with_mask(mask);
     let mut out = vec![f32::NAN; bsz * hq * nq * dv];
     let mut lse = vec![f32::NAN; bsz * hq * nq];
-    decode(&cache, &q, hq, nq, &mut out, Some(&mut lse), &params, Par::Seq).unwrap();
-    // identical bits on 2 threads
-    let mut out2 = vec![0f32; out.len()];
-    let mut lse2 = vec![0f32; lse.len()];
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    pool.install(|| decode(&cache, &q, hq, nq, &mut out2, Some(&mut lse2), &params, Par::Rayon(2)))
-        .unwrap();
-    assert!(out.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits()), "2 threads differ");
-    assert!(lse.iter().zip(&lse2).all(|(a, b)| a.to_bits() == b.to_bits()), "2 threads differ");
+    let qs = cache.query_shape(hq, nq).unwrap();
+    decode(&cache, &qs, &q, &mut out, Some(&mut lse), &params, Par::Seq).unwrap();
+    // identical bits on 2 and 3 threads
+    for t in [2, 3] {
+        let mut out2 = vec![0f32; out.len()];
+        let mut lse2 = vec![0f32; lse.len()];
+        let par = Par::rayon(t).unwrap();
+        decode(&cache, &qs, &q, &mut out2, Some(&mut lse2), &params, par).unwrap();
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same(&out, &out2) && same(&lse, &lse2), "{t} threads differ");
+    }
     for (b, &len) in lens.iter().enumerate() {
-        let shape = AttnShape::new(1, hq, hkv, nq, len, d, dv).unwrap();
+        let shape = AttnShape::builder()
+            .batch(1)
+            .q_heads(hq)
+            .kv_heads(hkv)
+            .q_len(nq)
+            .kv_len(len)
+            .head_dim(d)
+            .v_dim(dv)
+            .build()
+            .unwrap();
         let qb = &q[b * hq * nq * d..(b + 1) * hq * nq * d];
         let inputs =
             AttnInputs::from_slices(shape, Layout::Bhnd, qb, &stored[b].0, &stored[b].1).unwrap();
@@ -120,16 +131,20 @@ fn decode_nq_1_to_16_ragged_and_edge_lengths() {
 fn decode_errors() {
     let cache = KvCache::<f32>::new(1, 2, 8, 4, 4).unwrap();
     let p = AttnParams::default();
-    let mut out = vec![0.0; 3 * 4];
-    let e = decode(&cache, &[0.0; 12], 3, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    let e = cache.query_shape(3, 1).unwrap_err();
     assert!(e.to_string().contains("multiple of kv heads (2)"), "{e}");
+    let qs = cache.query_shape(4, 1).unwrap();
     let mut out = vec![0.0; 4 * 4];
-    let e = decode(&cache, &[0.0; 15], 4, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    let e = decode(&cache, &qs, &[0.0; 15], &mut out, None, &p, Par::Seq).unwrap_err();
     assert!(e.to_string().starts_with("q: buffer has 15"), "{e}");
     let mut q = vec![0.0; 16];
     q[5] = f32::NAN;
-    let e = decode(&cache, &q, 4, 1, &mut out, None, &p, Par::Seq).unwrap_err();
+    let e = decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap_err();
     assert!(e.to_string().starts_with("q: non-finite"), "{e}");
+    // a shape made for another cache (or before an append) is named
+    let other = KvCache::<f32>::new(1, 2, 8, 8, 4).unwrap().query_shape(4, 1).unwrap();
+    let e = decode(&cache, &other, &q, &mut out, None, &p, Par::Seq).unwrap_err();
+    assert!(e.to_string().starts_with("shape: "), "{e}");
 }
 
 proptest! {
@@ -144,7 +159,7 @@ proptest! {
         dv in 1usize..40,
         seed in any::<u64>(),
     ) {
-        let shape = AttnShape::new(1, 1, 1, nq, nk, d, dv).unwrap();
+        let shape = AttnShape::builder().batch(1).q_heads(1).kv_heads(1).q_len(nq).kv_len(nk).head_dim(d).v_dim(dv).build().unwrap();
         let (q, k, v) = make_inputs(&shape, 1.0, seed);
         let params = AttnParams::default();
         let whole = reference(&AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap(), &params);
@@ -154,7 +169,7 @@ proptest! {
         let mut shards = vec![];
         for w in bounds.windows(2) {
             let (a, b) = (w[0], w[1]);
-            let s = AttnShape::new(1, 1, 1, nq, b - a, d, dv).unwrap();
+            let s = AttnShape::builder().batch(1).q_heads(1).kv_heads(1).q_len(nq).kv_len(b - a).head_dim(d).v_dim(dv).build().unwrap();
             let inp = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k[a * d..b * d], &v[a * dv..b * dv]).unwrap();
             let r = attnlab::attention_with(attnlab::Kernel::Flash, Layout::Bhnd, &s, inp.q.data(), inp.k.data(), inp.v.data(), &params, Par::Seq).unwrap();
             shards.push(r);

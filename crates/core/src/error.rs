@@ -24,6 +24,8 @@ pub enum AttnError {
     Param { name: &'static str, reason: String },
     /// A capability that the chosen kernel does not offer.
     Unsupported { what: String },
+    /// A buffer sized by the input could not be allocated.
+    OutOfMemory { tensor: &'static str, bytes: usize },
 }
 
 impl fmt::Display for AttnError {
@@ -51,8 +53,26 @@ impl fmt::Display for AttnError {
             ),
             AttnError::Param { name, reason } => write!(f, "{name}: {reason}"),
             AttnError::Unsupported { what } => write!(f, "unsupported: {what}"),
+            AttnError::OutOfMemory { tensor, bytes } => write!(
+                f,
+                "{tensor}: needs {:.2} GiB, which could not be allocated",
+                *bytes as f64 / (1u64 << 30) as f64
+            ),
         }
     }
 }
 
 impl std::error::Error for AttnError {}
+
+/// A zeroed `Vec` of `len` elements, or [`AttnError::OutOfMemory`] naming
+/// `tensor` (never an abort): for every buffer whose size comes from input.
+pub fn try_zeroed<T: Clone + Default>(
+    tensor: &'static str,
+    len: usize,
+) -> Result<Vec<T>, AttnError> {
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| AttnError::OutOfMemory { tensor, bytes })?;
+    v.resize(len, T::default());
+    Ok(v)
+}

@@ -1,9 +1,10 @@
-//! The contract every kernel implements, and the one validation routine
-//! that runs at the boundary of every call.
+//! The contract every kernel implements, and the one validation that runs
+//! at the boundary of every call ([`CheckedCall`]).
 
 use crate::element::Element;
 use crate::error::AttnError;
-use crate::params::{AttnParams, Par};
+use crate::par::Par;
+use crate::params::AttnParams;
 use crate::shape::AttnShape;
 use crate::view::{Layout, TensorView, TensorViewMut};
 
@@ -79,15 +80,13 @@ impl<'a, T: Element> AttnInputs<'a, T> {
     }
 }
 
-/// Checks everything about a call once, before any kernel work: output and
-/// LSE sizes, parameters, and (unless opted out) finiteness of Q, K, V.
-pub fn validate_call<T: Element>(
-    inputs: &AttnInputs<'_, T>,
+/// Checks the output view and LSE buffer against `shape`: `out` must be
+/// `[B, Hq, Nq, dv]` and `lse`, if given, hold `B·Hq·Nq` values.
+pub fn check_outputs(
+    shape: &AttnShape,
     out: &TensorViewMut<'_>,
     lse: Option<&[f32]>,
-    params: &AttnParams,
 ) -> Result<(), AttnError> {
-    let shape = inputs.shape();
     check_dims(out.name(), O_DIMS, shape.out_dims(), out.dims())?;
     if let Some(lse) = lse
         && lse.len() != shape.lse_len()
@@ -98,22 +97,75 @@ pub fn validate_call<T: Element>(
             got: lse.len(),
         });
     }
-    params.validate()?;
-    if params.check_finite {
-        inputs.q.check_finite()?;
-        inputs.k.check_finite()?;
-        inputs.v.check_finite()?;
-    }
     Ok(())
+}
+
+/// One attention call whose every argument has been checked, once: output
+/// and LSE sizes ([`check_outputs`]), parameters, the thread count, and
+/// (unless `check_finite` is off) the finiteness of Q, K and V. The only
+/// way to make one is [`CheckedCall::new`], so a kernel's
+/// [`AttentionKernel::run`] never validates again.
+#[derive(Debug)]
+pub struct CheckedCall<'c, 'o, T> {
+    inputs: &'c AttnInputs<'c, T>,
+    out: &'c mut TensorViewMut<'o>,
+    lse: Option<&'c mut [f32]>,
+    params: &'c AttnParams,
+    par: Par,
+}
+
+impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
+    /// Validates a call (see the type's docs).
+    pub fn new(
+        inputs: &'c AttnInputs<'c, T>,
+        out: &'c mut TensorViewMut<'o>,
+        lse: Option<&'c mut [f32]>,
+        params: &'c AttnParams,
+        par: Par,
+    ) -> Result<Self, AttnError> {
+        check_outputs(inputs.shape(), out, lse.as_deref())?;
+        params.validate()?;
+        par.validate()?;
+        if params.check_finite {
+            inputs.q.check_finite()?;
+            inputs.k.check_finite()?;
+            inputs.v.check_finite()?;
+        }
+        Ok(CheckedCall { inputs, out, lse, params, par })
+    }
+
+    /// Q, K and V.
+    pub fn inputs(&self) -> &'c AttnInputs<'c, T> {
+        self.inputs
+    }
+    /// The problem's shape.
+    pub fn shape(&self) -> &'c AttnShape {
+        self.inputs.shape()
+    }
+    /// Scale, mask and checks.
+    pub fn params(&self) -> &'c AttnParams {
+        self.params
+    }
+    /// Parallelism.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+    /// The output view and the LSE buffer, to write.
+    pub fn outputs(&mut self) -> (&mut TensorViewMut<'o>, Option<&mut [f32]>) {
+        (self.out, self.lse.as_deref_mut())
+    }
 }
 
 /// What every attention kernel offers.
 ///
-/// `forward` computes `O = softmax(Q·Kᵀ·scale + mask)·V` into `out`
-/// (logical `[B, Hq, Nq, dv]`, any layout) and, if given, the natural-log
-/// LSE of each row into `lse` (`[B, Hq, Nq]`, `-inf` for a fully masked row,
-/// whose output is 0). Inputs may be f32, f16 or bf16; accumulation is f32
-/// or wider.
+/// [`forward`](AttentionKernel::forward) computes
+/// `O = softmax(Q·Kᵀ·scale + mask)·V` into `out` (logical `[B, Hq, Nq, dv]`, any layout) and, if
+/// given, the natural-log LSE of each row into `lse` (`[B, Hq, Nq]`,
+/// `-inf` for a fully masked row, whose output is 0). Inputs may be f32,
+/// f16 or bf16; accumulation is f32 or wider.
+///
+/// A kernel implements [`run`](AttentionKernel::run) on a [`CheckedCall`];
+/// `forward` validates once and calls it.
 pub trait AttentionKernel: Sync {
     /// Short name used on the command line and in results ("naive").
     fn name(&self) -> &'static str;
@@ -121,7 +173,7 @@ pub trait AttentionKernel: Sync {
     /// Bytes of scratch memory one call needs beyond inputs and outputs.
     fn workspace_bytes(&self, shape: &AttnShape, params: &AttnParams, par: Par) -> usize;
 
-    /// Runs the kernel; validates first (see [`validate_call`]).
+    /// Validates the call ([`CheckedCall::new`]), then runs the kernel.
     fn forward<T: Element>(
         &self,
         inputs: &AttnInputs<'_, T>,
@@ -129,16 +181,51 @@ pub trait AttentionKernel: Sync {
         lse: Option<&mut [f32]>,
         params: &AttnParams,
         par: Par,
-    ) -> Result<(), AttnError>;
+    ) -> Result<(), AttnError> {
+        self.run(CheckedCall::new(inputs, out, lse, params, par)?)
+    }
+
+    /// Runs the kernel on a validated call.
+    fn run<T: Element>(&self, call: CheckedCall<'_, '_, T>) -> Result<(), AttnError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shape(
+        b: usize,
+        hq: usize,
+        hkv: usize,
+        nq: usize,
+        nk: usize,
+        d: usize,
+        dv: usize,
+    ) -> AttnShape {
+        AttnShape::builder()
+            .batch(b)
+            .q_heads(hq)
+            .kv_heads(hkv)
+            .q_len(nq)
+            .kv_len(nk)
+            .head_dim(d)
+            .v_dim(dv)
+            .build()
+            .unwrap()
+    }
+
+    fn validate(
+        inp: &AttnInputs<'_, f32>,
+        out: &mut TensorViewMut<'_>,
+        lse: Option<&mut [f32]>,
+        p: &AttnParams,
+    ) -> Result<(), AttnError> {
+        CheckedCall::new(inp, out, lse, p, Par::Seq).map(|_| ())
+    }
+
     #[test]
     fn dim_mismatch_names_tensor_and_dim() {
-        let shape = AttnShape::new(1, 4, 4, 2, 3, 2, 2).unwrap();
+        let shape = shape(1, 4, 4, 2, 3, 2, 2);
         let q = vec![0f32; 16];
         let k = vec![0f32; 18]; // 3 kv heads instead of 4
         let v = vec![0f32; 24];
@@ -151,7 +238,7 @@ mod tests {
 
     #[test]
     fn from_slices_checks_lengths() {
-        let shape = AttnShape::new(1, 2, 1, 3, 4, 8, 4).unwrap();
+        let shape = shape(1, 2, 1, 3, 4, 8, 4);
         let q = vec![0f32; 48];
         let k = vec![0f32; 32];
         let v = vec![0f32; 15];
@@ -161,29 +248,29 @@ mod tests {
 
     #[test]
     fn validate_checks_out_lse_scale_and_finiteness() {
-        let shape = AttnShape::new(1, 1, 1, 2, 2, 2, 2).unwrap();
+        let shape = shape(1, 1, 1, 2, 2, 2, 2);
         let (q, k, mut v) = (vec![0f32; 4], vec![0f32; 4], vec![0f32; 4]);
         let mut o = vec![0f32; 4];
         let p = AttnParams::default();
         {
             let inp = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
             let mut o3 = vec![0f32; 6];
-            let out = TensorViewMut::new("out", &mut o3, [1, 1, 3, 2], Layout::Bhnd).unwrap();
-            let e = validate_call(&inp, &out, None, &p).unwrap_err();
+            let mut out = TensorViewMut::new("out", &mut o3, [1, 1, 3, 2], Layout::Bhnd).unwrap();
+            let e = validate(&inp, &mut out, None, &p).unwrap_err();
             assert_eq!(e.to_string(), "out: expected 2 query positions, got 3");
-            let out = TensorViewMut::new("out", &mut o, [1, 1, 2, 2], Layout::Bhnd).unwrap();
-            let e = validate_call(&inp, &out, Some(&[0.0; 3]), &p).unwrap_err();
+            let mut out = TensorViewMut::new("out", &mut o, [1, 1, 2, 2], Layout::Bhnd).unwrap();
+            let e = validate(&inp, &mut out, Some(&mut [0.0; 3]), &p).unwrap_err();
             assert!(e.to_string().starts_with("lse: buffer has 3 elements, expected 2"));
             let bad = AttnParams { scale: Some(f32::NAN), ..p };
-            let e = validate_call(&inp, &out, None, &bad).unwrap_err();
+            let e = validate(&inp, &mut out, None, &bad).unwrap_err();
             assert!(e.to_string().starts_with("scale: must be finite"));
         }
         v[3] = f32::INFINITY;
         let inp = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
-        let out = TensorViewMut::new("out", &mut o, [1, 1, 2, 2], Layout::Bhnd).unwrap();
-        let e = validate_call(&inp, &out, None, &p).unwrap_err();
+        let mut out = TensorViewMut::new("out", &mut o, [1, 1, 2, 2], Layout::Bhnd).unwrap();
+        let e = validate(&inp, &mut out, None, &p).unwrap_err();
         assert_eq!(e, AttnError::NonFinite { tensor: "v", index: 3, value: f32::INFINITY });
         let off = AttnParams { check_finite: false, ..p };
-        validate_call(&inp, &out, None, &off).unwrap();
+        validate(&inp, &mut out, None, &off).unwrap();
     }
 }

@@ -18,9 +18,10 @@
 //! type; bad input is an [`AttnError`] naming tensor and dimension.
 //!
 //! Modules: [`shape`] (validated sizes), [`view`] (strided views),
-//! [`mask`], [`params`] (scale, mask, [`Par`]), [`element`] (f32/f16/bf16), [`simd`] (exp2 and reductions shared by kernels),
-//! [`kernel`] (the [`AttentionKernel`] trait and call validation),
-//! [`error`].
+//! [`mask`], [`params`] (scale, mask, finiteness checks), [`par`]
+//! ([`Par`]: how many threads a call runs on), [`element`]
+//! (f32/f16/bf16), [`kernel`] (the [`AttentionKernel`] trait and
+//! [`CheckedCall`], the one validation of a call), [`error`].
 
 #![warn(missing_docs)]
 
@@ -28,16 +29,17 @@ pub mod element;
 pub mod error;
 pub mod kernel;
 pub mod mask;
+pub mod par;
 pub mod params;
 pub mod shape;
-pub mod simd;
 pub mod view;
 
 pub use element::Element;
-pub use error::AttnError;
+pub use error::{AttnError, try_zeroed};
 pub use half::{bf16, f16};
-pub use kernel::{AttentionKernel, AttnInputs, validate_call};
+pub use kernel::{AttentionKernel, AttnInputs, CheckedCall, check_outputs};
 pub use mask::Mask;
-pub use params::{AttnParams, Par};
-pub use shape::AttnShape;
-pub use view::{Layout, RowWriter, TensorView, TensorViewMut};
+pub use par::Par;
+pub use params::AttnParams;
+pub use shape::{AttnShape, ShapeBuilder};
+pub use view::{HeadRowsMut, Layout, TensorView, TensorViewMut};

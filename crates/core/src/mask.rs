@@ -59,20 +59,9 @@ impl Mask {
         }
     }
 
-    /// Whether key `j` is visible to query `i`.
-    #[inline]
-    pub fn is_visible(&self, i: usize, j: usize, nq: usize, nk: usize) -> bool {
-        self.key_range(i, nq, nk).contains(&j)
-    }
-
     /// Number of visible (query, key) pairs over one head.
     pub fn visible_pairs(&self, nq: usize, nk: usize) -> u64 {
         (0..nq).map(|i| self.key_range(i, nq, nk).len() as u64).sum()
-    }
-
-    /// True when some key is hidden from some query.
-    pub fn is_none(&self) -> bool {
-        matches!(self.as_window(), (None, None))
     }
 }
 

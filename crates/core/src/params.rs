@@ -1,4 +1,4 @@
-//! Call parameters: scale, mask, input checks, and parallelism.
+//! Call parameters: scale, mask and input checks.
 
 use crate::error::AttnError;
 use crate::mask::Mask;
@@ -47,29 +47,4 @@ impl AttnParams {
         }
         Ok(())
     }
-}
-
-/// Parallelism of a call: never implicit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Par {
-    /// Run on the calling thread only.
-    Seq,
-    /// Run on the current rayon pool (the global one, or the one a caller
-    /// `install`ed) using up to this many workers; 0 = the pool's size.
-    Rayon(usize),
-}
-
-impl Par {
-    /// Number of workers this will use on the current rayon pool.
-    pub fn threads(&self) -> usize {
-        match *self {
-            Par::Seq => 1,
-            Par::Rayon(0) => rayon_threads(),
-            Par::Rayon(n) => n,
-        }
-    }
-}
-
-fn rayon_threads() -> usize {
-    rayon::current_num_threads().max(1)
 }

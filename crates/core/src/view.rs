@@ -170,49 +170,68 @@ impl<'a> TensorViewMut<'a> {
     pub fn data_mut(&mut self) -> &mut [f32] {
         self.data
     }
-    /// A writer that lets parallel tasks write *disjoint* rows.
-    pub fn row_writer(&mut self) -> RowWriter<'_> {
-        RowWriter {
-            ptr: self.data.as_mut_ptr(),
-            len: self.data.len(),
-            d: self.dims[3],
-            strides: self.strides,
-            _life: std::marker::PhantomData,
+    /// One handle per `(b, h)`, in `b`-major order, each writing only the
+    /// rows of its head: the safe way to fill heads from parallel tasks.
+    pub fn heads_mut(&mut self) -> Vec<HeadRowsMut<'_>> {
+        let [nb, nh, n, d] = self.dims;
+        let ptr = self.data.as_mut_ptr();
+        let mut v = Vec::with_capacity(nb * nh);
+        for b in 0..nb {
+            for h in 0..nh {
+                v.push(HeadRowsMut {
+                    ptr,
+                    len: self.data.len(),
+                    base: b * self.strides[0] + h * self.strides[1],
+                    stride: self.strides[2],
+                    n,
+                    d,
+                    batch: b,
+                    head: h,
+                    _life: std::marker::PhantomData,
+                });
+            }
         }
+        v
     }
 }
 
-/// Shared handle for writing disjoint output rows from several threads.
-/// Obtained from [`TensorViewMut::row_writer`]; it borrows the view
-/// mutably, so nothing else can read or write the rows meanwhile.
-#[derive(Clone, Copy)]
-pub struct RowWriter<'a> {
+/// The rows of one head `(b, h)` of a [`TensorViewMut`], from
+/// [`TensorViewMut::heads_mut`].
+#[derive(Debug)]
+pub struct HeadRowsMut<'a> {
     ptr: *mut f32,
     len: usize,
+    base: usize,
+    stride: usize,
+    n: usize,
     d: usize,
-    strides: [usize; 3],
+    batch: usize,
+    head: usize,
     _life: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: a RowWriter only hands out rows through `row_mut`, whose contract
-// makes callers write disjoint rows; the buffer outlives 'a.
-unsafe impl Send for RowWriter<'_> {}
-// SAFETY: as above; shared use is what it exists for.
-unsafe impl Sync for RowWriter<'_> {}
+// SAFETY: a handle only reaches the rows of its own (b, h), which no other
+// handle reaches (rows of distinct heads are disjoint in every layout), and
+// it borrows the view mutably for 'a.
+unsafe impl Send for HeadRowsMut<'_> {}
 
-impl RowWriter<'_> {
-    /// Row `(b, h, n)`.
-    ///
-    /// # Safety
-    /// No two live references returned by this function (from any copy of
-    /// this writer, on any thread) may name the same row.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn row_mut(&self, b: usize, h: usize, n: usize) -> &mut [f32] {
-        let o = b * self.strides[0] + h * self.strides[1] + n * self.strides[2];
+impl HeadRowsMut<'_> {
+    /// Batch entry `b`.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Head `h`.
+    pub fn head(&self) -> usize {
+        self.head
+    }
+    /// Row `n` of this head.
+    pub fn row_mut(&mut self, n: usize) -> &mut [f32] {
+        assert!(n < self.n, "row {n} out of {} rows", self.n);
+        let o = self.base + n * self.stride;
         assert!(o + self.d <= self.len, "row out of bounds");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's
-        // contract; the pointer came from a live `&mut [f32]` borrowed for 'a.
+        // SAFETY: in bounds (checked); the rows of this head belong to this
+        // handle alone (see the Send impl), and `&mut self` makes the
+        // returned row the only live one from this handle.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(o), self.d) }
     }
 }
@@ -249,6 +268,27 @@ mod tests {
         }
         assert_eq!(Layout::Bnhd.memory_dims(dims), [2, 4, 3, 5]);
         assert_eq!(Layout::Bnhd.logical_dims([2, 4, 3, 5]), dims);
+    }
+
+    #[test]
+    fn heads_mut_reach_their_own_rows() {
+        for layout in [Layout::Bhnd, Layout::Bnhd] {
+            let dims = [2, 3, 4, 5];
+            let mut data = vec![0f32; 120];
+            let mut view = TensorViewMut::new("out", &mut data, dims, layout).unwrap();
+            for mut hr in view.heads_mut() {
+                for n in 0..4 {
+                    let v = (hr.batch() * 100 + hr.head() * 10 + n) as f32;
+                    hr.row_mut(n).fill(v);
+                }
+            }
+            let r = TensorView::new("out", &data, dims, layout).unwrap();
+            for (b, h, n) in
+                (0..2).flat_map(|b| (0..3).flat_map(move |h| (0..4).map(move |n| (b, h, n))))
+            {
+                assert!(r.row(b, h, n).iter().all(|&x| x == (b * 100 + h * 10 + n) as f32));
+            }
+        }
     }
 
     #[test]

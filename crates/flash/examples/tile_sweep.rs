@@ -16,7 +16,16 @@ fn main() {
     let causal = args.get(3).is_some_and(|s| s == "1" || s == "causal");
     let threads: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
     let h = 8;
-    let shape = AttnShape::new(1, h, h, n, n, d, d).unwrap();
+    let shape = AttnShape::builder()
+        .batch(1)
+        .q_heads(h)
+        .kv_heads(h)
+        .q_len(n)
+        .kv_len(n)
+        .head_dim(d)
+        .v_dim(d)
+        .build()
+        .unwrap();
     let len = h * n * d;
     let q: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let k: Vec<f32> = (0..len).map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -29,22 +38,24 @@ fn main() {
     };
     let mut o = vec![0f32; len];
     let flops = shape.flops_conventional(&params.mask);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    let par = if threads == 1 { Par::Seq } else { Par::Rayon(threads) };
+    let par = if threads == 1 { Par::Seq } else { Par::rayon(threads).unwrap() };
     let configs: Vec<Option<TileConfig>> = std::iter::once(None)
         .chain(
             [(64, 128), (128, 64), (128, 128), (128, 256), (192, 128), (256, 64), (256, 128)]
                 .map(|(br, bc)| Some(TileConfig { br, bc })),
         )
         .collect();
-    pool.install(|| {
+    {
         for round in 0..3 {
             for t in &configs {
-                let f = Flash { tiles: *t };
+                let f = match t {
+                    Some(t) => Flash::with_tiles(*t).unwrap(),
+                    None => Flash::default(),
+                };
                 let mut times = vec![];
                 for _ in 0..3 {
-                    let mut ov = TensorViewMut::new("out", &mut o, shape.out_dims(), Layout::Bhnd)
-                        .unwrap();
+                    let mut ov =
+                        TensorViewMut::new("out", &mut o, shape.out_dims(), Layout::Bhnd).unwrap();
                     let t0 = Instant::now();
                     f.forward(&inp, &mut ov, None, &params, par).unwrap();
                     times.push(t0.elapsed().as_secs_f64());
@@ -59,5 +70,5 @@ fn main() {
                 );
             }
         }
-    });
+    }
 }

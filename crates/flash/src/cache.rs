@@ -2,7 +2,7 @@
 //! `[B, Hkv, capacity, dv]` for V in f32, f16 or bf16, with a length per
 //! batch entry (ragged batches allowed).
 
-use attn_core::{AttnError, Element};
+use attn_core::{AttnError, AttnShape, Element, try_zeroed};
 
 /// The KV cache. Appends convert from f32 (round to nearest even for the
 /// half types); reads widen back to f32 inside the decode kernel.
@@ -48,10 +48,25 @@ impl<T: Element> KvCache<T> {
             capacity,
             head_dim,
             v_dim,
-            k: vec![T::default(); nk],
-            v: vec![T::default(); nv],
+            k: try_zeroed("kv cache k", nk)?,
+            v: try_zeroed("kv cache v", nv)?,
             lens: vec![0; batch],
         })
+    }
+
+    /// The shape of a decode call of `q_heads` query heads with `q_len`
+    /// queries per head over this cache as it is now (`kv_len` = the
+    /// longest cached sequence); see [`crate::decode()`].
+    pub fn query_shape(&self, q_heads: usize, q_len: usize) -> Result<AttnShape, AttnError> {
+        AttnShape::builder()
+            .batch(self.batch)
+            .q_heads(q_heads)
+            .kv_heads(self.kv_heads)
+            .q_len(q_len)
+            .kv_len(self.lens.iter().copied().max().unwrap_or(0))
+            .head_dim(self.head_dim)
+            .v_dim(self.v_dim)
+            .build()
     }
 
     /// Batch entries.
@@ -147,9 +162,21 @@ impl<T: Element> KvCache<T> {
                 ),
             });
         }
+        // Finite after rounding to the storage type: 1e6 is a finite f32
+        // but inf in f16.
         for (tensor, x) in [("k", k), ("v", v)] {
-            if let Some(index) = x.iter().position(|x| !x.is_finite()) {
-                return Err(AttnError::NonFinite { tensor, index, value: x[index] });
+            if let Some(index) = x.iter().position(|x| !T::from_f32(*x).to_f32().is_finite()) {
+                if !x[index].is_finite() {
+                    return Err(AttnError::NonFinite { tensor, index, value: x[index] });
+                }
+                return Err(AttnError::Param {
+                    name: tensor,
+                    reason: format!(
+                        "value {} at flat index {index} overflows the cache's {} storage",
+                        x[index],
+                        std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
+                    ),
+                });
             }
         }
         let start = self.lens[b];

@@ -28,12 +28,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use attn_core::simd::{LOG2_E, exp2};
-use attn_core::{AttnInputs, AttnParams, Element, Mask, Par, RowWriter, TensorView};
+use attn_core::{AttnError, AttnInputs, AttnParams, Element, Mask, TensorView, try_zeroed};
+use attn_simd::{LOG2_E, exp2};
 use wide::{bytemuck, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
-use crate::tiles::{LANES, MR, NR, NV, Plan};
+use crate::rows::{LseWriter, RowWriter};
+use crate::tiles::{BR_VECS, LANES, MR, NR, NV, Plan};
 
 /// One worker's buffers, sized by a [`Plan`]; reused for every item.
 #[derive(Debug)]
@@ -64,54 +65,25 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    pub(crate) fn new(p: &Plan) -> Scratch {
+    /// Exactly [`Plan::worker_bytes`] of buffers, or an error naming the
+    /// workspace (head dims come from the input, so this can be large).
+    pub(crate) fn new(p: &Plan) -> Result<Scratch, AttnError> {
         let (br, bc, h) = (p.tiles.br, p.tiles.bc, p.heads_per_item);
-        Scratch {
-            qp: vec![[f32x16::ZERO; NV]; h * (br / NR) * p.d],
-            acc: vec![f32x16::ZERO; h * br * p.dvv],
-            m: vec![f32x16::ZERO; h * br / LANES],
-            l: vec![f32x16::ZERO; h * br / LANES],
-            st: vec![f32x16::ZERO; bc * (br / LANES + 1)],
-            kbuf: vec![0.0; bc * p.d],
-            vbuf: vec![0.0; bc * p.dvv * LANES],
-            alpha: vec![0.0; br],
-            lo: vec![0; br],
-            hi: vec![0; br],
-            row: vec![0.0; p.d.max(p.dv)],
-        }
-    }
-}
-
-/// LSE output shared by workers that write disjoint entries.
-#[derive(Clone, Copy)]
-pub(crate) struct LseWriter<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _life: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: workers write disjoint entries (each item owns its rows' LSE);
-// the buffer outlives the writer.
-unsafe impl Send for LseWriter<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for LseWriter<'_> {}
-
-impl<'a> LseWriter<'a> {
-    pub(crate) fn new(lse: Option<&'a mut [f32]>) -> Self {
-        match lse {
-            Some(s) => LseWriter { ptr: s.as_mut_ptr(), len: s.len(), _life: Default::default() },
-            None => LseWriter { ptr: std::ptr::null_mut(), len: 0, _life: Default::default() },
-        }
-    }
-    /// # Safety
-    /// No other thread writes entry `i` concurrently.
-    #[inline]
-    unsafe fn write(&self, i: usize, x: f32) {
-        if !self.ptr.is_null() {
-            assert!(i < self.len, "lse index out of bounds");
-            // SAFETY: in bounds (checked); exclusive per the caller's contract.
-            unsafe { *self.ptr.add(i) = x };
-        }
+        let z = |n: usize| try_zeroed::<f32x16>("workspace", n);
+        let f = |n: usize| try_zeroed::<f32>("workspace", n);
+        Ok(Scratch {
+            qp: try_zeroed("workspace", h * (br / NR) * p.d)?,
+            acc: z(h * br * p.dvv)?,
+            m: z(h * br / LANES)?,
+            l: z(h * br / LANES)?,
+            st: z(bc * (br / LANES + 1))?,
+            kbuf: f(bc * p.d)?,
+            vbuf: f(bc * p.dvv * LANES)?,
+            alpha: f(br)?,
+            lo: try_zeroed("workspace", br)?,
+            hi: try_zeroed("workspace", br)?,
+            row: f(p.d.max(p.dv))?,
+        })
     }
 }
 
@@ -153,8 +125,10 @@ impl<T: Element> Job<'_, '_, T> {
         (qt, bg / s.kv_heads(), bg % s.kv_heads(), hc)
     }
 
-    /// Runs every item on `workers.len()` workers (or the calling thread).
-    pub(crate) fn run(&self, workers: &mut [Scratch], par: Par) {
+    /// Runs every item on `workers.len()` workers: the calling thread for
+    /// one, else tasks of the current rayon pool (the caller has entered
+    /// the call's [`attn_core::Par`]).
+    pub(crate) fn run(&self, workers: &mut [Scratch]) {
         let next = AtomicUsize::new(0);
         let n = self.items();
         let work = |s: &mut Scratch| {
@@ -166,9 +140,9 @@ impl<T: Element> Job<'_, '_, T> {
                 self.process(self.item(i), s);
             }
         };
-        match (par, workers) {
-            (Par::Seq, [first, ..]) | (Par::Rayon(_), [first]) => work(first),
-            (Par::Rayon(_), [first, rest @ ..]) => {
+        match workers {
+            [first] => work(first),
+            [first, rest @ ..] => {
                 let work = &work;
                 rayon::scope(|sc| {
                     for s in rest {
@@ -177,7 +151,7 @@ impl<T: Element> Job<'_, '_, T> {
                     work(first);
                 })
             }
-            (_, []) => unreachable!("at least one worker"),
+            [] => unreachable!("at least one worker"),
         }
     }
 
@@ -338,13 +312,13 @@ impl<T: Element> Job<'_, '_, T> {
         // Online softmax, 16 queries per vector.
         let m = &mut s.m[hi * bq..][..bq];
         let l = &mut s.l[hi * bq..][..bq];
-        let mut mt = [ninf; 16];
+        let mut mt = [ninf; BR_VECS];
         for row in st.chunks(sq) {
             for (a, x) in mt.iter_mut().zip(&row[..used]) {
                 *a = a.fast_max(*x);
             }
         }
-        let mut msafe = [f32x16::ZERO; 16];
+        let mut msafe = [f32x16::ZERO; BR_VECS];
         for v in 0..used {
             let mnew = m[v].fast_max(mt[v]);
             msafe[v] = mnew.simd_eq(ninf).select(f32x16::ZERO, mnew);
@@ -353,7 +327,7 @@ impl<T: Element> Job<'_, '_, T> {
             m[v] = mnew;
             l[v] *= alpha;
         }
-        let mut lsum = [f32x16::ZERO; 16];
+        let mut lsum = [f32x16::ZERO; BR_VECS];
         for row in st.chunks_mut(sq) {
             for v in 0..used {
                 let e = exp2(row[v] - msafe[v]);
@@ -368,8 +342,8 @@ impl<T: Element> Job<'_, '_, T> {
         // O = α·O + P·V, 8 queries × 32 columns of dv at a time.
         let pt: &[f32] = bytemuck::cast_slice(&s.st[..kn8 * sq]);
         let acc = &mut s.acc[hi * br * dvv..][..br * dvv];
-        // Column chunks outer: one chunk of V (kn × 32 floats, 16 KiB at
-        // Bc = 128) stays in L1 while the 8-query blocks of Pᵀ stream by.
+        // Column chunks outer: one chunk of V (kn × 32 floats, 8 KiB at
+        // Bc = 64) stays in L1 while the 8-query blocks of Pᵀ stream by.
         let mut cv = 0;
         while cv < dvv {
             let w = if cv + NV <= dvv { NV } else { 1 };

@@ -16,11 +16,15 @@
 //!
 //! Decode: [`KvCache`] (f32/f16/bf16 storage, ragged lengths) and
 //! [`decode()`], split-KV across threads with the fixed-order log-sum-exp
-//! merge [`merge_partials`], also public for sequence-parallel use.
+//! merge [`merge_partials`], also public for sequence-parallel use. Calls
+//! with at most [`SPLIT_KV_MAX_Q`] queries per head take the split-KV path
+//! too.
 //!
-//! Modules: [`tiles`] (tile sizes and register blocking, with reasons),
-//! `micro` (the two micro-kernels), `forward` (loop nest, packing, online
-//! softmax, scheduler). `docs/design.md` has the diagram.
+//! Modules: [`tiles`] (tile sizes, register blocking and decode chunking,
+//! with reasons), `micro` (the two micro-kernels), `forward` (the tiled
+//! loop nest, packing, online softmax, scheduler), `split_kv` (the
+//! split-KV loop), [`workspace`] (the scratch of either path), `rows`
+//! (disjoint-row writers). `docs/design.md` has the diagram.
 
 #![warn(missing_docs)]
 
@@ -29,87 +33,71 @@ pub mod decode;
 mod forward;
 pub mod merge;
 mod micro;
+mod rows;
+mod split_kv;
 pub mod tiles;
+pub mod workspace;
 
 use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Par, TensorViewMut,
-    validate_call,
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
+    TensorViewMut,
 };
 
+pub use attn_simd::isa;
 pub use cache::KvCache;
-pub use decode::decode;
-use decode::{ViewKv, split_kv, split_kv_bytes};
-use forward::{Job, LseWriter, Scratch};
-
-/// Calls with at most this many queries per head (decode-like) and no tile
-/// override run split-KV (see [`decode()`]): the tiled loop nest would pad
-/// each query tile to 32 rows and stream K/V per tile, while split-KV
-/// reads each K/V element once for all query heads of its group and
-/// spreads the keys over the threads.
-pub const SPLIT_KV_MAX_Q: usize = 16;
+pub use decode::{decode, decode_in};
 pub use merge::{Partial, merge_partials};
+pub use split_kv::SplitKvWorkspace;
+pub use tiles::decode::SPLIT_KV_MAX_Q;
 pub use tiles::{Plan, TileConfig};
+pub use workspace::{Path, Workspace};
 
-/// The tiled kernel. `tiles: None` picks the measured default per shape;
-/// `Some` overrides it (for experiments and tile sweeps).
+use forward::Job;
+use rows::{LseWriter, RowWriter};
+use split_kv::{ViewKv, split_kv};
+
+/// The tiled kernel. [`Flash::default`] picks the measured tiles per shape
+/// (and split-KV for decode-like calls); [`Flash::with_tiles`] forces tile
+/// sizes (for experiments and tile sweeps; always the tiled path).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flash {
-    /// Tile-size override.
-    pub tiles: Option<TileConfig>,
-}
-
-/// Scratch memory for [`Flash::forward_in`]: one buffer set per worker,
-/// sized by the shape's head dims and the tile sizes — not by `Nq` or `Nk`.
-#[derive(Debug)]
-pub struct Workspace {
-    plan: Plan,
-    workers: Vec<Scratch>,
-}
-
-impl Workspace {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.workers.len() * self.plan.worker_bytes()
-    }
+    tiles: Option<TileConfig>,
 }
 
 impl Flash {
-    /// A kernel with explicit tile sizes.
-    pub fn with_tiles(tiles: TileConfig) -> Flash {
-        Flash { tiles: Some(tiles) }
+    /// A kernel with explicit tile sizes, checked here (see
+    /// [`TileConfig::validate`]) so that no later call can fail on them.
+    pub fn with_tiles(tiles: TileConfig) -> Result<Flash, AttnError> {
+        tiles.validate()?;
+        Ok(Flash { tiles: Some(tiles) })
     }
 
-    /// Whether a call on `shape` takes the split-KV path.
-    pub fn uses_split_kv(&self, shape: &AttnShape) -> bool {
-        self.tiles.is_none() && shape.q_len() <= SPLIT_KV_MAX_Q
+    /// The tile override, if any.
+    pub fn tiles(&self) -> Option<TileConfig> {
+        self.tiles
     }
 
-    /// The plan (tile sizes and head chunking) this kernel uses for `shape`.
-    pub fn plan(&self, shape: &AttnShape) -> Plan {
-        Plan::new(shape, self.tiles.unwrap_or_else(|| TileConfig::for_shape(shape)))
-    }
-
-    fn workers(&self, shape: &AttnShape, par: Par) -> usize {
-        match par {
-            Par::Seq => 1,
-            Par::Rayon(_) => par.threads().max(1),
+    /// The path a call on `shape` takes: split-KV for at most
+    /// [`SPLIT_KV_MAX_Q`] queries per head without a tile override, else
+    /// the tiled loop nest with its [`Plan`]. Computed once per call.
+    pub fn path(&self, shape: &AttnShape) -> Path {
+        match self.tiles {
+            None if shape.q_len() <= SPLIT_KV_MAX_Q => Path::SplitKv,
+            t => Path::Tiled(Plan::new(shape, t.unwrap_or_else(|| TileConfig::for_shape(shape)))),
         }
-        .min(work_items(shape, &self.plan(shape)).max(1))
     }
 
-    /// Allocates the scratch a call on `shape` with `par` needs.
-    pub fn workspace(&self, shape: &AttnShape, par: Par) -> Workspace {
-        let plan = self.plan(shape);
-        let n = self.workers(shape, par);
-        Workspace { plan, workers: (0..n).map(|_| Scratch::new(&plan)).collect() }
+    /// Allocates the scratch a call on `shape` with `par` needs: exactly
+    /// [`AttentionKernel::workspace_bytes`], or an error naming the
+    /// workspace if it cannot be allocated.
+    pub fn workspace(&self, shape: &AttnShape, par: Par) -> Result<Workspace, AttnError> {
+        Workspace::new(shape, self.path(shape), par)
     }
 
     /// Like [`AttentionKernel::forward`], on a caller-provided workspace
-    /// (no allocation under `Par::Seq` on the tiled path). The workspace
-    /// must come from [`Flash::workspace`] for the same head dims, group
-    /// size, tiles and at most as many threads. Split-KV calls (see
-    /// [`SPLIT_KV_MAX_Q`]) allocate their partial results instead, a size
-    /// independent of the number of keys.
+    /// (from [`Flash::workspace`] for a shape with the same head dims and
+    /// group size, the same tiles, and at least as many threads): the call
+    /// allocates nothing on the calling thread.
     pub fn forward_in<T: Element>(
         &self,
         inputs: &AttnInputs<'_, T>,
@@ -119,51 +107,50 @@ impl Flash {
         par: Par,
         ws: &mut Workspace,
     ) -> Result<(), AttnError> {
-        validate_call(inputs, out, lse.as_deref(), params)?;
-        let shape = inputs.shape();
-        let plan = self.plan(shape);
-        if let Some(t) = self.tiles {
-            t.validate().map_err(|reason| AttnError::Param { name: "tiles", reason })?;
-        }
-        if ws.plan != plan || ws.workers.len() < self.workers(shape, par) {
-            return Err(AttnError::Param {
-                name: "workspace",
-                reason: format!(
-                    "made for {:?} with {} workers; this call needs {:?} with {}",
-                    ws.plan,
-                    ws.workers.len(),
-                    plan,
-                    self.workers(shape, par)
-                ),
-            });
-        }
+        let call = CheckedCall::new(inputs, out, lse, params, par)?;
+        self.run_in(call, self.path(inputs.shape()), ws)
+    }
+
+    /// Runs a validated call on `path` with `ws`.
+    fn run_in<T: Element>(
+        &self,
+        mut call: CheckedCall<'_, '_, T>,
+        path: Path,
+        ws: &mut Workspace,
+    ) -> Result<(), AttnError> {
+        let (inputs, params, par) = (call.inputs(), call.params(), call.par());
+        let shape = *inputs.shape();
+        ws.check_fits(&shape, path, par)?;
         if shape.q_len() == 0 {
             return Ok(());
         }
-        if self.uses_split_kv(shape) {
-            let kv = ViewKv { k: &inputs.k, v: &inputs.v };
-            let (hq, nq) = (shape.q_heads(), shape.q_len());
-            let mut lse = lse;
-            split_kv(&kv, &inputs.q, hq, nq, params, par, |b, h, t, row, l| {
-                out.row_mut(b, h, t).copy_from_slice(row);
-                if let Some(lse) = lse.as_deref_mut() {
-                    lse[(b * hq + h) * nq + t] = l;
-                }
-            });
-            return Ok(());
+        let (out, mut lse) = call.outputs();
+        match path {
+            Path::SplitKv => {
+                let kv = ViewKv { k: &inputs.k, v: &inputs.v };
+                let (hq, nq) = (shape.q_heads(), shape.q_len());
+                let ws = ws.split_kv_mut().expect("checked by check_fits");
+                split_kv(&kv, &inputs.q, params, par, ws, |b, h, t, row, l| {
+                    out.row_mut(b, h, t).copy_from_slice(row);
+                    if let Some(lse) = lse.as_deref_mut() {
+                        lse[(b * hq + h) * nq + t] = l;
+                    }
+                })
+            }
+            Path::Tiled(plan) => {
+                let n = Workspace::tiled_workers(&shape, &plan, par);
+                let workers = &mut ws.tiled_mut().expect("checked by check_fits")[..n];
+                let job = Job {
+                    inputs,
+                    params,
+                    plan,
+                    out: RowWriter::new(out),
+                    lse: LseWriter::new(lse),
+                };
+                par.install(|| job.run(workers))
+            }
         }
-        let n = self.workers(shape, par);
-        let job = Job { inputs, params, plan, out: out.row_writer(), lse: LseWriter::new(lse) };
-        job.run(&mut ws.workers[..n], par);
-        Ok(())
     }
-}
-
-fn work_items(shape: &AttnShape, plan: &Plan) -> usize {
-    shape.q_len().div_ceil(plan.tiles.br)
-        * shape.batch()
-        * shape.kv_heads()
-        * shape.group_size().div_ceil(plan.heads_per_item)
 }
 
 impl AttentionKernel for Flash {
@@ -171,28 +158,20 @@ impl AttentionKernel for Flash {
         "flash"
     }
 
-    /// One scratch set per worker: `O(threads × tile)`, independent of
-    /// `Nq` and `Nk`. Split-KV calls (at most [`SPLIT_KV_MAX_Q`] queries per
-    /// head) add their partial results, at most [`decode::MAX_CHUNKS`] per
-    /// head however long `Nk` is.
+    /// Exactly what [`Flash::workspace`] allocates for this call's path: one
+    /// scratch set per worker on the tiled path, `O(threads × tile)`; the
+    /// partial results (at most 64 chunks per K/V head, whatever `Nk`) and
+    /// per-thread buffers on the split-KV path. Independent of `Nk`, and of
+    /// `Nq` past the first tile.
     fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
-        if self.uses_split_kv(shape) {
-            return split_kv_bytes(shape, par.threads());
-        }
-        self.workers(shape, par) * self.plan(shape).worker_bytes()
+        Workspace::bytes_for(shape, self.path(shape), par)
     }
 
-    fn forward<T: Element>(
-        &self,
-        inputs: &AttnInputs<'_, T>,
-        out: &mut TensorViewMut<'_>,
-        lse: Option<&mut [f32]>,
-        params: &AttnParams,
-        par: Par,
-    ) -> Result<(), AttnError> {
-        validate_call(inputs, out, lse.as_deref(), params)?;
-        let mut ws = self.workspace(inputs.shape(), par);
-        self.forward_in(inputs, out, lse, params, par, &mut ws)
+    fn run<T: Element>(&self, call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
+        let shape = call.shape();
+        let path = self.path(shape);
+        let mut ws = Workspace::new(shape, path, call.par())?;
+        self.run_in(call, path, &mut ws)
     }
 }
 
@@ -202,7 +181,7 @@ mod tests {
     use attn_core::{Layout, Mask};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-    fn check(shape: AttnShape, mask: Mask, tiles: Option<TileConfig>, par: Par) -> f64 {
+    fn check(shape: AttnShape, mask: Mask, flash: Flash, par: Par) -> f64 {
         let mut rng = StdRng::seed_from_u64(7);
         let mut gen_ =
             |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
@@ -215,34 +194,65 @@ mod tests {
         let mut o = vec![0f32; r.out.len()];
         let mut lse = vec![0f32; r.lse.len()];
         let mut ov = TensorViewMut::new("out", &mut o, shape.out_dims(), Layout::Bhnd).unwrap();
-        Flash { tiles }.forward(&inp, &mut ov, Some(&mut lse), &params, par).unwrap();
+        flash.forward(&inp, &mut ov, Some(&mut lse), &params, par).unwrap();
         let mut worst = 0f64;
         for (a, b) in o.iter().zip(&r.out) {
-            worst = worst.max((*a as f64 - b).abs());
+            let e = (*a as f64 - b).abs();
+            worst = if e.is_nan() { f64::INFINITY } else { worst.max(e) };
         }
         for (a, b) in lse.iter().zip(&r.lse) {
             if b.is_infinite() {
                 assert_eq!(*a as f64, *b);
             } else {
-                worst = worst.max((*a as f64 - b).abs());
+                let e = (*a as f64 - b).abs();
+                worst = if e.is_nan() { f64::INFINITY } else { worst.max(e) };
             }
         }
         worst
     }
 
+    fn shape(
+        b: usize,
+        hq: usize,
+        hkv: usize,
+        nq: usize,
+        nk: usize,
+        d: usize,
+        dv: usize,
+    ) -> AttnShape {
+        AttnShape::builder()
+            .batch(b)
+            .q_heads(hq)
+            .kv_heads(hkv)
+            .q_len(nq)
+            .kv_len(nk)
+            .head_dim(d)
+            .v_dim(dv)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn matches_oracle_smoke() {
         for (shape, mask) in [
-            (AttnShape::new(1, 2, 1, 70, 150, 24, 40).unwrap(), Mask::None),
-            (AttnShape::new(2, 4, 2, 100, 100, 64, 64).unwrap(), Mask::Causal),
-            (AttnShape::new(1, 3, 3, 90, 40, 16, 17).unwrap(), Mask::Causal),
-            (
-                AttnShape::new(1, 2, 2, 130, 200, 8, 8).unwrap(),
-                Mask::Window { left: Some(5), right: Some(3) },
-            ),
+            (shape(1, 2, 1, 70, 150, 24, 40), Mask::None),
+            (shape(2, 4, 2, 100, 100, 64, 64), Mask::Causal),
+            (shape(1, 3, 3, 90, 40, 16, 17), Mask::Causal),
+            (shape(1, 2, 2, 130, 200, 8, 8), Mask::Window { left: Some(5), right: Some(3) }),
+            (shape(1, 8, 2, 3, 700, 32, 32), Mask::Causal), // split-KV
         ] {
-            let e = check(shape, mask, None, Par::Seq);
-            assert!(e < 1e-5, "{shape:?} {mask:?}: {e}");
+            for par in [Par::Seq, Par::rayon(2).unwrap()] {
+                let e = check(shape, mask, Flash::default(), par);
+                assert!(e < 1e-5, "{shape:?} {mask:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_tiles_are_rejected_before_use() {
+        for (br, bc) in [(0, 64), (32, 0), (33, 64), (512, 64), (32, 12), (32, 1 << 40)] {
+            let e = Flash::with_tiles(TileConfig { br, bc }).unwrap_err();
+            assert!(e.to_string().starts_with("tiles: "), "{e}");
         }
     }
 }

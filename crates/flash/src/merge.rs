@@ -23,6 +23,7 @@ pub struct Partial<'a> {
 /// sequence-parallel / ring attention: each worker attends its own KV
 /// shard, and any grouping of shards merges to the unsplit result (up to
 /// f32 rounding). A row that no shard sees gets output 0 and LSE `-inf`.
+/// A NaN or `+inf` partial LSE is an error.
 pub fn merge_partials(
     parts: &[Partial<'_>],
     dv: usize,
@@ -50,27 +51,53 @@ pub fn merge_partials(
             });
         }
     }
-    for r in 0..rows {
-        let m = parts.iter().map(|p| p.lse[r]).fold(f32::NEG_INFINITY, f32::max);
+    for (i, p) in parts.iter().map(|p| p.lse).enumerate() {
+        if let Some(r) = p.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+            return Err(AttnError::Param {
+                name: "partial lse",
+                reason: format!(
+                    "partial {i}, row {r}: {} (an LSE is finite, or -inf for a row that \
+                     sees no key)",
+                    p[r]
+                ),
+            });
+        }
+    }
+    merge_rows(parts.len(), |s| (parts[s].out, parts[s].lse), dv, out, lse);
+    Ok(())
+}
+
+/// The merge of [`merge_partials`] over `n` parts given by `part(s) = (out,
+/// lse)`, each `[rows, dv]` and `[rows]` with `rows = lse.len()`; sizes
+/// are the caller's to check. Allocates nothing.
+pub(crate) fn merge_rows<'p>(
+    n: usize,
+    part: impl Fn(usize) -> (&'p [f32], &'p [f32]),
+    dv: usize,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    for r in 0..lse.len() {
+        let m = (0..n).map(|s| part(s).1[r]).fold(f32::NEG_INFINITY, f32::max);
         let o = &mut out[r * dv..(r + 1) * dv];
         o.fill(0.0);
         if m == f32::NEG_INFINITY {
             lse[r] = f32::NEG_INFINITY;
             continue;
         }
-        let total: f32 = parts.iter().map(|p| (p.lse[r] - m).exp()).sum();
+        let total: f32 = (0..n).map(|s| (part(s).1[r] - m).exp()).sum();
         let l = m + total.ln();
-        for p in parts {
-            let w = (p.lse[r] - l).exp();
+        for s in 0..n {
+            let (po, pl) = part(s);
+            let w = (pl[r] - l).exp();
             if w > 0.0 {
-                for (a, x) in o.iter_mut().zip(&p.out[r * dv..(r + 1) * dv]) {
+                for (a, x) in o.iter_mut().zip(&po[r * dv..(r + 1) * dv]) {
                     *a += w * x;
                 }
             }
         }
         lse[r] = l;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! loops carry no bounds checks.
 
 use crate::tiles::{LANES, MR, NV};
-use attn_core::simd::load;
+use attn_simd::load;
 use wide::f32x16;
 
 /// `Sᵀ` micro-tile: `C[r][t] = Σ_c k[r][c] · qp[c][t]` — 8 keys × 32

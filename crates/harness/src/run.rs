@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use attnlab::{
     AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par, TensorView,
-    TensorViewMut, kernel::validate_call, f16,
+    TensorViewMut, f16, kernel::validate_call,
 };
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 

@@ -8,13 +8,14 @@
 //! ```
 //!
 //! The whole score tensor `[B, Hq, Nq, Nk]` is allocated up front (that is
-//! the point of this baseline); heads run in parallel under `Par::Rayon`.
+//! the point of this baseline); heads run in parallel on the threads of
+//! the call's [`Par`].
 
-use attn_core::simd::{LOG2_E, exp2_shift_sum, slice_max};
 use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Par, TensorView,
-    TensorViewMut, validate_call,
+    AttentionKernel, AttnError, AttnParams, AttnShape, CheckedCall, Element, HeadRowsMut, Par,
+    TensorView, try_zeroed,
 };
+use attn_simd::{LOG2_E, exp2_shift_sum, slice_max};
 use rayon::prelude::*;
 
 /// The O(N²) kernel. See the module docs.
@@ -40,23 +41,20 @@ impl AttentionKernel for Naive {
     }
 
     /// The score matrix, `B·Hq·Nq·Nk·4` bytes, plus one `Nq×dv` product per
-    /// worker (f16/bf16 inputs add their f32 copies, not counted here).
+    /// worker and a row handle per head (f16/bf16 inputs add their f32
+    /// copies, not counted here). Saturates instead of overflowing.
     fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
         let heads = shape.batch() * shape.q_heads();
-        let scores = heads * shape.q_len() * shape.kv_len();
+        let scores = heads.saturating_mul(shape.q_len()).saturating_mul(shape.kv_len());
         let per_worker = shape.q_len() * shape.v_dim();
-        4 * (scores + par.threads().min(heads) * per_worker)
+        let floats = scores.saturating_add(par.threads().min(heads).saturating_mul(per_worker));
+        floats
+            .saturating_mul(4)
+            .saturating_add(heads.saturating_mul(std::mem::size_of::<HeadRowsMut<'_>>()))
     }
 
-    fn forward<T: Element>(
-        &self,
-        inputs: &AttnInputs<'_, T>,
-        out: &mut TensorViewMut<'_>,
-        lse: Option<&mut [f32]>,
-        params: &AttnParams,
-        par: Par,
-    ) -> Result<(), AttnError> {
-        validate_call(inputs, out, lse.as_deref(), params)?;
+    fn run<T: Element>(&self, mut call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
+        let (inputs, params, par) = (call.inputs(), call.params(), call.par());
         let shape = *inputs.shape();
         let owned;
         let views = match (
@@ -78,84 +76,65 @@ impl AttentionKernel for Naive {
                 }
             }
         };
-        run(&shape, &views, out, lse, params, par);
-        Ok(())
-    }
-}
-
-fn run(
-    shape: &AttnShape,
-    x: &F32Inputs<'_>,
-    out: &mut TensorViewMut<'_>,
-    lse: Option<&mut [f32]>,
-    params: &AttnParams,
-    par: Par,
-) {
-    let (nq, nk, dv) = (shape.q_len(), shape.kv_len(), shape.v_dim());
-    let heads = shape.batch() * shape.q_heads();
-    if nq == 0 {
-        return;
-    }
-    let mut lse_local;
-    let lse = match lse {
-        Some(l) => l,
-        None => {
-            lse_local = vec![0f32; heads * nq];
-            &mut lse_local[..]
+        let (out, lse) = call.outputs();
+        let (nq, nk) = (shape.q_len(), shape.kv_len());
+        if nq == 0 {
+            return Ok(());
         }
-    };
-    // The materialized score tensor (one element per head when Nk = 0, so
-    // that chunking works).
-    let chunk = (nq * nk).max(1);
-    let mut scores = vec![0f32; heads * chunk];
-    let writer = out.row_writer();
-    let head = |bh: usize, s: &mut [f32], l: &mut [f32], tmp: &mut Vec<f32>| {
-        let (b, h) = (bh / shape.q_heads(), bh % shape.q_heads());
-        let o = head_forward(shape, x, params, b, h, s, l, tmp);
-        for i in 0..nq {
-            // SAFETY: each (b, h) is handled by exactly one task, so the rows
-            // (b, h, i) written here are disjoint from every other task's.
-            let row = unsafe { writer.row_mut(b, h, i) };
-            row.copy_from_slice(&o[i * dv..(i + 1) * dv]);
-        }
-    };
-    match par {
-        Par::Seq => {
-            let mut tmp = Vec::new();
-            for (bh, (s, l)) in scores.chunks_mut(chunk).zip(lse.chunks_mut(nq)).enumerate() {
-                head(bh, s, l, &mut tmp);
+        let heads = shape.batch() * shape.q_heads();
+        let mut lse_local;
+        let lse = match lse {
+            Some(l) => l,
+            None => {
+                lse_local = try_zeroed("lse", heads * nq)?;
+                &mut lse_local[..]
             }
-        }
-        Par::Rayon(_) => {
-            scores
-                .par_chunks_mut(chunk)
-                .zip(lse.par_chunks_mut(nq))
-                .enumerate()
-                .for_each_init(Vec::new, |tmp, (bh, (s, l))| head(bh, s, l, tmp));
-        }
+        };
+        // The materialized score tensor (one element per head when Nk = 0,
+        // so that chunking works).
+        let chunk = (nq * nk).max(1);
+        let mut scores = try_zeroed("scores", heads.saturating_mul(chunk))?;
+        let out_heads = out.heads_mut();
+        let head = |s: &mut [f32], l: &mut [f32], o: HeadRowsMut<'_>, tmp: &mut Vec<f32>| {
+            head_forward(&shape, &views, params, s, l, o, tmp)
+        };
+        par.install(|| {
+            if par.threads() == 1 {
+                let mut tmp = Vec::new();
+                for ((s, l), o) in scores.chunks_mut(chunk).zip(lse.chunks_mut(nq)).zip(out_heads) {
+                    head(s, l, o, &mut tmp);
+                }
+            } else {
+                scores
+                    .par_chunks_mut(chunk)
+                    .zip(lse.par_chunks_mut(nq))
+                    .zip(out_heads)
+                    .for_each_init(Vec::new, |tmp, ((s, l), o)| head(s, l, o, tmp));
+            }
+        })
     }
 }
 
-/// One (batch, query head): returns `O` as a contiguous `Nq×dv` slice of
-/// `tmp`, writes the LSE of each row into `lse`.
-#[allow(clippy::too_many_arguments)]
-fn head_forward<'t>(
+/// One (batch, query head) `out` of `Nq` rows: the output rows and the LSE
+/// of each row (into `lse`); `tmp` holds the `Nq×dv` product.
+fn head_forward(
     shape: &AttnShape,
     x: &F32Inputs<'_>,
     params: &AttnParams,
-    b: usize,
-    h: usize,
     s: &mut [f32],
     lse: &mut [f32],
-    tmp: &'t mut Vec<f32>,
-) -> &'t [f32] {
+    mut out: HeadRowsMut<'_>,
+    tmp: &mut Vec<f32>,
+) {
     let (nq, nk, d, dv) = (shape.q_len(), shape.kv_len(), shape.head_dim(), shape.v_dim());
+    let (b, h) = (out.batch(), out.head());
     let g = shape.kv_head_of(h);
     tmp.clear();
     tmp.resize(nq * dv, 0.0);
     if nk == 0 {
         lse.fill(f32::NEG_INFINITY);
-        return tmp;
+        (0..nq).for_each(|i| out.row_mut(i).fill(0.0));
+        return;
     }
     let alpha = params.scale_for(d) * LOG2_E;
     let q = &x.q.data()[x.q.offset(b, h, 0)..];
@@ -219,5 +198,7 @@ fn head_forward<'t>(
             1,
         );
     }
-    tmp
+    for i in 0..nq {
+        out.row_mut(i).copy_from_slice(&tmp[i * dv..(i + 1) * dv]);
+    }
 }

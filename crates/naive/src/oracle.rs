@@ -1,8 +1,7 @@
 //! The f64 oracle: the ground truth of every test.
 
 use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Element, Par, TensorViewMut,
-    validate_call,
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
 };
 use rayon::prelude::*;
 
@@ -20,6 +19,15 @@ pub struct Reference {
 /// No validation beyond the shape: use [`Oracle`] through
 /// [`AttentionKernel`] for checked calls.
 pub fn reference<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) -> Reference {
+    reference_on(inputs, params, true)
+}
+
+/// [`reference`], over the heads in parallel (current rayon pool) or not.
+fn reference_on<T: Element>(
+    inputs: &AttnInputs<'_, T>,
+    params: &AttnParams,
+    parallel: bool,
+) -> Reference {
     let s = *inputs.shape();
     let (nq, dv) = (s.q_len(), s.v_dim());
     let mut out = vec![0f64; s.batch() * s.q_heads() * nq * dv];
@@ -27,13 +35,23 @@ pub fn reference<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) ->
     if nq == 0 {
         return Reference { out, lse };
     }
-    out.par_chunks_mut(nq * dv).zip(lse.par_chunks_mut(nq)).enumerate().for_each(|(bh, (o, l))| {
+    let head = |bh: usize, o: &mut [f64], l: &mut [f64]| {
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
         let mut scores = Vec::new();
         for i in 0..nq {
             l[i] = row_of(inputs, params, b, h, i, &mut scores, &mut o[i * dv..(i + 1) * dv]);
         }
-    });
+    };
+    if parallel {
+        out.par_chunks_mut(nq * dv)
+            .zip(lse.par_chunks_mut(nq))
+            .enumerate()
+            .for_each(|(bh, (o, l))| head(bh, o, l));
+    } else {
+        for (bh, (o, l)) in out.chunks_mut(nq * dv).zip(lse.chunks_mut(nq)).enumerate() {
+            head(bh, o, l);
+        }
+    }
     Reference { out, lse }
 }
 
@@ -141,16 +159,12 @@ impl AttentionKernel for Oracle {
         8 * (shape.out_dims().iter().product::<usize>() + shape.lse_len() + heads * shape.kv_len())
     }
 
-    fn forward<T: Element>(
-        &self,
-        inputs: &AttnInputs<'_, T>,
-        out: &mut TensorViewMut<'_>,
-        lse: Option<&mut [f32]>,
-        params: &AttnParams,
-        _par: Par,
-    ) -> Result<(), AttnError> {
-        validate_call(inputs, out, lse.as_deref(), params)?;
-        let r = reference(inputs, params);
+    /// Runs on the call's threads ([`Par`]); f64 throughout.
+    fn run<T: Element>(&self, mut call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
+        let (inputs, params) = (call.inputs(), call.params());
+        let par = call.par();
+        let r = par.install(|| reference_on(inputs, params, par.threads() > 1))?;
+        let (out, lse) = call.outputs();
         let s = inputs.shape();
         let (nq, dv) = (s.q_len(), s.v_dim());
         for b in 0..s.batch() {
@@ -179,7 +193,16 @@ mod tests {
 
     #[test]
     fn single_key_returns_its_value() {
-        let shape = AttnShape::new(1, 1, 1, 2, 1, 2, 3).unwrap();
+        let shape = AttnShape::builder()
+            .batch(1)
+            .q_heads(1)
+            .kv_heads(1)
+            .q_len(2)
+            .kv_len(1)
+            .head_dim(2)
+            .v_dim(3)
+            .build()
+            .unwrap();
         let q = [1.0f32, 2.0, -3.0, 0.5];
         let k = [0.3f32, -0.7];
         let v = [4.0f32, 5.0, 6.0];
@@ -194,7 +217,16 @@ mod tests {
     #[test]
     fn uniform_scores_average_values() {
         // q = 0: every visible key has weight 1/n.
-        let shape = AttnShape::new(1, 1, 1, 3, 3, 1, 1).unwrap();
+        let shape = AttnShape::builder()
+            .batch(1)
+            .q_heads(1)
+            .kv_heads(1)
+            .q_len(3)
+            .kv_len(3)
+            .head_dim(1)
+            .v_dim(1)
+            .build()
+            .unwrap();
         let q = [0.0f32; 3];
         let k = [1.0f32, 2.0, 3.0];
         let v = [3.0f32, 6.0, 9.0];
@@ -212,7 +244,16 @@ mod tests {
         // Constant Q = K = x, V = 1: every weight is equal, so the output
         // is exactly 1 however large the logits are.
         for x in [1e3f32, 1e7, 1e8, 1e9, 1e15, 1e18, 1e30] {
-            let shape = AttnShape::new(1, 1, 1, 2, 5, 2, 1).unwrap();
+            let shape = AttnShape::builder()
+                .batch(1)
+                .q_heads(1)
+                .kv_heads(1)
+                .q_len(2)
+                .kv_len(5)
+                .head_dim(2)
+                .v_dim(1)
+                .build()
+                .unwrap();
             let (q, k, v) = ([x; 4], [x; 10], [1.0f32; 5]);
             let inp = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
             let r = reference(&inp, &AttnParams::default());
@@ -226,7 +267,16 @@ mod tests {
     #[test]
     fn fully_masked_rows_are_zero_with_neg_inf_lse() {
         // Nq = 3 > Nk = 1 with causal: the first two rows see nothing.
-        let shape = AttnShape::new(1, 1, 1, 3, 1, 1, 1).unwrap();
+        let shape = AttnShape::builder()
+            .batch(1)
+            .q_heads(1)
+            .kv_heads(1)
+            .q_len(3)
+            .kv_len(1)
+            .head_dim(1)
+            .v_dim(1)
+            .build()
+            .unwrap();
         let inp =
             AttnInputs::from_slices(shape, Layout::Bhnd, &[1.0f32; 3], &[1.0], &[7.0]).unwrap();
         let r = reference(&inp, &AttnParams::with_mask(Mask::Causal));

@@ -1,8 +1,17 @@
-//! Vector math shared by the kernels (not a kernel itself): a fast `exp2`
-//! and horizontal reductions over `wide::f32x16`.
+//! # attn-simd
+//!
+//! Vector math shared by the kernels (not a kernel itself): a fast `exp2`,
+//! loads and horizontal reductions over `wide::f32x16`, and [`isa`]: which
+//! instruction set this build uses, next to what the running CPU offers.
 //!
 //! With `-C target-cpu=native` on an AVX-512 machine an `f32x16` is one
 //! zmm register; elsewhere `wide` emulates it with narrower vectors.
+//! `wide` picks instructions at compile time, so [`isa::compiled`] is the
+//! truth about the code that runs.
+
+#![warn(missing_docs)]
+
+pub mod isa;
 
 pub use wide::f32x16;
 
@@ -42,12 +51,6 @@ pub fn exp2(x: f32x16) -> f32x16 {
 pub fn load(s: &[f32]) -> f32x16 {
     let a: &[f32; LANES] = s[..LANES].try_into().unwrap();
     f32x16::new(*a)
-}
-
-/// Stores 16 floats to the start of `s`.
-#[inline(always)]
-pub fn store(s: &mut [f32], v: f32x16) {
-    s[..LANES].copy_from_slice(v.as_array());
 }
 
 /// Largest lane (no NaN handling: callers pass finite values or -inf).
