@@ -38,6 +38,7 @@ pub use attn_core::{
 pub use attn_core::{element, error, kernel, mask, par, params, shape, view};
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
+pub use attn_simd as simd;
 pub use attn_simd::isa;
 
 use std::fmt;

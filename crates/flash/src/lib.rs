@@ -24,13 +24,14 @@
 //! with reasons), `micro` (the two micro-kernels), `forward` (the tiled
 //! loop nest, packing, online softmax, scheduler), `split_kv` (the
 //! split-KV loop), [`workspace`] (the scratch of either path), `rows`
-//! (disjoint-row writers). `docs/design.md` has the diagram.
+//! (disjoint-row writers), [`hooks`] (micro-kernels for benchmarks). `docs/design.md` has the diagram.
 
 #![warn(missing_docs)]
 
 pub mod cache;
 pub mod decode;
 mod forward;
+pub mod hooks;
 pub mod merge;
 mod micro;
 mod rows;

@@ -11,7 +11,8 @@ pub(crate) use attn_simd::LANES;
 /// Broadcast side of both micro-kernels: 8 keys per `Sᵀ` micro-tile and 8
 /// queries per `O` micro-tile. With [`NV`] = 2 that is 16 accumulators + 2
 /// loaded vectors + 1 broadcast = 19 of the 32 zmm registers, so nothing
-/// spills; 8×32 measured 98–99% of peak in isolation (KERNEL-NOTES).
+/// spills; 8×32 measured 98–99% of peak in isolation on Zen 4
+/// (`cargo bench --bench kernels -- micro/`).
 pub(crate) const MR: usize = 8;
 
 /// Vectors per micro-tile on the vector side (2 × 16 lanes = 32 columns).
