@@ -140,7 +140,9 @@ def write_report():
     if os.path.exists(res):
         w("## Full report of this run (shared/peers)")
         w("")
-        body = open(res).read()
+        # no machine paths in committed docs: the checkout is named by its
+        # relative paths, the peers' home by ~
+        body = open(res).read().replace(ROOT + os.sep, "").replace(os.path.expanduser("~"), "~")
         # demote its headings one level under ours
         w("\n".join(("#" + l) if l.startswith("#") else l for l in body.splitlines()))
     path = os.path.join(ROOT, "docs", "peers.md")

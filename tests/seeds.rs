@@ -71,7 +71,8 @@ fn cases() -> Vec<Case> {
             layout: Layout::Bhnd,
         });
     }
-    // lengths at tile edges (32 = Br step, 8 = key block, 128 = default tiles)
+    // lengths at tile edges (32 = Br step, 8 = key block, 64 = default Bc,
+    // 128 and 256 = default Br for N = 256 and 512 up)
     for n in [7, 8, 9, 31, 32, 33, 127, 128, 129, 255, 257] {
         v.push(case("tile_edge", [1, 2, 1, n, n, 16, 16], Mask::Causal));
         v.push(case("tile_edge_cross", [1, 2, 1, n, 2 * n + 1, 16, 16], Mask::None));
