@@ -38,13 +38,23 @@ impl Under {
         let mut out = vec![f32::NAN; shape.out_dims().iter().product()];
         let mut lse = vec![f32::NAN; shape.lse_len()];
         let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout).unwrap();
-        let r = match self {
-            Under::Kernel(k) => k.forward(inputs, &mut view, Some(&mut lse), params, par),
-            Under::FlashTiles(t) => Flash::with_tiles(*t)
-                .and_then(|f| f.forward(inputs, &mut view, Some(&mut lse), params, par)),
-        };
+        let r = self.try_forward(inputs, &mut view, Some(&mut lse), params, par);
         r.unwrap_or_else(|e| panic!("{self:?} failed: {e}"));
         (out, lse)
+    }
+
+    pub fn try_forward<T: Element>(
+        &self,
+        inputs: &AttnInputs<'_, T>,
+        out: &mut TensorViewMut<'_>,
+        lse: Option<&mut [f32]>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<(), attnlab::AttnError> {
+        match self {
+            Under::Kernel(k) => k.forward(inputs, out, lse, params, par),
+            Under::FlashTiles(t) => Flash::with_tiles(*t)?.forward(inputs, out, lse, params, par),
+        }
     }
 }
 

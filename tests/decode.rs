@@ -129,7 +129,7 @@ fn decode_nq_1_to_16_ragged_and_edge_lengths() {
 
 #[test]
 fn decode_errors() {
-    let cache = KvCache::<f32>::new(1, 2, 8, 4, 4).unwrap();
+    let mut cache = KvCache::<f32>::new(1, 2, 8, 4, 4).unwrap();
     let p = AttnParams::default();
     let e = cache.query_shape(3, 1).unwrap_err();
     assert!(e.to_string().contains("multiple of kv heads (2)"), "{e}");
@@ -139,6 +139,11 @@ fn decode_errors() {
     assert!(e.to_string().starts_with("q: buffer has 15"), "{e}");
     let mut q = vec![0.0; 16];
     q[5] = f32::NAN;
+    // an empty cache: the NaN query reads nothing, so nothing to report
+    decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap();
+    assert!(out.iter().all(|&x| x == 0.0));
+    cache.append(0, &[0.5; 2 * 2 * 4], &[1.0; 2 * 2 * 4]).unwrap();
+    let qs = cache.query_shape(4, 1).unwrap();
     let e = decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap_err();
     assert!(e.to_string().starts_with("q: non-finite"), "{e}");
     // a shape made for another cache (or before an append) is named

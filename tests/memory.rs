@@ -19,18 +19,22 @@ use attnlab::{
 };
 use common::*;
 
-/// Counts every byte allocated by any thread of this process, and by the
-/// current thread.
+/// Counts the bytes allocated by the tracked threads (a test's own thread
+/// and the workers of the pools it runs kernels on; not the test runner's
+/// threads, which print results meanwhile), and by the current thread.
 struct Counting;
 static BYTES: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static TRACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 // SAFETY: forwards to the system allocator; the counters are an atomic and
-// a thread-local cell that never allocates.
+// thread-local cells that never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
-        BYTES.fetch_add(l.size(), Relaxed);
+        if TRACKED.try_with(|t| t.get()).unwrap_or(false) {
+            BYTES.fetch_add(l.size(), Relaxed);
+        }
         let _ = MINE.try_with(|m| m.set(m.get() + l.size()));
         // SAFETY: same contract as ours.
         unsafe { System.alloc(l) }
@@ -46,7 +50,13 @@ static ALLOC: Counting = Counting;
 /// The counter is process-wide: tests that read it run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Bytes allocated by every thread while `f` runs.
+/// Tracks this thread and every worker of the `n`-thread pool of `Par`.
+fn track(n: usize) {
+    TRACKED.with(|t| t.set(true));
+    Par::rayon(n).unwrap().install(|| rayon::broadcast(|_| TRACKED.with(|t| t.set(true)))).unwrap();
+}
+
+/// Bytes allocated by the tracked threads while `f` runs.
 fn allocated<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let before = BYTES.load(Relaxed);
     let r = f();
@@ -98,7 +108,7 @@ fn workspace_bytes_is_what_a_workspace_allocates_on_both_paths() {
 #[test]
 fn no_allocation_on_a_caller_workspace() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    two().install(|| ()).unwrap();
+    track(2);
     let flash = Flash::default();
     // tiled (sequential: its parallel scheduler spawns rayon tasks) and
     // split-KV (sequential and on 2 threads)

@@ -10,3 +10,5 @@ mod props;
 mod flash;
 // Decode against a KV cache (every grouping, cache dtype, nq, ragged batches) and merge_partials.
 mod decode;
+// Hostile inputs: non-finite values named, huge finite values exact, no panics.
+mod hardening;

@@ -26,6 +26,9 @@ pub enum AttnError {
     Unsupported { what: String },
     /// A buffer sized by the input could not be allocated.
     OutOfMemory { tensor: &'static str, bytes: usize },
+    /// A row's log-sum-exp, asked for, is beyond the f32 range (logits
+    /// near ±3.4e38 after scaling); its output is still exact.
+    ScoreOverflow { batch: usize, head: usize, row: usize, lse: f64 },
 }
 
 impl fmt::Display for AttnError {
@@ -49,10 +52,15 @@ impl fmt::Display for AttnError {
             AttnError::NonFinite { tensor, index, value } => write!(
                 f,
                 "{tensor}: non-finite value {value} at flat index {index} \
-                 (pass check_finite = false to skip this check)"
+                 (pass check_finite = false to let it propagate instead)"
             ),
             AttnError::Param { name, reason } => write!(f, "{name}: {reason}"),
             AttnError::Unsupported { what } => write!(f, "unsupported: {what}"),
+            AttnError::ScoreOverflow { batch, head, row, lse } => write!(
+                f,
+                "scores overflow f32 at batch {batch} head {head} row {row}: its log-sum-exp is \
+                 {lse:e}, beyond f32's range (scale Q or K down, or lower the scale)"
+            ),
             AttnError::OutOfMemory { tensor, bytes } => write!(
                 f,
                 "{tensor}: needs {:.2} GiB, which could not be allocated",

@@ -21,12 +21,14 @@
 //! [`mask`], [`params`] (scale, mask, finiteness checks), [`par`]
 //! ([`Par`]: how many threads a call runs on), [`element`]
 //! (f32/f16/bf16), [`kernel`] (the [`AttentionKernel`] trait and
-//! [`CheckedCall`], the one validation of a call), [`error`].
+//! [`CheckedCall`], the one validation of a call), [`faults`] (rows a
+//! kernel could not evaluate in f32, recomputed exactly), [`error`].
 
 #![warn(missing_docs)]
 
 pub mod element;
 pub mod error;
+pub mod faults;
 pub mod kernel;
 pub mod mask;
 pub mod par;
@@ -36,6 +38,7 @@ pub mod view;
 
 pub use element::Element;
 pub use error::{AttnError, try_zeroed};
+pub use faults::RowFaults;
 pub use half::{bf16, f16};
 pub use kernel::{AttentionKernel, AttnInputs, CheckedCall, check_outputs};
 pub use mask::Mask;

@@ -9,9 +9,10 @@
 //! cached sequence.
 
 use attn_core::{
-    AttnError, AttnParams, AttnShape, Element, Layout, Par, TensorView, TensorViewMut,
+    AttnError, AttnParams, AttnShape, Element, Layout, Par, RowFaults, TensorView, TensorViewMut,
     check_outputs,
 };
+use attn_naive::exact::{self, Culprit};
 
 use crate::cache::KvCache;
 use crate::split_kv::{SplitKvPlan, SplitKvWorkspace, split_kv};
@@ -88,9 +89,6 @@ pub fn decode_in<T: Element>(
     let ov = TensorViewMut::new("out", out, shape.out_dims(), Layout::Bhnd)?;
     check_outputs(shape, &ov, lse.as_deref())?;
     params.validate()?;
-    if params.check_finite {
-        qv.check_finite()?;
-    }
     let par = ws.par;
     ws.ws.check_fits(&SplitKvPlan::new(shape, par.threads()))?;
     if shape.q_len() == 0 {
@@ -98,11 +96,66 @@ pub fn decode_in<T: Element>(
     }
     let (q_heads, q_len, dv) = (shape.q_heads(), shape.q_len(), shape.v_dim());
     let mut lse = lse;
+    let faults = RowFaults::new();
     split_kv(cache, &qv, params, par, &mut ws.ws, |b, h, t, row, l| {
         let idx = (b * q_heads + h) * q_len + t;
-        out[idx * dv..(idx + 1) * dv].copy_from_slice(row);
+        let o = &mut out[idx * dv..(idx + 1) * dv];
+        o.copy_from_slice(row);
         if let Some(lse) = lse.as_deref_mut() {
             lse[idx] = l;
         }
-    })
+        let visible = !params.mask.key_range(t, q_len, cache.lens()[b]).is_empty();
+        if RowFaults::is_fault(visible, l, o) {
+            faults.report(idx);
+        }
+    })?;
+    repair(cache, &qv, params, faults, out, lse)
+}
+
+/// The exact recomputation of [`attn_naive::exact`] for rows of a decode
+/// call: the cache holds only finite values (checked on append), so a
+/// culprit is a query element.
+fn repair<T: Element>(
+    cache: &KvCache<T>,
+    q: &TensorView<'_, f32>,
+    params: &AttnParams,
+    faults: RowFaults,
+    out: &mut [f32],
+    mut lse: Option<&mut [f32]>,
+) -> Result<(), AttnError> {
+    let rows = faults.into_sorted();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let [_, hq, nq, d] = q.dims();
+    let (dv, group) = (cache.v_dim(), hq / cache.kv_heads());
+    let scale = params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
+    let (mut scores, mut o) = (Vec::new(), vec![0f64; dv]);
+    for idx in rows {
+        let (b, h, t) = (idx / (hq * nq), (idx / nq) % hq, idx % nq);
+        let g = h / group;
+        let keys = params.mask.key_range(t, nq, cache.lens()[b]);
+        let (qr, kr, vr) = (q.row(b, h, t), |j| cache.k_row(b, g, j), |j| cache.v_row(b, g, j));
+        if params.check_finite
+            && let Some(c) = exact::find_culprit(qr, keys.clone(), kr, vr)
+        {
+            let (tensor, index, value) = match c {
+                Culprit::Q(c) => ("q", q.offset(b, h, t) + c, qr[c]),
+                Culprit::K(j, c) => ("kv cache k", j * d + c, kr(j)[c].to_f32()),
+                Culprit::V(j, c) => ("kv cache v", j * dv + c, vr(j)[c].to_f32()),
+            };
+            return Err(AttnError::NonFinite { tensor, index, value });
+        }
+        let l = attn_naive::reference_row(qr, keys, scale, kr, vr, &mut scores, &mut o);
+        if let Some(lse) = lse.as_deref_mut() {
+            if l.is_finite() && (l as f32).is_infinite() {
+                return Err(AttnError::ScoreOverflow { batch: b, head: h, row: t, lse: l });
+            }
+            lse[idx] = l as f32;
+        }
+        for (dst, x) in out[idx * dv..(idx + 1) * dv].iter_mut().zip(&o) {
+            *dst = *x as f32;
+        }
+    }
+    Ok(())
 }

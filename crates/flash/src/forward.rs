@@ -28,8 +28,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use attn_core::{AttnError, AttnInputs, AttnParams, Element, Mask, TensorView, try_zeroed};
-use attn_simd::{LOG2_E, exp2};
+use attn_core::{
+    AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
+};
+use attn_simd::{LOG2_E, exp2, max_abs};
 use wide::{bytemuck, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
@@ -94,6 +96,8 @@ pub(crate) struct Job<'a, 'b, T> {
     pub plan: Plan,
     pub out: RowWriter<'b>,
     pub lse: LseWriter<'b>,
+    /// Rows whose f32 result is not finite (recomputed after the run).
+    pub faults: &'b RowFaults,
 }
 
 impl<T: Element> Job<'_, '_, T> {
@@ -174,15 +178,23 @@ impl<T: Element> Job<'_, '_, T> {
         let bq = br / LANES;
         let panels = nvalid.div_ceil(NR);
         let scale = self.params.scale_for(d) * LOG2_E;
+        // Whether every score of the item is certain to be a finite f32:
+        // packed Q and every visited K tile finite, and their magnitudes
+        // too small to overflow a dot product. If not, the exp2 clamp could
+        // turn a NaN score into a finite weight, so the item's rows are
+        // recomputed exactly instead (rare: non-finite input, |q·k| ~ 1e38).
+        let mut qmax = 0f32;
         for hi in 0..nh {
             let per = (br / NR) * d;
             let qp = &mut s.qp[hi * per..(hi + 1) * per];
-            pack_qt(&self.inputs.q, b, h0 + hi, i0, nvalid, scale, d, &mut s.row, qp);
+            let m = pack_qt(&self.inputs.q, b, h0 + hi, i0, nvalid, scale, d, &mut s.row, qp);
+            qmax = qmax.max(m);
             s.m[hi * bq..(hi + 1) * bq].fill(f32x16::splat(f32::NEG_INFINITY));
             s.l[hi * bq..(hi + 1) * bq].fill(f32x16::ZERO);
             s.acc[hi * br * p.dvv..(hi + 1) * br * p.dvv].fill(f32x16::ZERO);
         }
 
+        let mut safe = qmax.is_finite();
         if kv_lo < kv_hi {
             let mut j0 = kv_lo / bc * bc;
             while j0 < kv_hi {
@@ -193,6 +205,8 @@ impl<T: Element> Job<'_, '_, T> {
                 let (mut kbuf, mut vbuf) =
                     (std::mem::take(&mut s.kbuf), std::mem::take(&mut s.vbuf));
                 let kt = k_rows(&self.inputs.k, b, g, j0, kn, &mut kbuf);
+                let kmax = (0..kn).map(|j| max_abs(&kt.row(j)[..d])).fold(0f32, f32::max);
+                safe &= RowFaults::dot_is_safe(qmax, kmax, d);
                 let vt = v_rows(&self.inputs.v, b, g, j0, kn, p.dvv * LANES, &mut vbuf);
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
                 for hi in 0..nh {
@@ -214,18 +228,25 @@ impl<T: Element> Job<'_, '_, T> {
                 // SAFETY: row (b, h, i0 + q) belongs to this item alone.
                 let orow = unsafe { self.out.row_mut(b, h, i0 + q) };
                 let idx = (b * shape.q_heads() + h) * nq + i0 + q;
-                if l > 0.0 {
+                let visible = s.lo[q] < s.hi[q];
+                let lse = if visible {
                     let inv = 1.0 / l;
                     for (o, a) in orow.iter_mut().zip(accf) {
                         *o = a * inv;
                     }
-                    // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
-                    unsafe { self.lse.write(idx, (m + l.log2()) * std::f32::consts::LN_2) };
+                    (m + l.log2()) * std::f32::consts::LN_2
                 } else {
                     orow.fill(0.0);
-                    // SAFETY: as above.
-                    unsafe { self.lse.write(idx, f32::NEG_INFINITY) };
+                    f32::NEG_INFINITY
+                };
+                // A row that saw keys has l >= 1 and a finite result unless
+                // an input was not finite or f32 overflowed: recomputed
+                // exactly after the run (attn_naive::exact).
+                if visible && !safe || RowFaults::is_fault(visible, lse, orow) {
+                    self.faults.report(idx);
                 }
+                // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
+                unsafe { self.lse.write(idx, lse) };
             }
         }
     }
@@ -420,7 +441,8 @@ fn row_f32<'r, T: Element>(
     }
 }
 
-/// `qp[p][c][t] = scale · Q[b, h, i0 + 32p + t, c]`, zero past `nvalid`.
+/// `qp[p][c][t] = scale · Q[b, h, i0 + 32p + t, c]`, zero past `nvalid`;
+/// returns the largest packed `|value|` (+inf if one is not finite).
 #[allow(clippy::too_many_arguments)]
 fn pack_qt<T: Element>(
     q: &TensorView<'_, T>,
@@ -432,7 +454,7 @@ fn pack_qt<T: Element>(
     d: usize,
     buf: &mut [f32],
     qp: &mut [[f32x16; NV]],
-) {
+) -> f32 {
     let qpf: &mut [f32] = bytemuck::cast_slice_mut(qp);
     let panels = qpf.len() / (d * NR);
     for pn in 0..panels {
@@ -451,6 +473,7 @@ fn pack_qt<T: Element>(
             }
         }
     }
+    max_abs(qpf)
 }
 
 /// Rows of one K or V tile, as f32: `row(j)` for `j < n`; rows past `n`

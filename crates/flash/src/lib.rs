@@ -41,7 +41,7 @@ pub mod workspace;
 
 use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
-    TensorViewMut,
+    RowFaults, TensorViewMut,
 };
 
 pub use attn_simd::isa;
@@ -126,31 +126,34 @@ impl Flash {
             return Ok(());
         }
         let (out, mut lse) = call.outputs();
+        let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
                 let kv = ViewKv { k: &inputs.k, v: &inputs.v };
-                let (hq, nq) = (shape.q_heads(), shape.q_len());
+                let (hq, nq, nk) = (shape.q_heads(), shape.q_len(), shape.kv_len());
                 let ws = ws.split_kv_mut().expect("checked by check_fits");
                 split_kv(&kv, &inputs.q, params, par, ws, |b, h, t, row, l| {
-                    out.row_mut(b, h, t).copy_from_slice(row);
+                    let o = out.row_mut(b, h, t);
+                    o.copy_from_slice(row);
+                    let idx = (b * hq + h) * nq + t;
                     if let Some(lse) = lse.as_deref_mut() {
-                        lse[(b * hq + h) * nq + t] = l;
+                        lse[idx] = l;
                     }
-                })
+                    let visible = !params.mask.key_range(t, nq, nk).is_empty();
+                    if RowFaults::is_fault(visible, l, o) {
+                        faults.report(idx);
+                    }
+                })?;
             }
             Path::Tiled(plan) => {
                 let n = Workspace::tiled_workers(&shape, &plan, par);
                 let workers = &mut ws.tiled_mut().expect("checked by check_fits")[..n];
-                let job = Job {
-                    inputs,
-                    params,
-                    plan,
-                    out: RowWriter::new(out),
-                    lse: LseWriter::new(lse),
-                };
-                par.install(|| job.run(workers))
+                let (rows, lses) = (RowWriter::new(out), LseWriter::new(lse.as_deref_mut()));
+                let job = Job { inputs, params, plan, out: rows, lse: lses, faults: &faults };
+                par.install(|| job.run(workers))?;
             }
         }
+        attn_naive::exact::repair_rows(inputs, params, faults, out, lse)
     }
 }
 

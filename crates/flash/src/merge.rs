@@ -24,6 +24,10 @@ pub struct Partial<'a> {
 /// shard, and any grouping of shards merges to the unsplit result (up to
 /// f32 rounding). A row that no shard sees gets output 0 and LSE `-inf`.
 /// A NaN or `+inf` partial LSE is an error.
+///
+/// The weights `e^(lse_s − lse)` are exact only while f32 holds the LSEs'
+/// fractional parts: with logits beyond ~1e6 the shards weigh alike. The
+/// kernels' own split-KV merge keeps each shard's max and sum instead.
 pub fn merge_partials(
     parts: &[Partial<'_>],
     dv: usize,
@@ -70,7 +74,7 @@ pub fn merge_partials(
 /// The merge of [`merge_partials`] over `n` parts given by `part(s) = (out,
 /// lse)`, each `[rows, dv]` and `[rows]` with `rows = lse.len()`; sizes
 /// are the caller's to check. Allocates nothing.
-pub(crate) fn merge_rows<'p>(
+fn merge_rows<'p>(
     n: usize,
     part: impl Fn(usize) -> (&'p [f32], &'p [f32]),
     dv: usize,

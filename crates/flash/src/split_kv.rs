@@ -20,12 +20,11 @@
 
 use std::sync::Mutex;
 
-use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, TensorView};
-use attn_simd::{LOG2_E, exp2, f32x16, hmax, load};
+use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
+use attn_simd::{LOG2_E, exp2, f32x16, hmax, load, max_abs};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
-use crate::merge::merge_rows;
 use crate::tiles::decode::{CHUNK, KB, MAX_CHUNKS};
 
 /// Chunks and chunk length for a cache of `len` positions (a function of
@@ -52,6 +51,11 @@ pub(crate) trait KvSource<T: Element>: Sync {
     }
     /// V rows `j..j+n` as one contiguous slice, if they are stored so.
     fn v_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
+        None
+    }
+    /// The largest `|k|` stored, when the source tracks it (a cache does,
+    /// on append); `None`: the kernel measures each block.
+    fn k_max_abs(&self) -> Option<f32> {
         None
     }
 }
@@ -84,6 +88,9 @@ impl<T: Element> KvSource<T> for KvCache<T> {
     }
     fn v_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
         Some(self.v_contiguous(b, g, j, n * KvCache::v_dim(self)))
+    }
+    fn k_max_abs(&self) -> Option<f32> {
+        Some(KvCache::k_max_abs(self))
     }
 }
 
@@ -162,7 +169,7 @@ impl SplitKvPlan {
     /// Exactly the bytes [`SplitKvWorkspace::new`] allocates (saturating).
     pub(crate) fn bytes(&self) -> usize {
         let (rows, dv) = (self.rows, self.dv);
-        let partials = self.items.saturating_mul(rows).saturating_mul(dv + 1);
+        let partials = self.items.saturating_mul(rows).saturating_mul(dv + 2);
         let merged = rows * (dv + 1);
         let floats = partials.saturating_add(merged);
         floats
@@ -185,7 +192,8 @@ impl SplitKvPlan {
 pub struct SplitKvWorkspace {
     plan: SplitKvPlan,
     pout: Vec<f32>,
-    plse: Vec<f32>,
+    /// `[m, l]` of each partial row: its max (log2 domain) and its sum.
+    pml: Vec<f32>,
     mo: Vec<f32>,
     ml: Vec<f32>,
     scratch: Vec<Mutex<DecodeScratch>>,
@@ -198,7 +206,7 @@ impl SplitKvWorkspace {
         Ok(SplitKvWorkspace {
             plan,
             pout: attn_core::try_zeroed("workspace", n.saturating_mul(dv))?,
-            plse: attn_core::try_zeroed("workspace", n)?,
+            pml: attn_core::try_zeroed("workspace", n.saturating_mul(2))?,
             mo: vec![0.0; rows * dv],
             ml: vec![0.0; rows],
             scratch: (0..plan.threads).map(|_| Mutex::new(DecodeScratch::new(&plan))).collect(),
@@ -245,8 +253,8 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
     let (nc, clen) = chunking(max_len);
     let items = bsz * hkv * nc;
     let scale = params.scale_for(d) * LOG2_E;
-    let SplitKvWorkspace { pout, plse, mo, ml, scratch, .. } = ws;
-    let (pout, plse) = (&mut pout[..items * rows * dv], &mut plse[..items * rows]);
+    let SplitKvWorkspace { pout, pml, mo, ml, scratch, .. } = ws;
+    let (pout, pml) = (&mut pout[..items * rows * dv], &mut pml[..items * rows * 2]);
 
     let run = |item: usize, po: &mut [f32], pl: &mut [f32]| {
         let (bg, c) = (item / nc, item % nc);
@@ -259,12 +267,14 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
     };
     par.install(|| {
         if par.threads() == 1 {
-            for (i, (po, pl)) in pout.chunks_mut(rows * dv).zip(plse.chunks_mut(rows)).enumerate() {
+            for (i, (po, pl)) in
+                pout.chunks_mut(rows * dv).zip(pml.chunks_mut(rows * 2)).enumerate()
+            {
                 run(i, po, pl);
             }
         } else {
             pout.par_chunks_mut(rows * dv)
-                .zip(plse.par_chunks_mut(rows))
+                .zip(pml.par_chunks_mut(rows * 2))
                 .enumerate()
                 .for_each(|(i, (po, pl))| run(i, po, pl));
         }
@@ -274,9 +284,9 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
     for bg in 0..bsz * hkv {
         let part = |c: usize| {
             let i = bg * nc + c;
-            (&pout[i * rows * dv..][..rows * dv], &plse[i * rows..][..rows])
+            (&pout[i * rows * dv..][..rows * dv], &pml[i * rows * 2..][..rows * 2])
         };
-        merge_rows(nc, part, dv, mo, ml);
+        merge_chunks(nc, part, dv, mo, ml);
         let (b, g) = (bg / hkv, bg % hkv);
         for r in 0..rows {
             let (hg, t) = (r / q_len, r % q_len);
@@ -284,6 +294,56 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
         }
     }
     Ok(())
+}
+
+/// Merges the partials of `n` chunks, `part(c) = (out, [m, l] per row)`,
+/// in order into `out` and the natural-log `lse` of each row.
+///
+/// Chunks keep `(m, l)` — the running max (log2 domain) and the sum
+/// relative to it — rather than an LSE: the relative weights
+/// `l_c·2^(m_c − M)` stay right even when |LSE| is so large that f32 cannot
+/// hold its fractional part (logits ~1e7 and up), where an LSE-based merge
+/// would weigh every chunk alike. A NaN `m` (a faulty chunk) makes the row
+/// NaN.
+fn merge_chunks<'p>(
+    n: usize,
+    part: impl Fn(usize) -> (&'p [f32], &'p [f32]),
+    dv: usize,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    for r in 0..lse.len() {
+        let o = &mut out[r * dv..(r + 1) * dv];
+        if (0..n).any(|c| part(c).1[2 * r].is_nan()) {
+            o.fill(f32::NAN);
+            lse[r] = f32::NAN;
+            continue;
+        }
+        let mx = (0..n).map(|c| part(c).1[2 * r]).fold(f32::NEG_INFINITY, f32::max);
+        o.fill(0.0);
+        if mx == f32::NEG_INFINITY {
+            lse[r] = f32::NEG_INFINITY;
+            continue;
+        }
+        let weight = |c: usize| {
+            let ml = part(c).1;
+            if ml[2 * r] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                ml[2 * r + 1] * (ml[2 * r] - mx).exp2()
+            }
+        };
+        let total: f32 = (0..n).map(weight).sum();
+        for c in 0..n {
+            let w = weight(c) / total;
+            if w > 0.0 {
+                for (a, x) in o.iter_mut().zip(&part(c).0[r * dv..(r + 1) * dv]) {
+                    *a += w * x;
+                }
+            }
+        }
+        lse[r] = (mx + total.log2()) * std::f32::consts::LN_2;
+    }
 }
 
 /// Per-worker buffers of the split-KV kernel, sized by a [`SplitKvPlan`]
@@ -336,7 +396,7 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
     (b, g): (usize, usize),
     (c0, c1): (usize, usize),
     pout: &mut [f32],
-    plse: &mut [f32],
+    pml: &mut [f32],
     s: &mut DecodeScratch,
 ) {
     let (d, dv) = (cache.head_dim(), cache.v_dim());
@@ -362,6 +422,13 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
         let kr = params.mask.key_range(t, q_len, len);
         s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
     }
+    // Every score certain to be a finite f32 (see RowFaults::dot_is_safe):
+    // else the chunk's rows are marked for exact recomputation.
+    let qmax = max_abs(&s.qs[..rows * d]);
+    let mut safe = match cache.k_max_abs() {
+        Some(kmax) => RowFaults::dot_is_safe(qmax, kmax, d),
+        None => qmax.is_finite(),
+    };
     let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
     let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
 
@@ -403,6 +470,10 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
                 None => &s.kbuf[jj * d..(jj + 1) * d],
             }
         };
+        if cache.k_max_abs().is_none() {
+            let kmax = (0..jb).map(|jj| max_abs(&krow(jj)[..d])).fold(0f32, f32::max);
+            safe &= RowFaults::dot_is_safe(qmax, kmax, d);
+        }
         let vrows: [&[f32]; KB] = std::array::from_fn(|jj| {
             let jj = jj.min(jb - 1);
             match T::as_f32_slice(cache.v_row(b, g, j + jj)) {
@@ -459,15 +530,23 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
 
     for r in 0..rows {
         let o = &mut pout[r * dv..(r + 1) * dv];
-        if s.l[r] > 0.0 {
+        let visible = s.ranges[r].0 < s.ranges[r].1;
+        if visible {
             let inv = 1.0 / s.l[r];
             for (x, a) in o.iter_mut().zip(&s.acc[r * dvp..]) {
                 *x = a * inv;
             }
-            plse[r] = (s.m[r] + s.l[r].log2()) * std::f32::consts::LN_2;
+            (pml[2 * r], pml[2 * r + 1]) = (s.m[r], s.l[r]);
+            // Not finite (a non-finite input, or f32 overflow): NaN marks
+            // the partial so the merge cannot hide it; the row is then
+            // recomputed exactly.
+            let lse = (s.m[r] + s.l[r].log2()) * std::f32::consts::LN_2;
+            if !safe || RowFaults::is_fault(true, lse, o) {
+                pml[2 * r] = f32::NAN;
+            }
         } else {
             o.fill(0.0);
-            plse[r] = f32::NEG_INFINITY;
+            (pml[2 * r], pml[2 * r + 1]) = (f32::NEG_INFINITY, 0.0);
         }
     }
 }

@@ -10,9 +10,13 @@
 //!   GEMMs per head (`matrixmultiply`, the same design as OpenBLAS's sgemm)
 //!   and a vectorized softmax in between, parallel over (batch, head). A fair
 //!   baseline, not a strawman; its workspace grows as `B·Hq·Nq·Nk·4` bytes.
+//!
+//! [`exact`] recomputes, with the oracle, the rows a fast kernel could not
+//! evaluate in f32 (non-finite inputs, logits or sums beyond f32).
 
 #![warn(missing_docs)]
 
+pub mod exact;
 pub mod naive;
 pub mod oracle;
 

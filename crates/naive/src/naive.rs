@@ -13,9 +13,9 @@
 
 use attn_core::{
     AttentionKernel, AttnError, AttnParams, AttnShape, CheckedCall, Element, HeadRowsMut, Par,
-    TensorView, try_zeroed,
+    RowFaults, TensorView, try_zeroed,
 };
-use attn_simd::{LOG2_E, exp2_shift_sum, slice_max};
+use attn_simd::{LOG2_E, exp2_shift_sum, max_abs, slice_max};
 use rayon::prelude::*;
 
 /// The O(N²) kernel. See the module docs.
@@ -82,6 +82,7 @@ impl AttentionKernel for Naive {
             return Ok(());
         }
         let heads = shape.batch() * shape.q_heads();
+        let want_lse = lse.is_some();
         let mut lse_local;
         let lse = match lse {
             Some(l) => l,
@@ -94,9 +95,10 @@ impl AttentionKernel for Naive {
         // so that chunking works).
         let chunk = (nq * nk).max(1);
         let mut scores = try_zeroed("scores", heads.saturating_mul(chunk))?;
+        let faults = RowFaults::new();
         let out_heads = out.heads_mut();
         let head = |s: &mut [f32], l: &mut [f32], o: HeadRowsMut<'_>, tmp: &mut Vec<f32>| {
-            head_forward(&shape, &views, params, s, l, o, tmp)
+            head_forward(&shape, &views, params, s, l, o, tmp, &faults)
         };
         par.install(|| {
             if par.threads() == 1 {
@@ -111,12 +113,15 @@ impl AttentionKernel for Naive {
                     .zip(out_heads)
                     .for_each_init(Vec::new, |tmp, ((s, l), o)| head(s, l, o, tmp));
             }
-        })
+        })?;
+        crate::exact::repair_rows(inputs, params, faults, out, want_lse.then_some(lse))
     }
 }
 
 /// One (batch, query head) `out` of `Nq` rows: the output rows and the LSE
-/// of each row (into `lse`); `tmp` holds the `Nq×dv` product.
+/// of each row (into `lse`); `tmp` holds the `Nq×dv` product. Rows whose
+/// result is not finite go to `faults`.
+#[allow(clippy::too_many_arguments)]
 fn head_forward(
     shape: &AttnShape,
     x: &F32Inputs<'_>,
@@ -125,6 +130,7 @@ fn head_forward(
     lse: &mut [f32],
     mut out: HeadRowsMut<'_>,
     tmp: &mut Vec<f32>,
+    faults: &RowFaults,
 ) {
     let (nq, nk, d, dv) = (shape.q_len(), shape.kv_len(), shape.head_dim(), shape.v_dim());
     let (b, h) = (out.batch(), out.head());
@@ -198,7 +204,17 @@ fn head_forward(
             1,
         );
     }
+    // Every score certain to be a finite f32 (RowFaults::dot_is_safe)?
+    // Else the exp2 clamp could hide a NaN score: recompute exactly.
+    let qmax = (0..nq).map(|i| max_abs(x.q.row(b, h, i))).fold(0f32, f32::max);
+    let kmax = (0..nk).map(|j| max_abs(x.k.row(b, g, j))).fold(0f32, f32::max);
+    let safe = RowFaults::dot_is_safe(qmax * alpha.abs(), kmax, d);
     for i in 0..nq {
-        out.row_mut(i).copy_from_slice(&tmp[i * dv..(i + 1) * dv]);
+        let row = &tmp[i * dv..(i + 1) * dv];
+        out.row_mut(i).copy_from_slice(row);
+        let visible = !params.mask.key_range(i, nq, nk).is_empty();
+        if visible && !safe || RowFaults::is_fault(visible, lse[i], row) {
+            faults.report((b * shape.q_heads() + h) * nq + i);
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
+    RowFaults,
 };
 use rayon::prelude::*;
 
@@ -164,25 +165,36 @@ impl AttentionKernel for Oracle {
         let (inputs, params) = (call.inputs(), call.params());
         let par = call.par();
         let r = par.install(|| reference_on(inputs, params, par.threads() > 1))?;
-        let (out, lse) = call.outputs();
+        let (out, mut lse) = call.outputs();
         let s = inputs.shape();
-        let (nq, dv) = (s.q_len(), s.v_dim());
+        let (nq, nk, dv) = (s.q_len(), s.kv_len(), s.v_dim());
+        let faults = RowFaults::new();
+        // f64 turns a −inf score into weight 0 silently: so that every
+        // kernel names a non-finite Q or K element any row reads, rows are
+        // checked one by one (by the repair) whenever Q or K has one.
+        let suspect = params.check_finite
+            && (inputs.q.check_finite().is_err() || inputs.k.check_finite().is_err());
         for b in 0..s.batch() {
             for h in 0..s.q_heads() {
                 for i in 0..nq {
-                    let src = &r.out[((b * s.q_heads() + h) * nq + i) * dv..][..dv];
-                    for (o, x) in out.row_mut(b, h, i).iter_mut().zip(src) {
+                    let idx = (b * s.q_heads() + h) * nq + i;
+                    let row = out.row_mut(b, h, i);
+                    for (o, x) in row.iter_mut().zip(&r.out[idx * dv..][..dv]) {
                         *o = *x as f32;
+                    }
+                    let l = r.lse[idx] as f32;
+                    if let Some(lse) = lse.as_deref_mut() {
+                        lse[idx] = l;
+                    }
+                    // non-finite inputs, or an LSE beyond f32: named by repair
+                    let visible = !params.mask.key_range(i, nq, nk).is_empty();
+                    if visible && suspect || RowFaults::is_fault(visible, l, row) {
+                        faults.report(idx);
                     }
                 }
             }
         }
-        if let Some(lse) = lse {
-            for (o, x) in lse.iter_mut().zip(&r.lse) {
-                *o = *x as f32;
-            }
-        }
-        Ok(())
+        crate::exact::repair_rows(inputs, params, faults, out, lse)
     }
 }
 

@@ -65,6 +65,27 @@ pub fn hsum(v: f32x16) -> f32 {
     v.reduce_add()
 }
 
+/// The largest `|x|` of a slice, or `+inf` if any value is not finite
+/// (NaN included), 16 lanes at a time: `x·0` is 0 for finite `x` and NaN
+/// otherwise, so one extra FMA per vector tells. 0 for an empty slice.
+#[inline]
+pub fn max_abs(s: &[f32]) -> f32 {
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    let (mut m, mut nan) = (f32x16::ZERO, f32x16::ZERO);
+    for c in chunks {
+        let x = f32x16::new(*c);
+        m = m.fast_max(x.abs());
+        nan = x.mul_add(f32x16::ZERO, nan);
+    }
+    let mut mt = hmax(m).max(0.0);
+    let mut nt = hsum(nan);
+    for x in tail {
+        mt = mt.max(x.abs());
+        nt += x * 0.0;
+    }
+    if nt == 0.0 { mt } else { f32::INFINITY }
+}
+
 /// Max of a slice (−inf when empty), 16 lanes at a time.
 pub fn slice_max(s: &[f32]) -> f32 {
     let (chunks, tail) = s.as_chunks::<LANES>();
@@ -143,6 +164,22 @@ mod tests {
         assert_eq!(v[6], 0.5);
         assert_eq!(v[7], 0.0);
         assert!((v[12] - 1024.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn max_abs_sees_every_kind_of_non_finite() {
+        let mut s: Vec<f32> = (0..37).map(|i| i as f32 - 30.0).collect();
+        assert_eq!(max_abs(&s), 30.0);
+        assert_eq!(max_abs(&[]), 0.0);
+        for i in [3, 20, 36] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let keep = s[i];
+                s[i] = bad;
+                assert_eq!(max_abs(&s), f32::INFINITY, "{i} {bad}");
+                s[i] = keep;
+            }
+        }
+        assert_eq!(max_abs(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE]), f32::MAX);
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! Every finite input gives the right answer, every non-finite input that
+//! reaches a result is an error naming it, and nothing panics: the row
+//! checks of `attn_core::faults` and the exact recomputation of
+//! `attn_naive::exact`, on every kernel and path.
+
+use crate::common::*;
+use attnlab::flash::{KvCache, decode};
+use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Kernel, Layout, Mask, Par, f16};
+use rand::RngExt;
+
+/// Every kernel and flash path: naive, oracle, flash tiled (default and
+/// small tiles), flash split-KV (chosen by the shape: `Nq <= 16`).
+fn kernels() -> Vec<Under> {
+    let mut v = Under::all();
+    v.push(Under::Kernel(Kernel::Oracle));
+    v
+}
+
+fn shape(hq: usize, hkv: usize, nq: usize, nk: usize, d: usize) -> AttnShape {
+    AttnShape::builder().q_heads(hq).kv_heads(hkv).q_len(nq).kv_len(nk).head_dim(d).build().unwrap()
+}
+
+fn try_run(
+    under: &Under,
+    inputs: &AttnInputs<'_, f32>,
+    params: &AttnParams,
+    lse: bool,
+) -> Result<(Vec<f32>, Vec<f32>), AttnError> {
+    let s = inputs.shape();
+    let mut out = vec![f32::NAN; s.out_dims().iter().product()];
+    let mut l = vec![f32::NAN; s.lse_len()];
+    let mut view =
+        attnlab::TensorViewMut::new("out", &mut out, s.out_dims(), Layout::Bhnd).unwrap();
+    let lse_arg = if lse { Some(&mut l[..]) } else { None };
+    under.try_forward(inputs, &mut view, lse_arg, params, Par::Seq)?;
+    Ok((out, l))
+}
+
+#[test]
+fn a_non_finite_input_a_row_reads_is_named_on_every_path() {
+    let mut g = rng(11);
+    for (s, mask) in [
+        (shape(4, 2, 70, 90, 16), Mask::Causal), // tiled
+        (shape(8, 2, 3, 600, 16), Mask::Causal), // split-KV
+        (shape(2, 1, 40, 40, 8), Mask::None),    // tiled, MQA
+    ] {
+        for tensor in ["q", "k", "v"] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let (mut q, mut k, mut v) = make_inputs(&s, 1.0, 5);
+                let buf = match tensor {
+                    "q" => &mut q,
+                    "k" => &mut k,
+                    _ => &mut v,
+                };
+                // Any element is visible to some row: causal bottom-right
+                // with Nq <= Nk, or no mask.
+                let index = g.random_range(0..buf.len());
+                buf[index] = bad;
+                let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+                let params = AttnParams::with_mask(mask);
+                for under in kernels() {
+                    match try_run(&under, &inputs, &params, true) {
+                        Err(AttnError::NonFinite { tensor: t, index: i, .. }) => {
+                            assert_eq!((t, i), (tensor, index), "{under:?} {s:?} {bad}");
+                        }
+                        Ok(_) => panic!("{under:?} {s:?}: {tensor}[{index}] = {bad}: no error"),
+                        Err(e) => panic!("{under:?} {s:?} {tensor} {bad}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_key_no_query_sees_changes_nothing() {
+    // window (1, 0) with Nq = 4, Nk = 10: row i sees keys 5 + i ..= 6 + i,
+    // so keys 0..5 are invisible to every row.
+    let s = shape(2, 1, 4, 10, 8);
+    let (q, mut k, mut v) = make_inputs(&s, 1.0, 3);
+    let params = AttnParams::with_mask(Mask::Window { left: Some(1), right: Some(0) });
+    let clean = {
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        try_run(&Under::Kernel(Kernel::Oracle), &inputs, &params, true).unwrap()
+    };
+    k[3 * 8 + 2] = f32::NAN;
+    v[4 * 8] = f32::INFINITY;
+    let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+    for under in kernels() {
+        let (out, lse) = try_run(&under, &inputs, &params, true).unwrap();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(close(&out, &clean.0) && close(&lse, &clean.1), "{under:?}");
+    }
+}
+
+#[test]
+fn unchecked_calls_propagate_nan_on_every_kernel() {
+    let s = shape(2, 2, 20, 20, 8);
+    let (mut q, k, v) = make_inputs(&s, 1.0, 4);
+    q[5 * 8 + 1] = f32::NAN; // row 5 of head 0
+    let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+    let params = AttnParams { check_finite: false, ..AttnParams::default() };
+    for under in kernels() {
+        let (out, lse) = try_run(&under, &inputs, &params, true).unwrap();
+        assert!(lse[5].is_nan() && out[5 * 8..6 * 8].iter().all(|x| x.is_nan()), "{under:?}");
+        // the other rows are untouched
+        assert!(lse.iter().enumerate().all(|(i, x)| i == 5 || x.is_finite()), "{under:?}");
+    }
+}
+
+/// Constant Q = K = x and V = 1: every weight is equal, so the output is
+/// exactly 1 whatever x is; the LSE is `x²·d·scale + ln Nk`.
+#[test]
+fn huge_logits_give_the_exact_output() {
+    for x in [1e7f32, 1e8, 1e9, 1e20, 1e30, 3e38] {
+        for s in [shape(2, 1, 40, 50, 4), shape(2, 1, 3, 700, 4)] {
+            let q = vec![x; s.q_dims().iter().product()];
+            let k = vec![x; s.k_dims().iter().product()];
+            let v = vec![1.0f32; s.v_dims().iter().product()];
+            let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+            let params = AttnParams::default();
+            let lse_exact = (x as f64).powi(2) * 4.0 * 0.5 + (s.kv_len() as f64).ln();
+            for under in kernels() {
+                let (out, _) = try_run(&under, &inputs, &params, false)
+                    .unwrap_or_else(|e| panic!("{under:?} x {x}: {e}"));
+                // f32 kernels normalise rounded weights: 1 within ~80 ulps
+                // (naive's P·V sums 700 rounded weights); the oracle's is exact.
+                let ok = out.iter().all(|&o| (o - 1.0).abs() <= 1e-5);
+                assert!(ok, "{under:?} x {x}: {:?}", &out[..4]);
+                match try_run(&under, &inputs, &params, true) {
+                    Ok((_, lse)) => {
+                        assert!((lse_exact as f32).is_finite(), "{under:?} x {x}");
+                        let rel = (lse[0] as f64 - lse_exact).abs() / lse_exact;
+                        assert!(rel < 1e-6, "{under:?} x {x}: lse {} vs {lse_exact}", lse[0]);
+                    }
+                    Err(e @ AttnError::ScoreOverflow { .. }) => {
+                        assert!((lse_exact as f32).is_infinite(), "{under:?} x {x}: {e}");
+                        assert!(e.to_string().starts_with("scores overflow f32 at batch 0"));
+                    }
+                    Err(e) => panic!("{under:?} x {x}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_scale_and_huge_values_agree_with_the_oracle() {
+    let s = shape(2, 2, 30, 30, 8);
+    let (q, k, v) = make_inputs(&s, 1.0, 8);
+    let big_v: Vec<f32> = v.iter().map(|x| x.signum() * 3e38).collect();
+    for (params, v) in [
+        (AttnParams { scale: Some(1e38), ..AttnParams::causal() }, &v),
+        (AttnParams::causal(), &big_v),
+    ] {
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, v).unwrap();
+        let want = attnlab::naive::reference(&inputs, &params);
+        for under in kernels() {
+            let (out, _) = try_run(&under, &inputs, &params, false).unwrap();
+            // the outputs are averages of V rows: error relative to max|V|
+            let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+            for (a, b) in out.iter().zip(&want.out) {
+                assert!(a.is_finite(), "{under:?}");
+                assert!((*a as f64 - b).abs() <= 1e-5 * vmax, "{under:?}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_names_a_non_finite_query_and_survives_huge_logits() {
+    let mut cache = KvCache::<f32>::new(1, 2, 800, 8, 8).unwrap();
+    cache.append(0, &vec![1e20; 2 * 700 * 8], &vec![1.0; 2 * 700 * 8]).unwrap();
+    let qs = cache.query_shape(4, 1).unwrap();
+    let mut q = vec![1e20f32; 4 * 8];
+    let mut out = vec![0f32; 4 * 8];
+    let p = AttnParams::causal();
+    decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap();
+    assert!(out.iter().all(|&o| (o - 1.0).abs() <= 2.0 * f32::EPSILON), "{out:?}");
+    q[9] = f32::NAN;
+    let e = decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap_err();
+    assert!(matches!(e, AttnError::NonFinite { tensor: "q", index: 9, .. }), "{e}");
+}
+
+#[test]
+fn half_caches_reject_values_that_round_to_infinity() {
+    let mut cache = KvCache::<f16>::new(1, 1, 4, 2, 2).unwrap();
+    let e = cache.append(0, &[1.0, 1e6], &[0.0, 0.0]).unwrap_err();
+    assert!(e.to_string().contains("overflows the cache's f16 storage"), "{e}");
+    assert_eq!(cache.lens(), &[0]);
+}
