@@ -1,7 +1,8 @@
 //! Rows whose fast f32 evaluation did not give a finite result.
 //!
-//! Kernels check each finished row — output and LSE — instead of scanning
-//! the inputs before the call (O(output) instead of O(input)). A row with
+//! Kernels check each finished row — output and LSE — and whether every
+//! score they computed was finite (`s·0` summed in registers), instead of
+//! scanning the inputs before the call (no pass over Q, K, V). A row with
 //! visible keys whose result is not finite is reported here; after the
 //! kernel, the oracle recomputes each reported row exactly in f64
 //! (`attn_naive::exact`), which either names the non-finite input element
@@ -37,17 +38,6 @@ impl RowFaults {
         v
     }
 
-    /// Whether f32 dot products of length `d` between vectors whose
-    /// elements are at most `a` and `b` in magnitude (+inf for a non-finite
-    /// element) are certain to be finite: `a·b·d` with a factor 4 of room
-    /// for the sums. A kernel recomputes the rows where this fails, because
-    /// a NaN score (`inf − inf` in a dot product) could otherwise pass the
-    /// softmax as a finite weight.
-    #[inline]
-    pub fn dot_is_safe(a: f32, b: f32, d: usize) -> bool {
-        (a as f64) * (b as f64) * (d as f64) < f32::MAX as f64 / 4.0
-    }
-
     /// Whether a finished row must be recomputed: it saw keys, yet its LSE
     /// or an output value is not finite.
     #[inline]
@@ -71,9 +61,5 @@ mod tests {
         assert!(RowFaults::is_fault(true, 1.0, &[f32::INFINITY]));
         assert!(!RowFaults::is_fault(false, f32::NEG_INFINITY, &[0.0]));
         assert!(!RowFaults::is_fault(true, -3.0, &[1.0, 2.0]));
-        assert!(RowFaults::dot_is_safe(1e18, 1e18, 64));
-        assert!(!RowFaults::dot_is_safe(1e19, 1e19, 64));
-        assert!(!RowFaults::dot_is_safe(f32::INFINITY, 0.0, 64));
-        assert!(!RowFaults::dot_is_safe(f32::INFINITY, 1.0, 1));
     }
 }

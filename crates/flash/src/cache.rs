@@ -16,9 +16,6 @@ pub struct KvCache<T> {
     k: Vec<T>,
     v: Vec<T>,
     lens: Vec<usize>,
-    /// Largest `|k|` ever appended (as stored): lets decode know its scores
-    /// cannot overflow without reading K twice.
-    k_max: f32,
 }
 
 impl<T: Element> KvCache<T> {
@@ -54,7 +51,6 @@ impl<T: Element> KvCache<T> {
             k: try_zeroed("kv cache k", nk)?,
             v: try_zeroed("kv cache v", nv)?,
             lens: vec![0; batch],
-            k_max: 0.0,
         })
     }
 
@@ -71,11 +67,6 @@ impl<T: Element> KvCache<T> {
             .head_dim(self.head_dim)
             .v_dim(self.v_dim)
             .build()
-    }
-
-    /// The largest `|k|` appended since the cache was made (as stored).
-    pub fn k_max_abs(&self) -> f32 {
-        self.k_max
     }
 
     /// Batch entries.
@@ -189,8 +180,6 @@ impl<T: Element> KvCache<T> {
             }
         }
         let start = self.lens[b];
-        let kmax = k.iter().map(|x| T::from_f32(*x).to_f32().abs()).fold(0f32, f32::max);
-        self.k_max = self.k_max.max(kmax);
         for g in 0..self.kv_heads {
             for t in 0..n {
                 let src = &k[(g * n + t) * self.head_dim..][..self.head_dim];

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
-use attn_simd::{LOG2_E, exp2, max_abs};
+use attn_simd::{LOG2_E, exp2};
 use wide::{bytemuck, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
@@ -178,23 +178,21 @@ impl<T: Element> Job<'_, '_, T> {
         let bq = br / LANES;
         let panels = nvalid.div_ceil(NR);
         let scale = self.params.scale_for(d) * LOG2_E;
-        // Whether every score of the item is certain to be a finite f32:
-        // packed Q and every visited K tile finite, and their magnitudes
-        // too small to overflow a dot product. If not, the exp2 clamp could
-        // turn a NaN score into a finite weight, so the item's rows are
-        // recomputed exactly instead (rare: non-finite input, |q·k| ~ 1e38).
-        let mut qmax = 0f32;
+        // Whether every score the item computed is finite (`tile` sums
+        // `s·0` over them): if not — a non-finite Q or K element a visible
+        // score reads, or |q·k| beyond f32 — the exp2 clamp could turn a NaN
+        // score into a finite weight, so the item's rows are recomputed
+        // exactly instead.
+        let mut safe = true;
         for hi in 0..nh {
             let per = (br / NR) * d;
             let qp = &mut s.qp[hi * per..(hi + 1) * per];
-            let m = pack_qt(&self.inputs.q, b, h0 + hi, i0, nvalid, scale, d, &mut s.row, qp);
-            qmax = qmax.max(m);
+            pack_qt(&self.inputs.q, b, h0 + hi, i0, nvalid, scale, d, &mut s.row, qp);
             s.m[hi * bq..(hi + 1) * bq].fill(f32x16::splat(f32::NEG_INFINITY));
             s.l[hi * bq..(hi + 1) * bq].fill(f32x16::ZERO);
             s.acc[hi * br * p.dvv..(hi + 1) * br * p.dvv].fill(f32x16::ZERO);
         }
 
-        let mut safe = qmax.is_finite();
         if kv_lo < kv_hi {
             let mut j0 = kv_lo / bc * bc;
             while j0 < kv_hi {
@@ -205,19 +203,25 @@ impl<T: Element> Job<'_, '_, T> {
                 let (mut kbuf, mut vbuf) =
                     (std::mem::take(&mut s.kbuf), std::mem::take(&mut s.vbuf));
                 let kt = k_rows(&self.inputs.k, b, g, j0, kn, &mut kbuf);
-                let kmax = (0..kn).map(|j| max_abs(&kt.row(j)[..d])).fold(0f32, f32::max);
-                safe &= RowFaults::dot_is_safe(qmax, kmax, d);
                 let vt = v_rows(&self.inputs.v, b, g, j0, kn, p.dvv * LANES, &mut vbuf);
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
                 for hi in 0..nh {
-                    self.tile(s, &kt, &vt, hi, j0, kn, kn8, nvalid, panels, full);
+                    let sent = self.tile(s, &kt, &vt, hi, j0, kn, kn8, nvalid, panels, full);
+                    safe &= sent == 0.0;
                 }
                 (s.kbuf, s.vbuf) = (kbuf, vbuf);
                 j0 += bc;
             }
         }
 
-        // Normalize and write out.
+        // Normalize and write out. A row that saw keys has l >= 1 and a
+        // finite result unless an input was not finite or f32 overflowed;
+        // `acc·0` summed over the item's accumulators is 0 exactly when
+        // every one is finite (one FMA per vector; rows are told apart only
+        // when something is wrong). Faulty rows are recomputed exactly after
+        // the run (attn_naive::exact).
+        let mut sentinel = f32x16::ZERO;
+        let mut lse_ok = true;
         for hi in 0..nh {
             let h = h0 + hi;
             for q in 0..nvalid {
@@ -228,30 +232,45 @@ impl<T: Element> Job<'_, '_, T> {
                 // SAFETY: row (b, h, i0 + q) belongs to this item alone.
                 let orow = unsafe { self.out.row_mut(b, h, i0 + q) };
                 let idx = (b * shape.q_heads() + h) * nq + i0 + q;
-                let visible = s.lo[q] < s.hi[q];
-                let lse = if visible {
+                let lse = if s.lo[q] < s.hi[q] {
                     let inv = 1.0 / l;
                     for (o, a) in orow.iter_mut().zip(accf) {
                         *o = a * inv;
                     }
-                    (m + l.log2()) * std::f32::consts::LN_2
+                    for a in acc {
+                        sentinel = a.mul_add(f32x16::ZERO, sentinel);
+                    }
+                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    lse_ok &= lse.is_finite();
+                    lse
                 } else {
                     orow.fill(0.0);
                     f32::NEG_INFINITY
                 };
-                // A row that saw keys has l >= 1 and a finite result unless
-                // an input was not finite or f32 overflowed: recomputed
-                // exactly after the run (attn_naive::exact).
-                if visible && !safe || RowFaults::is_fault(visible, lse, orow) {
-                    self.faults.report(idx);
-                }
                 // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
                 unsafe { self.lse.write(idx, lse) };
+            }
+        }
+        if !safe || !lse_ok || sentinel.reduce_add() != 0.0 {
+            for hi in 0..nh {
+                for q in (0..nvalid).filter(|&q| s.lo[q] < s.hi[q]) {
+                    let (h, i) = (h0 + hi, i0 + q);
+                    // SAFETY: as above; no other reference to the row lives.
+                    let orow = unsafe { self.out.row_mut(b, h, i) };
+                    let (mv, lv) = (s.m[hi * bq + q / LANES], s.l[hi * bq + q / LANES]);
+                    let (m, l) = (mv.to_array()[q % LANES], lv.to_array()[q % LANES]);
+                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    if !safe || RowFaults::is_fault(true, lse, orow) {
+                        self.faults.report((b * shape.q_heads() + h) * nq + i);
+                    }
+                }
             }
         }
     }
 
     /// One (head, K/V tile) step: `Sᵀ`, mask, online softmax, `O += P·V`.
+    /// Returns the sum of `s·0` over the scores computed: 0 when all are
+    /// finite, NaN otherwise.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn tile(
@@ -266,10 +285,11 @@ impl<T: Element> Job<'_, '_, T> {
         nvalid: usize,
         panels: usize,
         full: bool,
-    ) {
+    ) -> f32 {
         let p = &self.plan;
         let (br, d, dvv) = (p.tiles.br, p.d, p.dvv);
         let bq = br / LANES;
+        let mut sentinel = f32x16::ZERO;
         // Rows of Sᵀ are one vector longer than Br: a power-of-two row
         // stride would map a column of Pᵀ (read by pv_micro) onto a few L1
         // sets and thrash them.
@@ -289,7 +309,17 @@ impl<T: Element> Job<'_, '_, T> {
                 for kb in 0..kn8 / MR {
                     let (ka, kz) = (j0 + kb * MR, j0 + kb * MR + MR);
                     let c = if full || (ka < phi && kz > plo) {
-                        qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel)
+                        let c = qk_micro(std::array::from_fn(|r| kt.row(kb * MR + r)), qpanel);
+                        // (Σ s)·0 is 0 when every score is finite, NaN
+                        // otherwise (or when the sum overflows, ~1e37: a
+                        // harmless false alarm). A tree of adds in registers.
+                        let rows: [f32x16; MR] =
+                            std::array::from_fn(|r| (1..NV).fold(c[r][0], |a, t| a + c[r][t]));
+                        const { assert!(MR == 8, "the tree below sums 8 rows") };
+                        let sum = ((rows[0] + rows[1]) + (rows[2] + rows[3]))
+                            + ((rows[4] + rows[5]) + (rows[6] + rows[7]));
+                        sentinel = sum.mul_add(f32x16::ZERO, sentinel);
+                        c
                     } else {
                         [[ninf; NV]; MR]
                     };
@@ -385,6 +415,7 @@ impl<T: Element> Job<'_, '_, T> {
             }
             cv += w;
         }
+        sentinel.reduce_add()
     }
 }
 
@@ -441,8 +472,7 @@ fn row_f32<'r, T: Element>(
     }
 }
 
-/// `qp[p][c][t] = scale · Q[b, h, i0 + 32p + t, c]`, zero past `nvalid`;
-/// returns the largest packed `|value|` (+inf if one is not finite).
+/// `qp[p][c][t] = scale · Q[b, h, i0 + 32p + t, c]`, zero past `nvalid`.
 #[allow(clippy::too_many_arguments)]
 fn pack_qt<T: Element>(
     q: &TensorView<'_, T>,
@@ -454,7 +484,7 @@ fn pack_qt<T: Element>(
     d: usize,
     buf: &mut [f32],
     qp: &mut [[f32x16; NV]],
-) -> f32 {
+) {
     let qpf: &mut [f32] = bytemuck::cast_slice_mut(qp);
     let panels = qpf.len() / (d * NR);
     for pn in 0..panels {
@@ -473,7 +503,6 @@ fn pack_qt<T: Element>(
             }
         }
     }
-    max_abs(qpf)
 }
 
 /// Rows of one K or V tile, as f32: `row(j)` for `j < n`; rows past `n`

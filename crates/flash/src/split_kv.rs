@@ -21,7 +21,7 @@
 use std::sync::Mutex;
 
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
-use attn_simd::{LOG2_E, exp2, f32x16, hmax, load, max_abs};
+use attn_simd::{LOG2_E, exp2, f32x16, hmax, load};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
@@ -51,11 +51,6 @@ pub(crate) trait KvSource<T: Element>: Sync {
     }
     /// V rows `j..j+n` as one contiguous slice, if they are stored so.
     fn v_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
-        None
-    }
-    /// The largest `|k|` stored, when the source tracks it (a cache does,
-    /// on append); `None`: the kernel measures each block.
-    fn k_max_abs(&self) -> Option<f32> {
         None
     }
 }
@@ -88,9 +83,6 @@ impl<T: Element> KvSource<T> for KvCache<T> {
     }
     fn v_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
         Some(self.v_contiguous(b, g, j, n * KvCache::v_dim(self)))
-    }
-    fn k_max_abs(&self) -> Option<f32> {
-        Some(KvCache::k_max_abs(self))
     }
 }
 
@@ -422,13 +414,11 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
         let kr = params.mask.key_range(t, q_len, len);
         s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
     }
-    // Every score certain to be a finite f32 (see RowFaults::dot_is_safe):
-    // else the chunk's rows are marked for exact recomputation.
-    let qmax = max_abs(&s.qs[..rows * d]);
-    let mut safe = match cache.k_max_abs() {
-        Some(kmax) => RowFaults::dot_is_safe(qmax, kmax, d),
-        None => qmax.is_finite(),
-    };
+    // `s·0` summed over every score: 0 when all are finite. Otherwise (a
+    // non-finite input, or |q·k| beyond f32) the exp2 clamp could turn a
+    // NaN score into a finite weight: the chunk's rows are marked for
+    // exact recomputation instead.
+    let mut sentinel = 0f32;
     let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
     let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
 
@@ -470,10 +460,6 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
                 None => &s.kbuf[jj * d..(jj + 1) * d],
             }
         };
-        if cache.k_max_abs().is_none() {
-            let kmax = (0..jb).map(|jj| max_abs(&krow(jj)[..d])).fold(0f32, f32::max);
-            safe &= RowFaults::dot_is_safe(qmax, kmax, d);
-        }
         let vrows: [&[f32]; KB] = std::array::from_fn(|jj| {
             let jj = jj.min(jb - 1);
             match T::as_f32_slice(cache.v_row(b, g, j + jj)) {
@@ -494,6 +480,7 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
                 let d4 = dot4(q4, kr);
                 for (t, x) in d4.into_iter().enumerate().take(rows - r0) {
                     s.sc[(r0 + t) * KB + jj] = x;
+                    sentinel += x * 0.0;
                 }
             }
         }
@@ -541,7 +528,7 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
             // the partial so the merge cannot hide it; the row is then
             // recomputed exactly.
             let lse = (s.m[r] + s.l[r].log2()) * std::f32::consts::LN_2;
-            if !safe || RowFaults::is_fault(true, lse, o) {
+            if sentinel != 0.0 || RowFaults::is_fault(true, lse, o) {
                 pml[2 * r] = f32::NAN;
             }
         } else {

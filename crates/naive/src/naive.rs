@@ -178,11 +178,15 @@ fn head_forward(
         row[..keys.start].fill(0.0);
         row[keys.end..].fill(0.0);
         let vis = &mut row[keys];
+        // A non-finite score (non-finite input, |q·k| beyond f32) would be
+        // clamped into a finite weight by exp2: NaN marks the row for
+        // exact recomputation.
+        let finite = max_abs(vis).is_finite();
         let m = slice_max(vis);
         let sum = exp2_shift_sum(vis, 1.0, m);
         let inv = 1.0 / sum;
         vis.iter_mut().for_each(|p| *p *= inv);
-        lse[i] = (m + sum.log2()) * std::f32::consts::LN_2;
+        lse[i] = if finite { (m + sum.log2()) * std::f32::consts::LN_2 } else { f32::NAN };
     }
     // SAFETY: P is Nq×Nk inside `s`, V is Nk×dv inside its view's buffer
     // (row stride checked by the view), O is Nq×dv = tmp's length.
@@ -204,16 +208,11 @@ fn head_forward(
             1,
         );
     }
-    // Every score certain to be a finite f32 (RowFaults::dot_is_safe)?
-    // Else the exp2 clamp could hide a NaN score: recompute exactly.
-    let qmax = (0..nq).map(|i| max_abs(x.q.row(b, h, i))).fold(0f32, f32::max);
-    let kmax = (0..nk).map(|j| max_abs(x.k.row(b, g, j))).fold(0f32, f32::max);
-    let safe = RowFaults::dot_is_safe(qmax * alpha.abs(), kmax, d);
     for i in 0..nq {
         let row = &tmp[i * dv..(i + 1) * dv];
         out.row_mut(i).copy_from_slice(row);
         let visible = !params.mask.key_range(i, nq, nk).is_empty();
-        if visible && !safe || RowFaults::is_fault(visible, lse[i], row) {
+        if RowFaults::is_fault(visible, lse[i], row) {
             faults.report((b * shape.q_heads() + h) * nq + i);
         }
     }

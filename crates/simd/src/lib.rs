@@ -66,24 +66,61 @@ pub fn hsum(v: f32x16) -> f32 {
 }
 
 /// The largest `|x|` of a slice, or `+inf` if any value is not finite
-/// (NaN included), 16 lanes at a time: `x·0` is 0 for finite `x` and NaN
-/// otherwise, so one extra FMA per vector tells. 0 for an empty slice.
+/// (NaN included); 0 for an empty slice. See [`MaxAbs`].
 #[inline]
 pub fn max_abs(s: &[f32]) -> f32 {
-    let (chunks, tail) = s.as_chunks::<LANES>();
-    let (mut m, mut nan) = (f32x16::ZERO, f32x16::ZERO);
-    for c in chunks {
-        let x = f32x16::new(*c);
-        m = m.fast_max(x.abs());
-        nan = x.mul_add(f32x16::ZERO, nan);
+    let mut m = MaxAbs::new();
+    m.add(s);
+    m.finish()
+}
+
+/// Running `max |x|` over several slices, `+inf` once any value is not
+/// finite: `x·0` is 0 for finite `x` and NaN otherwise, so one extra FMA
+/// per vector tells, and the horizontal reductions happen once, in
+/// [`MaxAbs::finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaxAbs {
+    m: f32x16,
+    nan: f32x16,
+    tail_m: f32,
+    tail_nan: f32,
+}
+
+impl Default for MaxAbs {
+    fn default() -> Self {
+        Self::new()
     }
-    let mut mt = hmax(m).max(0.0);
-    let mut nt = hsum(nan);
-    for x in tail {
-        mt = mt.max(x.abs());
-        nt += x * 0.0;
+}
+
+impl MaxAbs {
+    /// Nothing seen yet (`finish` gives 0).
+    #[inline]
+    pub fn new() -> MaxAbs {
+        MaxAbs { m: f32x16::ZERO, nan: f32x16::ZERO, tail_m: 0.0, tail_nan: 0.0 }
     }
-    if nt == 0.0 { mt } else { f32::INFINITY }
+    /// Takes the values of `s` into account.
+    #[inline]
+    pub fn add(&mut self, s: &[f32]) {
+        let (chunks, tail) = s.as_chunks::<LANES>();
+        for c in chunks {
+            let x = f32x16::new(*c);
+            self.m = self.m.fast_max(x.abs());
+            self.nan = x.mul_add(f32x16::ZERO, self.nan);
+        }
+        for x in tail {
+            self.tail_m = self.tail_m.max(x.abs());
+            self.tail_nan += x * 0.0;
+        }
+    }
+    /// The largest `|x|` seen, `+inf` if a value was not finite.
+    #[inline]
+    pub fn finish(&self) -> f32 {
+        if hsum(self.nan) + self.tail_nan == 0.0 {
+            hmax(self.m).max(self.tail_m).max(0.0)
+        } else {
+            f32::INFINITY
+        }
+    }
 }
 
 /// Max of a slice (−inf when empty), 16 lanes at a time.
