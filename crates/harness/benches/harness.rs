@@ -60,6 +60,9 @@ const VALUE_FLAGS: [&str; 16] = [
     "--output-format",
 ];
 
+#[global_allocator]
+static ALLOC: harness::alloc::CountingAlloc = harness::alloc::CountingAlloc;
+
 fn main() -> ExitCode {
     if let Some(code) = sweep::child_main_if_requested() {
         return code;

@@ -11,8 +11,8 @@
 
 use crate::machine::{PeakOptions, measure_peak};
 use crate::sweep::{Config, Dtype, Runner, SplitMix64, normal};
-use attn_core::{AttnError, AttnParams, Element, Mask, Par, bf16, f16};
-use attn_flash::{KvCache, decode};
+use attnlab::flash::{KvCache, decode};
+use attnlab::{AttnError, AttnParams, Element, Mask, Par, bf16, f16};
 use rayon::prelude::*;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -272,7 +272,7 @@ pub fn workspace_bytes(cfg: &Config) -> u64 {
     if cfg.kv_heads == 0 || !cfg.q_heads.is_multiple_of(cfg.kv_heads) {
         return 0;
     }
-    attn_flash::decode::split_kv_workspace_bytes(
+    attnlab::flash::decode::split_kv_workspace_bytes(
         cfg.batch,
         cfg.q_heads,
         cfg.kv_heads,

@@ -1400,8 +1400,8 @@ fn decode_section(s: &mut String, run: &RunFile) {
          stored as f32, f16 or bf16; queries, outputs, the LSE and all arithmetic are f32. MHA \
          has Hkv = 32, GQA Hkv = 8, MQA Hkv = 1. Cache values are seeded uniform on (−√3, √3) \
          (unit variance), queries standard-normal.",
-        attn_flash::decode::MAX_CHUNKS,
-        attn_flash::decode::CHUNK
+        attnlab::flash::decode::MAX_CHUNKS,
+        attnlab::flash::decode::CHUNK
     );
     let _ = writeln!(
         s,

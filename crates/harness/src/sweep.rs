@@ -36,9 +36,8 @@
 
 use crate::alloc;
 use crate::machine::{self, MachineInfo, Peak, PeakOptions, fmt_bytes};
-use attn_core::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par};
-use attn_core::{TensorViewMut, bf16, f16};
-use attnlab::Kernel;
+use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par};
+use attnlab::{Kernel, TensorViewMut, bf16, f16};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -1209,7 +1208,8 @@ pub fn measure(cfg: &Config, opts: &MeasureOpts) -> Row {
         return Row::error(cfg, e.to_string());
     }
     row.first_call_ms = Some(first.as_secs_f64() * 1e3);
-    row.extra_bytes = Some(extra as u64);
+    // None where the binary did not install the counting allocator.
+    row.extra_bytes = extra.map(|b| b as u64);
     if hwm_ok {
         row.peak_rss_bytes = hwm;
         if let (Some(h), Some(r)) = (hwm, rss0) {

@@ -6,6 +6,9 @@
 //! The allocator's counters are process-wide, so every test here holds
 //! one lock while it measures.
 
+#[global_allocator]
+static ALLOC: harness::alloc::CountingAlloc = harness::alloc::CountingAlloc;
+
 use harness::sweep::{self, Config, Dtype, Grouping, MaskSpec, MeasureOpts, Status};
 use std::sync::Mutex;
 
@@ -118,7 +121,7 @@ fn decode_extra_bytes_are_the_split_kv_partials() {
         // allocator's bookkeeping.
         assert!(e <= ws + (64 << 10), "{}: extra {e} above workspace {ws}", row.id);
         // and at least the per-chunk partial results (+ the merge buffer)
-        let nc = len.div_ceil(attn_flash::decode::CHUNK).clamp(1, attn_flash::decode::MAX_CHUNKS);
+        let nc = len.div_ceil(attnlab::flash::decode::CHUNK).clamp(1, attnlab::flash::decode::MAX_CHUNKS);
         let rows = cfg.q_heads / cfg.kv_heads * cfg.q_len;
         let partials = (4 * (nc + 1) * rows * (cfg.v_dim + 1)) as u64;
         assert!(e >= partials, "{}: extra {e} below the partials' {partials} B", row.id);

@@ -37,6 +37,10 @@ enum Command {
     Decode(decode::DecodeArgs),
 }
 
+// `attn bench` and `attn decode` measure a call's extra heap bytes.
+#[global_allocator]
+static ALLOC: harness::alloc::CountingAlloc = harness::alloc::CountingAlloc;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run::run_main(&args),
