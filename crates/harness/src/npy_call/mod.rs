@@ -1,167 +1,62 @@
-//! `attn run`: one attention call on `.npy` files, timed.
+//! What `attn run` does: one attention call on `.npy` files, timed.
 //!
-//! Reads Q, K, V (float32 or float16, C order, all the same dtype), checks
-//! everything, runs `--warmup` untimed and `--reps` timed calls of the chosen
-//! kernel on a rayon pool of `--threads` workers, prints `time_ms=<float>`
-//! per timed call (the protocol of `shared/peers`), and only then writes O
-//! (float32, the input layout) and optionally the LSE (float32
-//! `[B, Hq, Nq]`). Any error is one line on stderr naming the file and the
-//! problem, exit status 2, and no output file is left behind.
+//! Reads Q, K, V (float32 or float16, C order, all the same dtype;
+//! [`npy`]), checks everything, runs `warmup` untimed and `reps` timed
+//! calls of the chosen kernel on a rayon pool of `threads` workers, prints
+//! `time_ms=<float>` per timed call (the protocol of `shared/peers`), and
+//! only then writes O (float32, the input layout) and optionally the LSE
+//! (float32 `[B, Hq, Nq]`). Any error is one [`RunError`] naming the file
+//! and the problem, and no output file is left behind.
+
+pub mod npy;
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::num::NonZeroUsize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
 use attnlab::{
-    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par, TensorView,
-    TensorViewMut, kernel::validate_call, f16,
+    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par, TensorView,
+    TensorViewMut, f16, kernel::validate_call,
 };
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use crate::npy::{self, FileError, NpyArray, NpyData, shape_str};
+use npy::{FileError, NpyArray, NpyData, shape_str};
 
-/// Memory layout of the `.npy` tensors (`--layout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LayoutArg {
-    /// `[B, H, N, D]`: Q `[B, Hq, Nq, d]`, K/V `[B, Hkv, Nk, d|dv]`.
-    #[default]
-    Bhnd,
-    /// `[B, N, H, D]`: Q `[B, Nq, Hq, d]`, K/V `[B, Nk, Hkv, d|dv]`.
-    Bnhd,
-}
-
-impl LayoutArg {
-    /// The attn-core layout.
-    pub fn layout(self) -> Layout {
-        match self {
-            LayoutArg::Bhnd => Layout::Bhnd,
-            LayoutArg::Bnhd => Layout::Bnhd,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            LayoutArg::Bhnd => "bhnd",
-            LayoutArg::Bnhd => "bnhd",
-        }
-    }
-}
-
-/// A sliding window `--window LEFT,RIGHT`; `None` = unbounded side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Keys visible before the diagonal.
-    pub left: Option<usize>,
-    /// Keys visible after the diagonal.
-    pub right: Option<usize>,
-}
-
-/// Parses `LEFT,RIGHT`, each side a count or `inf`/`-1` (unbounded).
-pub fn parse_window(s: &str) -> Result<Window, String> {
-    let (l, r) = s
-        .split_once(',')
-        .ok_or_else(|| format!("expected LEFT,RIGHT (e.g. 128,0 or inf,0), got '{s}'"))?;
-    let side = |v: &str, which: &str| -> Result<Option<usize>, String> {
-        match v.trim() {
-            "inf" | "-1" => Ok(None),
-            t => t.parse::<usize>().map(Some).map_err(|_| {
-                format!("{which} side '{t}' of '{s}' is not a key count, 'inf' or -1")
-            }),
-        }
-    };
-    Ok(Window { left: side(l, "left")?, right: side(r, "right")? })
-}
-
-fn parse_01(s: &str) -> Result<bool, String> {
-    match s {
-        "0" | "false" => Ok(false),
-        "1" | "true" => Ok(true),
-        _ => Err(format!("expected 0 or 1, got '{s}'")),
-    }
-}
-
-fn kernel_parser() -> impl TypedValueParser<Value = Kernel> {
-    PossibleValuesParser::new(Kernel::ALL.map(|k| k.name()))
-        .map(|s| s.parse::<Kernel>().expect("possible values are kernel names"))
-}
-
-/// `attn run` flags.
-#[derive(Debug, Clone, clap::Args)]
-#[command(after_long_help = RUN_AFTER_HELP)]
-pub struct RunArgs {
-    /// Queries: `[B, Hq, Nq, d]` (bhnd) or `[B, Nq, Hq, d]` (bnhd); float32 or
-    /// float16, C order
-    #[arg(long, value_name = "Q.npy")]
+/// One `attn run`: the files, the kernel and how to call it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Queries.
     pub q: PathBuf,
-    /// Keys: `[B, Hkv, Nk, d]` (bhnd) or `[B, Nk, Hkv, d]` (bnhd); Hq must be a
-    /// multiple of Hkv (MHA, GQA, MQA)
-    #[arg(long, value_name = "K.npy")]
+    /// Keys.
     pub k: PathBuf,
-    /// Values: `[B, Hkv, Nk, dv]` (bhnd) or `[B, Nk, Hkv, dv]` (bnhd)
-    #[arg(long, value_name = "V.npy")]
+    /// Values.
     pub v: PathBuf,
-    /// Output O, written as float32 in the input layout: `[B, Hq, Nq, dv]`
-    /// (bhnd) or `[B, Nq, Hq, dv]` (bnhd)
-    #[arg(long, value_name = "O.npy")]
+    /// Output O.
     pub out: PathBuf,
-    /// Also write the natural-log log-sum-exp of each row's scaled scores,
-    /// float32 `[B, Hq, Nq]` in any layout (-inf for fully masked rows)
-    #[arg(long, value_name = "LSE.npy")]
+    /// Output LSE, if wanted.
     pub lse: Option<PathBuf>,
-    /// Kernel: `oracle` (f64, scalar), `naive` (O(N²) two-GEMM) or `flash`
-    /// (tiled online softmax)
-    #[arg(long, default_value = "flash", value_parser = kernel_parser())]
+    /// The kernel.
     pub kernel: Kernel,
-    /// Bottom-right causal mask: query i sees keys j <= i + Nk - Nq
-    #[arg(long, value_name = "0|1", default_value = "0", value_parser = parse_01,
-          action = clap::ArgAction::Set)]
-    pub causal: bool,
-    /// Sliding window around the bottom-right diagonal: query i sees keys
-    /// i+Nk-Nq-LEFT ..= i+Nk-Nq+RIGHT. Each side is a key count or `inf` / -1
-    /// for unbounded (FlashAttention's convention). Not with --causal 1,
-    /// which is --window inf,0
-    #[arg(long, value_name = "LEFT,RIGHT", value_parser = parse_window, allow_hyphen_values = true)]
-    pub window: Option<Window>,
-    /// Softmax scale [default: 1/sqrt(d)]
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    pub scale: Option<f32>,
-    /// Memory layout of Q, K, V and O
-    #[arg(long, value_enum, default_value_t = LayoutArg::Bhnd)]
-    pub layout: LayoutArg,
-    /// Worker threads: the kernel runs on a rayon pool of this size
-    /// [default: all cores]
-    #[arg(long, value_name = "N")]
-    pub threads: Option<NonZeroUsize>,
-    /// Untimed kernel calls before the timed ones
-    #[arg(long, value_name = "W", default_value_t = 0)]
+    /// Scale, mask, finiteness check (validated).
+    pub params: AttnParams,
+    /// Memory layout of Q, K, V and O.
+    pub layout: Layout,
+    /// Workers of the rayon pool.
+    pub threads: usize,
+    /// Untimed calls first.
     pub warmup: u32,
-    /// Timed kernel calls; each prints one line `time_ms=<float>`
-    #[arg(long, value_name = "R", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// Timed calls.
     pub reps: u32,
-    /// Do not reject NaN/inf in Q, K, V (the check is an O(size) scan inside
-    /// every kernel call; benchmarks may skip it)
-    #[arg(long)]
-    pub no_check_finite: bool,
 }
 
-const RUN_AFTER_HELP: &str = "\
-Output: one line `time_ms=<float>` on stdout per timed call, timing the kernel
-call alone (no file I/O, no output allocation). The files are written after
-the last call.
-
-Exit status: 0 on success; 2 on any error (bad flag, missing or unreadable
-file, not a .npy, dtype other than float32/float16, Fortran order, rank other
-than 4, mixed dtypes, shapes that do not fit together, non-finite input,
-unsupported kernel, failed write). The error is one line on stderr naming the
-file and the problem, and no output file is left behind.
-
-Example:
-  attn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy \\
-           --kernel naive --causal 1 --threads 2 --warmup 1 --reps 5";
+/// "bhnd" or "bnhd", as `--layout` spells it.
+pub fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Bhnd => "bhnd",
+        Layout::Bnhd => "bnhd",
+    }
+}
 
 /// Why `attn run` failed. Every variant prints as one line.
 #[derive(Debug)]
@@ -193,39 +88,9 @@ impl From<FileError> for RunError {
     }
 }
 
-/// Entry point of `attn run`: prints the error and returns exit status 2 on
-/// failure.
-pub fn run_main(args: &RunArgs) -> ExitCode {
-    let mut stdout = io::stdout();
-    match run(args, &mut stdout) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("attn run: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The parameters the flags ask for.
-pub fn params_of(args: &RunArgs) -> Result<AttnParams, RunError> {
-    let mask = match (args.causal, args.window) {
-        (true, Some(_)) => {
-            return Err(RunError::Args(
-                "--causal 1 and --window cannot be combined (causal is --window inf,0)".into(),
-            ));
-        }
-        (true, None) => Mask::Causal,
-        (false, Some(w)) => Mask::Window { left: w.left, right: w.right },
-        (false, None) => Mask::None,
-    };
-    let params = AttnParams { scale: args.scale, mask, check_finite: !args.no_check_finite };
-    params.validate().map_err(|e| RunError::Args(format!("--{e}")))?;
-    Ok(params)
-}
-
 /// The files of one run, for naming them in errors.
 struct Files<'a> {
-    args: &'a RunArgs,
+    spec: &'a RunSpec,
     /// Memory-order shapes of q, k, v, once read.
     shapes: [Vec<usize>; 3],
 }
@@ -233,12 +98,12 @@ struct Files<'a> {
 impl Files<'_> {
     fn path_of(&self, tensor: &str) -> &Path {
         match tensor {
-            "k" | "kv_heads" => &self.args.k,
-            "v" | "v_dim" => &self.args.v,
-            "out" => &self.args.out,
-            "lse" => self.args.lse.as_deref().unwrap_or(&self.args.out),
+            "k" | "kv_heads" => &self.spec.k,
+            "v" | "v_dim" => &self.spec.v,
+            "out" => &self.spec.out,
+            "lse" => self.spec.lse.as_deref().unwrap_or(&self.spec.out),
             // "q", "scores", and the dims that come from Q
-            _ => &self.args.q,
+            _ => &self.spec.q,
         }
     }
 
@@ -249,7 +114,7 @@ impl Files<'_> {
             shape_str(q),
             shape_str(k),
             shape_str(v),
-            self.args.layout.name()
+            layout_name(self.spec.layout)
         )
     }
 
@@ -281,7 +146,7 @@ impl Files<'_> {
             AttnError::HeadsNotDivisible { .. } => file("k", format!("{e} {}", self.shapes_note())),
             AttnError::ZeroDim { dim } => file(dim, format!("{e} {}", self.shapes_note())),
             AttnError::Param { .. } | AttnError::Unsupported { .. } => {
-                RunError::Kernel(self.args.kernel, e)
+                RunError::Kernel(self.spec.kernel, e)
             }
         }
     }
@@ -319,12 +184,12 @@ fn check_output_path(path: &Path) -> Result<(), RunError> {
 }
 
 /// Reads one input and checks that it is 4-d.
-fn read_input(path: &Path, dims: &str, layout: LayoutArg) -> Result<NpyArray, RunError> {
+fn read_input(path: &Path, dims: &str, layout: Layout) -> Result<NpyArray, RunError> {
     let a = npy::read(path)?;
     if a.shape.len() != 4 {
         let problem = format!(
             "expected a 4-d array {dims} (layout {}), got {}-d shape {}",
-            layout.name(),
+            layout_name(layout),
             a.shape.len(),
             shape_str(&a.shape)
         );
@@ -338,24 +203,23 @@ fn dims4(shape: &[usize]) -> [usize; 4] {
 }
 
 /// Everything `attn run` does; timings go to `timings`.
-pub fn run(args: &RunArgs, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
-    let params = params_of(args)?;
-    check_output_path(&args.out)?;
-    if let Some(lse) = &args.lse {
+pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
+    check_output_path(&spec.out)?;
+    if let Some(lse) = &spec.lse {
         check_output_path(lse)?;
-        if *lse == args.out {
+        if *lse == spec.out {
             return Err(FileError::new(lse, "--lse and --out name the same file").into());
         }
     }
 
-    let (qd, kd, vd) = match args.layout {
-        LayoutArg::Bhnd => ("[B, Hq, Nq, d]", "[B, Hkv, Nk, d]", "[B, Hkv, Nk, dv]"),
-        LayoutArg::Bnhd => ("[B, Nq, Hq, d]", "[B, Nk, Hkv, d]", "[B, Nk, Hkv, dv]"),
+    let (qd, kd, vd) = match spec.layout {
+        Layout::Bhnd => ("[B, Hq, Nq, d]", "[B, Hkv, Nk, d]", "[B, Hkv, Nk, dv]"),
+        Layout::Bnhd => ("[B, Nq, Hq, d]", "[B, Nk, Hkv, d]", "[B, Nk, Hkv, dv]"),
     };
-    let q = read_input(&args.q, qd, args.layout)?;
-    let k = read_input(&args.k, kd, args.layout)?;
-    let v = read_input(&args.v, vd, args.layout)?;
-    for (path, a) in [(&args.k, &k), (&args.v, &v)] {
+    let q = read_input(&spec.q, qd, spec.layout)?;
+    let k = read_input(&spec.k, kd, spec.layout)?;
+    let v = read_input(&spec.v, vd, spec.layout)?;
+    for (path, a) in [(&spec.k, &k), (&spec.v, &v)] {
         if a.dtype() != q.dtype() {
             let problem = format!(
                 "dtype {} does not match q's {} (q, k and v must share one dtype)",
@@ -365,33 +229,30 @@ pub fn run(args: &RunArgs, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
             return Err(FileError::new(path, problem).into());
         }
     }
-    let files = Files { args, shapes: [q.shape.clone(), k.shape.clone(), v.shape.clone()] };
+    let files = Files { spec, shapes: [q.shape.clone(), k.shape.clone(), v.shape.clone()] };
 
-    let layout = args.layout.layout();
+    let layout = spec.layout;
     let dims = [&q, &k, &v].map(|a| layout.logical_dims(dims4(&a.shape)));
     let [[b, hq, nq, d], [_, hkv, nk, _], [.., dv]] = dims;
     let shape = AttnShape::new(b, hq, hkv, nq, nk, d, dv).map_err(|e| files.attn_error(e))?;
 
-    let threads = match args.threads {
-        Some(n) => n.get(),
-        None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
-    };
+    let threads = spec.threads;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| RunError::Args(format!("cannot start {threads} threads: {e}")))?;
 
     let mut out = vec![0f32; shape.out_dims().iter().product()];
-    let mut lse = args.lse.as_ref().map(|_| vec![0f32; shape.lse_len()]);
+    let mut lse = spec.lse.as_ref().map(|_| vec![0f32; shape.lse_len()]);
     let call = Call {
-        kernel: args.kernel,
+        kernel: spec.kernel,
         shape,
         dims,
         layout,
-        params,
+        params: spec.params,
         par: Par::Rayon(threads),
-        warmup: args.warmup,
-        reps: args.reps,
+        warmup: spec.warmup,
+        reps: spec.reps,
     };
     pool.install(|| match (&q.data, &k.data, &v.data) {
         (NpyData::F32(q), NpyData::F32(k), NpyData::F32(v)) => {
@@ -407,8 +268,8 @@ pub fn run(args: &RunArgs, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
 
     let out_shape = layout.memory_dims(shape.out_dims());
     let lse_shape = [shape.batch(), shape.q_heads(), shape.q_len()];
-    let mut writes: Vec<(&Path, &[usize], &[f32])> = vec![(&args.out, &out_shape, &out)];
-    if let (Some(path), Some(lse)) = (&args.lse, &lse) {
+    let mut writes: Vec<(&Path, &[usize], &[f32])> = vec![(&spec.out, &out_shape, &out)];
+    if let (Some(path), Some(lse)) = (&spec.lse, &lse) {
         writes.push((path, &lse_shape, lse));
     }
     write_all_or_none(&writes)
@@ -509,17 +370,6 @@ fn write_all_or_none(writes: &[(&Path, &[usize], &[f32])]) -> Result<(), RunErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows_parse() {
-        let w = |l, r| Window { left: l, right: r };
-        assert_eq!(parse_window("3,0"), Ok(w(Some(3), Some(0))));
-        assert_eq!(parse_window("inf,2"), Ok(w(None, Some(2))));
-        assert_eq!(parse_window("-1, -1"), Ok(w(None, None)));
-        assert!(parse_window("3").unwrap_err().contains("LEFT,RIGHT"));
-        assert!(parse_window("3,x").unwrap_err().contains("right side 'x'"));
-        assert!(parse_window("-2,0").unwrap_err().contains("left side '-2'"));
-    }
 
     #[test]
     fn unravel_is_c_order() {

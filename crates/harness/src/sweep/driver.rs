@@ -1,0 +1,188 @@
+//! The sweep driver: every configuration of the grid in a child process,
+//! short ones timed again by criterion, the machine's peaks before and
+//! after, the results file, and the docs when the run is published.
+
+use super::args::SweepArgs;
+use super::grid::{Profile, grid};
+use super::progress::Progress;
+use super::settings::{SweepSettings, estimated_cost_s};
+use super::timing;
+use crate::machine::{self, MachineInfo, PeakOptions};
+use crate::measure::{self, SEED};
+use crate::report;
+use crate::results::{Row, RunFile, SCHEMA, Status, workspace_root, write_run};
+use crate::units::{fmt_bytes, fmt_duration};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+/// The bench target's `main`: the child-process protocol when this is a
+/// child, else the sweep (see the module docs of [`crate::sweep`]).
+pub fn bench_main() -> ExitCode {
+    if let Some(code) = measure::child_main_if_requested() {
+        return code;
+    }
+    let SweepArgs { filter, test_mode, list } = SweepArgs::from_env();
+    let profile = if test_mode {
+        Profile::Smoke
+    } else {
+        match Profile::parse(&std::env::var("ATTNLAB_PROFILE").unwrap_or_default()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let settings = SweepSettings::new(profile);
+    let (mut configs, grid_desc) = grid(profile, settings.all_threads);
+    if let Some(f) = &filter {
+        configs.retain(|c| c.id().contains(f.as_str()));
+    }
+    if list {
+        for c in &configs {
+            println!("{}: benchmark", c.id());
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let started_utc = machine::utc_now();
+    eprintln!(
+        "attnlab sweep: profile {}, {} configurations, memory budget {}; measuring the machine...",
+        profile.name(),
+        configs.len(),
+        fmt_bytes(settings.mem_budget_bytes as f64)
+    );
+    let machine_info = MachineInfo::collect();
+    let peak_opts = if profile == Profile::Smoke || profile == Profile::Quick {
+        PeakOptions::quick(settings.all_threads)
+    } else {
+        PeakOptions::new(settings.all_threads)
+    };
+    let mut peak = machine::measure_peak(&peak_opts);
+    eprintln!(
+        "{} ({} CPUs): FMA peak {:.0} / {:.0} GFLOP/s, read {:.1} / {:.1} GB/s (1 / {} threads)",
+        machine_info.cpu_model,
+        machine_info.logical_cpus,
+        peak.fma_gflops_1t,
+        peak.fma_gflops_all,
+        peak.read_gbs_1t,
+        peak.read_gbs_all,
+        peak.threads_all
+    );
+
+    let mut c = timing::criterion(&settings);
+    let criterion_dir = timing::criterion_dir();
+    let costs = configs.iter().map(|c| estimated_cost_s(c, &settings)).collect();
+    let mut progress = Progress::new(costs);
+    let mut rows: Vec<Row> = Vec::with_capacity(configs.len());
+    for (i, cfg) in configs.iter().enumerate() {
+        progress.starting(i, &cfg.id());
+        let row = match settings.check_memory(cfg) {
+            Some(skipped) => skipped,
+            None => {
+                let opts = settings.measure_opts(&peak, cfg);
+                let mut row = measure::run_child(None, cfg, &opts);
+                if row.status == Status::Ok && row.median_ms.is_none() {
+                    match timing::time_with_criterion(
+                        &mut c,
+                        cfg,
+                        &settings,
+                        &criterion_dir,
+                        started_wall,
+                    ) {
+                        Ok((ms, n, how)) => row.set_time(ms, n, how, opts.peak_gflops),
+                        Err(e) => row = Row::error(cfg, e),
+                    }
+                }
+                row.set_read_gbs(Some(peak.read_gbs(cfg.threads)));
+                row
+            }
+        };
+        progress.finished(i, &row);
+        rows.push(row);
+    }
+
+    // The peaks once more, after the sweep: each figure is the best of the
+    // two (noise only lowers a peak), and every "% of peak" uses it.
+    if profile != Profile::Smoke {
+        eprintln!("measuring the machine's peaks again...");
+        peak = peak.best_of(&machine::measure_peak(&peak_opts));
+        for r in rows.iter_mut() {
+            if let Some(g) = r.gflops {
+                let p = peak.fma_gflops(r.config.threads);
+                r.peak_gflops = Some(p);
+                r.pct_peak = Some(100.0 * g / p);
+            }
+            if r.status == Status::Ok {
+                r.set_read_gbs(Some(peak.read_gbs(r.config.threads)));
+            }
+        }
+    }
+    let run = RunFile {
+        schema: SCHEMA,
+        profile: profile.name().into(),
+        filter: filter.clone(),
+        started_utc,
+        duration_s: started.elapsed().as_secs_f64(),
+        machine: machine_info,
+        peak,
+        mem_budget_bytes: settings.mem_budget_bytes,
+        seed: SEED,
+        grid: grid_desc,
+        timing: settings.timing_description(),
+        rows,
+    };
+    eprintln!(
+        "sweep done in {}: {} measured, {} skipped (memory), {} failed",
+        fmt_duration(run.duration_s),
+        run.rows.iter().filter(|r| r.status == Status::Ok).count(),
+        run.rows.iter().filter(|r| r.status == Status::Skipped).count(),
+        run.rows.iter().filter(|r| r.status == Status::Error).count()
+    );
+    if profile == Profile::Smoke {
+        // `cargo test --benches`: the plumbing ran; write nothing.
+        let bad: Vec<&Row> = run
+            .rows
+            .iter()
+            .filter(|r| r.status == Status::Error && !r.note.starts_with("unsupported"))
+            .collect();
+        for r in &bad {
+            eprintln!("smoke: {} failed: {}", r.id, r.note);
+        }
+        return if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    let publish = match std::env::var("ATTNLAB_PUBLISH").ok().as_deref() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => filter.is_none() && matches!(profile, Profile::Default | Profile::Full),
+    };
+    let root = workspace_root();
+    match write_run(&run, &root.join("results"), publish) {
+        Ok(paths) => paths.iter().for_each(|p| eprintln!("wrote {}", p.display())),
+        Err(e) => {
+            eprintln!("cannot write results: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if publish {
+        let latest = root.join("results/latest.json");
+        match report::generate(&run, &root.join("docs"), &report::source_name(&latest, &root)) {
+            Ok(paths) => paths.iter().for_each(|p| eprintln!("wrote {}", p.display())),
+            Err(e) => {
+                eprintln!("cannot write docs: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        eprintln!(
+            "not published (profile {}, filter {:?}): results/latest.json and docs/ are unchanged; \
+             render this run with `attn report --input <the runs/ file> --docs <dir>`",
+            profile.name(),
+            filter
+        );
+    }
+    c.final_summary();
+    ExitCode::SUCCESS
+}
