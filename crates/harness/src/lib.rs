@@ -32,7 +32,7 @@
 //! ```
 //!
 //! A new experiment is a runner in [`measure`] (and a [`config::Kind`]),
-//! its rows in [`sweep::grid`], its section in [`report`], and, if it has
+//! its rows in [`mod@sweep::grid`], its section in [`report`], and, if it has
 //! a command, one file in [`cli`].
 
 pub mod alloc;

@@ -380,7 +380,14 @@ fn committed_docs_match_committed_results() {
     };
     let dir = tmp("committed");
     report::generate(&run, &dir, "results/latest.json").unwrap();
-    for f in ["results.md", "headline.md"] {
+    for f in [
+        "results.md",
+        "headline.md",
+        "img/time_vs_n.svg",
+        "img/memory_vs_n.svg",
+        "img/gflops_vs_n.svg",
+        "img/decode_gbs_vs_l.svg",
+    ] {
         let want = std::fs::read_to_string(dir.join(f)).unwrap();
         let got = std::fs::read_to_string(root.join("docs").join(f)).unwrap_or_default();
         assert!(got == want, "docs/{f} is not what `attn report` makes of results/latest.json");

@@ -3,7 +3,7 @@
 //!
 //! - `attn run`: attention on `.npy` files, timed ([`run`], work in
 //!   [`crate::npy_call`]);
-//! - `attn bench`: one prefill configuration ([`bench`], work in
+//! - `attn bench`: one prefill configuration ([`mod@bench`], work in
 //!   [`crate::measure`]);
 //! - `attn decode`: one KV-cache decode configuration ([`decode`], the
 //!   sweep's decode runner);

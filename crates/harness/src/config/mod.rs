@@ -242,7 +242,8 @@ impl Config {
     }
 
     /// The kernel's `workspace_bytes` for this configuration (decode: the
-    /// split-KV partials, [`Config::decode_workspace_bytes`]).
+    /// split-KV partials, sized by
+    /// [`attnlab::flash::decode::split_kv_workspace_bytes`]).
     pub fn workspace_bytes(&self) -> u64 {
         if self.kind == Kind::Decode {
             return self.decode_workspace_bytes();

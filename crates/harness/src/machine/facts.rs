@@ -2,10 +2,15 @@
 //! physical memory, the ISA compiled in (`cfg!(target_feature)`) and the
 //! one detected at run time, rustc version, git commit, date.
 
-use super::{clock::utc_now, logical_cpus, procfs::meminfo};
+use super::{clock::utc_now, procfs::meminfo};
 use crate::units::fmt_bytes;
 use serde::{Deserialize, Serialize};
 use std::process::Command;
+
+/// Logical CPUs this process may use.
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
 
 /// One cache level as sysfs describes it for CPU 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,14 +8,9 @@ pub mod peak;
 pub mod procfs;
 
 pub use clock::{utc_now, utc_stamp};
-pub use facts::{CacheInfo, MachineInfo};
+pub use facts::{CacheInfo, MachineInfo, logical_cpus};
 pub use peak::{Peak, PeakOptions, measure_peak};
 pub use procfs::{meminfo, reset_hwm, vm_hwm, vm_rss};
-
-/// Logical CPUs this process may use.
-pub fn logical_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
 
 /// Timings of an unoptimized build mean nothing: say so on stderr.
 pub fn warn_if_unoptimized(what: &str) {

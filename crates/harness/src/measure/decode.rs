@@ -2,7 +2,9 @@
 //! queries against a [`KvCache`] of the storage type filled beforehand
 //! ([`fill_cache`]). `attn decode` and the sweep's decode rows both run it.
 
-use super::{Runner, check, in_pool, normal, thread_pool, uniform};
+use super::check;
+use super::inputs::{normal, uniform};
+use super::runner::{Runner, in_pool, thread_pool};
 use crate::config::{Config, Dtype};
 use attnlab::flash::{KvCache, decode};
 use attnlab::{AttnError, AttnParams, Element, Par, bf16, f16};

@@ -24,9 +24,10 @@ pub mod child;
 pub mod decode;
 pub mod inputs;
 pub mod prefill;
+pub mod runner;
 
-pub use child::{CHILD_ENV, ChildRequest, child_main_if_requested, run_child};
 pub use inputs::{SEED, SplitMix64, normal, uniform};
+pub use runner::Runner;
 
 use crate::alloc;
 use crate::config::{Config, Kind};
@@ -55,41 +56,12 @@ pub struct MeasureOpts {
     pub peak_gflops: Option<f64>,
 }
 
-/// Something that runs one attention call on prepared buffers.
-pub trait Runner {
-    /// One call.
-    fn run(&mut self) -> Result<(), AttnError>;
-    /// Max abs error of the last output over `rows` sampled query rows
-    /// (half in the first (b, h), half in the last), and the rows checked.
-    fn sampled_error(&self, rows: usize) -> (f64, usize);
-}
-
 /// Builds the runner of `cfg` with inputs seeded by `seed`
 /// ([`prefill::PrefillRunner`] or [`decode::DecodeRunner`]).
 pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
     match cfg.kind {
         Kind::Prefill => prefill::prepare(cfg, seed),
         Kind::Decode => decode::prepare(cfg, seed),
-    }
-}
-
-/// A started pool of `threads` workers, or `None` for one thread (the
-/// call then runs `Par::Seq` on the calling thread).
-fn thread_pool(threads: usize) -> Result<Option<rayon::ThreadPool>, String> {
-    if threads <= 1 {
-        return Ok(None);
-    }
-    let p =
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
-    p.install(|| rayon::join(|| (), || ())); // threads started
-    Ok(Some(p))
-}
-
-/// Runs `f` inside `pool`, or here without one.
-fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
-    match pool {
-        Some(p) => p.install(f),
-        None => f(),
     }
 }
 

@@ -2,7 +2,9 @@
 //! `[B, H, N, d]` inputs of the storage type, with its outputs and thread
 //! pool ready.
 
-use super::{Runner, check, in_pool, normal, thread_pool};
+use super::check;
+use super::inputs::normal;
+use super::runner::{Runner, in_pool, thread_pool};
 use crate::config::{Config, Dtype};
 use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par};
 use attnlab::{TensorViewMut, bf16, f16};

@@ -2,7 +2,7 @@
 //! (`results/runs/<stamp>-<machine>-<profile>.json`, and `latest.json` when
 //! published) and reading one back (any schema up to [`SCHEMA`]).
 
-use super::{RunFile, SCHEMA};
+use super::row::{RunFile, SCHEMA};
 use std::path::{Path, PathBuf};
 
 /// The workspace root: the nearest ancestor of the current directory with
@@ -20,7 +20,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Writes `results/runs/<stamp>-<machine>.json` and, when `publish`,
+/// Writes `results/runs/<stamp>-<machine>-<profile>.json` and, when `publish`,
 /// `results/latest.json`. Returns the paths written.
 pub fn write_run(
     run: &RunFile,

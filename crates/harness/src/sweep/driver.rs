@@ -8,7 +8,7 @@ use super::progress::Progress;
 use super::settings::{SweepSettings, estimated_cost_s};
 use super::timing;
 use crate::machine::{self, MachineInfo, PeakOptions};
-use crate::measure::{self, SEED};
+use crate::measure::{SEED, child};
 use crate::report;
 use crate::results::{Row, RunFile, SCHEMA, Status, workspace_root, write_run};
 use crate::units::{fmt_bytes, fmt_duration};
@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 /// The bench target's `main`: the child-process protocol when this is a
 /// child, else the sweep (see the module docs of [`crate::sweep`]).
 pub fn bench_main() -> ExitCode {
-    if let Some(code) = measure::child_main_if_requested() {
+    if let Some(code) = child::child_main_if_requested() {
         return code;
     }
     let SweepArgs { filter, test_mode, list } = SweepArgs::from_env();
@@ -83,7 +83,7 @@ pub fn bench_main() -> ExitCode {
             Some(skipped) => skipped,
             None => {
                 let opts = settings.measure_opts(&peak, cfg);
-                let mut row = measure::run_child(None, cfg, &opts);
+                let mut row = child::run_child(None, cfg, &opts);
                 if row.status == Status::Ok && row.median_ms.is_none() {
                     match timing::time_with_criterion(
                         &mut c,

@@ -4,7 +4,7 @@
 //! Prefill: sequence length × head grouping (MHA/GQA/MQA) × mask × d ×
 //! threads for the naive and the flash kernel; decode: cache length ×
 //! grouping × cache dtype × threads for `attnlab::flash::decode` (see
-//! [`grid`]). Then `results/runs/*.json`,
+//! [`grid()`]). Then `results/runs/*.json`,
 //! `results/latest.json`, `docs/results.md`, `docs/headline.md` and
 //! `docs/img/*.svg` are regenerated.
 //!
@@ -37,7 +37,7 @@
 //! Configurations that need more memory than the budget are recorded as
 //! skipped with the bytes they would need ([`settings`]).
 //!
-//! Files: [`grid`] (what runs), [`settings`] (budgets and timing per
+//! Files: [`mod@grid`] (what runs), [`settings`] (budgets and timing per
 //! profile), [`args`] (the command line), [`timing`] (criterion),
 //! [`progress`] (stderr), [`driver`] (the loop and the results).
 
