@@ -13,6 +13,16 @@ use std::path::PathBuf;
 
 const GIB: u64 = 1 << 30;
 
+/// Every file `attn report` writes into the docs folder.
+const DOCS: [&str; 6] = [
+    "results.md",
+    "headline.md",
+    "img/time_vs_n.svg",
+    "img/memory_vs_n.svg",
+    "img/gflops_vs_n.svg",
+    "img/decode_gbs_vs_l.svg",
+];
+
 fn machine() -> MachineInfo {
     MachineInfo {
         cpu_model: "Test CPU 9000".into(),
@@ -349,14 +359,7 @@ fn report_regenerates_docs_from_a_results_file() {
         input: Some(input.clone()),
         docs: Some(docs.clone()),
     });
-    for f in [
-        "results.md",
-        "headline.md",
-        "img/time_vs_n.svg",
-        "img/memory_vs_n.svg",
-        "img/gflops_vs_n.svg",
-        "img/decode_gbs_vs_l.svg",
-    ] {
+    for f in DOCS {
         assert!(docs.join(f).is_file(), "attn report did not write {f}");
     }
     // the same again: identical bytes (nothing depends on the clock)
@@ -380,14 +383,7 @@ fn committed_docs_match_committed_results() {
     };
     let dir = tmp("committed");
     report::generate(&run, &dir, "results/latest.json").unwrap();
-    for f in [
-        "results.md",
-        "headline.md",
-        "img/time_vs_n.svg",
-        "img/memory_vs_n.svg",
-        "img/gflops_vs_n.svg",
-        "img/decode_gbs_vs_l.svg",
-    ] {
+    for f in DOCS {
         let want = std::fs::read_to_string(dir.join(f)).unwrap();
         let got = std::fs::read_to_string(root.join("docs").join(f)).unwrap_or_default();
         assert!(got == want, "docs/{f} is not what `attn report` makes of results/latest.json");

@@ -1,7 +1,7 @@
 //! Measuring one configuration ([`Config`]) in this process, prefill or
 //! decode alike. [`measure`] runs it:
 //!
-//! 1. [`prepare`] builds its runner: seeded standard-normal inputs
+//! 1. [`prepare`] builds its [`Runner`]: seeded standard-normal inputs
 //!    ([`inputs`], [`SEED`]), output and LSE buffers allocated and touched
 //!    *before* the call, the thread pool started ([`prefill`]; decode: a
 //!    filled `KvCache` of the storage type and f32 queries, [`decode`]);
@@ -9,12 +9,21 @@
 //!    and the counting allocator's high-water mark reset
 //!    ([`crate::alloc::measure`]): `extra_bytes` is the peak of heap bytes
 //!    during the call beyond those live before it (inputs, outputs), and
-//!    `rss_increase_bytes` the rise of VmHWM over the RSS before the call;
+//!    `rss_increase_bytes` the rise of VmHWM over the RSS before the call
+//!    (`extra_bytes` is `None` in a binary that did not install the
+//!    allocator, with a warning on stderr);
 //! 3. more timed calls when the first took long enough (see
 //!    [`MeasureOpts`]), median of all;
 //! 4. the max abs error of sampled query rows against the f64 oracle
 //!    ([`check`]); a NaN or inf output is an error of +inf, and the row
 //!    an error.
+//!
+//! Decode rows (ids such as `decode/flash/gqa/f16/t2/32768`) go through
+//! the same steps, one step being `attnlab::flash::decode` of `nq` new
+//! queries against a cache of `kv_len` positions; their rows add
+//! `us_per_step`, `kv_bytes` (K+V of the cache read per step) and `gbs`
+//! (and `pct_bandwidth` once the read bandwidth is known,
+//! [`Row::set_read_gbs`]).
 //!
 //! [`child`] runs the same in a fresh process, so that peak RSS is that
 //! of one configuration.
@@ -70,11 +79,10 @@ pub fn measure(cfg: &Config, opts: &MeasureOpts) -> Row {
     measure_with_warmup(cfg, opts, 0)
 }
 
-/// [`measure`], with `warmup` untimed calls before the timed ones, the
-/// first (memory-measured) call included; with 0 that first call is timed
-/// too. Once the first call qualifies for direct timing
-/// ([`MeasureOpts::direct_min_ms`]), `warmup + max_reps` calls run in all
-/// when the budget allows.
+/// [`measure`] with `warmup` untimed calls first, the first
+/// (memory-measured) call counting as one of them; with `warmup` 0 (as in
+/// [`measure`]) the first call is also the first timed one. At most
+/// `max_reps` calls are timed, within `budget_s`.
 pub fn measure_with_warmup(cfg: &Config, opts: &MeasureOpts, warmup: usize) -> Row {
     let mut row = Row::new(cfg);
     let mut runner = match prepare(cfg, opts.seed) {

@@ -7,11 +7,14 @@ use super::grid::{Profile, grid};
 use super::progress::Progress;
 use super::settings::{SweepSettings, estimated_cost_s};
 use super::timing;
-use crate::machine::{self, MachineInfo, PeakOptions};
+use crate::config::Config;
+use crate::machine::{self, MachineInfo, Peak, PeakOptions};
 use crate::measure::{SEED, child};
 use crate::report;
 use crate::results::{Row, RunFile, SCHEMA, Status, workspace_root, write_run};
 use crate::units::{fmt_bytes, fmt_duration};
+use criterion::Criterion;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
@@ -82,22 +85,8 @@ pub fn bench_main() -> ExitCode {
         let row = match settings.check_memory(cfg) {
             Some(skipped) => skipped,
             None => {
-                let opts = settings.measure_opts(&peak, cfg);
-                let mut row = child::run_child(None, cfg, &opts);
-                if row.status == Status::Ok && row.median_ms.is_none() {
-                    match timing::time_with_criterion(
-                        &mut c,
-                        cfg,
-                        &settings,
-                        &criterion_dir,
-                        started_wall,
-                    ) {
-                        Ok((ms, n, how)) => row.set_time(ms, n, how, opts.peak_gflops),
-                        Err(e) => row = Row::error(cfg, e),
-                    }
-                }
-                row.set_read_gbs(Some(peak.read_gbs(cfg.threads)));
-                row
+                let timer = Timer { c: &mut c, dir: &criterion_dir, since: started_wall };
+                measure_one(cfg, &settings, &peak, timer)
             }
         };
         progress.finished(i, &row);
@@ -153,26 +142,60 @@ pub fn bench_main() -> ExitCode {
         }
         return if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
+    if !write_and_publish(&run, profile, &filter) {
+        return ExitCode::FAILURE;
+    }
+    c.final_summary();
+    ExitCode::SUCCESS
+}
+
+/// Criterion and where its estimates of this run are.
+struct Timer<'a> {
+    c: &'a mut Criterion,
+    dir: &'a Option<PathBuf>,
+    since: SystemTime,
+}
+
+/// One configuration: measured in a child process, then timed by
+/// criterion here when the child did not time it (a short call).
+fn measure_one(cfg: &Config, settings: &SweepSettings, peak: &Peak, t: Timer<'_>) -> Row {
+    let opts = settings.measure_opts(peak, cfg);
+    let mut row = child::run_child(None, cfg, &opts);
+    if row.status == Status::Ok && row.median_ms.is_none() {
+        match timing::time_with_criterion(t.c, cfg, settings, t.dir, t.since) {
+            Ok((ms, n, how)) => row.set_time(ms, n, how, opts.peak_gflops),
+            Err(e) => row = Row::error(cfg, e),
+        }
+    }
+    row.set_read_gbs(Some(peak.read_gbs(cfg.threads)));
+    row
+}
+
+/// Writes the run's results file and, when the run is published (a
+/// complete default or full run, or `ATTNLAB_PUBLISH=1`),
+/// `results/latest.json` and the docs; false (said on stderr) when a
+/// write failed.
+fn write_and_publish(run: &RunFile, profile: Profile, filter: &Option<String>) -> bool {
     let publish = match std::env::var("ATTNLAB_PUBLISH").ok().as_deref() {
         Some("1") => true,
         Some("0") => false,
         _ => filter.is_none() && matches!(profile, Profile::Default | Profile::Full),
     };
     let root = workspace_root();
-    match write_run(&run, &root.join("results"), publish) {
+    match write_run(run, &root.join("results"), publish) {
         Ok(paths) => paths.iter().for_each(|p| eprintln!("wrote {}", p.display())),
         Err(e) => {
             eprintln!("cannot write results: {e}");
-            return ExitCode::FAILURE;
+            return false;
         }
     }
     if publish {
         let latest = root.join("results/latest.json");
-        match report::generate(&run, &root.join("docs"), &report::source_name(&latest, &root)) {
+        match report::generate(run, &root.join("docs"), &report::source_name(&latest, &root)) {
             Ok(paths) => paths.iter().for_each(|p| eprintln!("wrote {}", p.display())),
             Err(e) => {
                 eprintln!("cannot write docs: {e}");
-                return ExitCode::FAILURE;
+                return false;
             }
         }
     } else {
@@ -183,6 +206,5 @@ pub fn bench_main() -> ExitCode {
             filter
         );
     }
-    c.final_summary();
-    ExitCode::SUCCESS
+    true
 }

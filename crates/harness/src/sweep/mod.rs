@@ -4,9 +4,9 @@
 //! Prefill: sequence length × head grouping (MHA/GQA/MQA) × mask × d ×
 //! threads for the naive and the flash kernel; decode: cache length ×
 //! grouping × cache dtype × threads for `attnlab::flash::decode` (see
-//! [`grid()`]). Then `results/runs/*.json`,
-//! `results/latest.json`, `docs/results.md`, `docs/headline.md` and
-//! `docs/img/*.svg` are regenerated.
+//! [`grid()`]). Then `results/runs/*.json`, `results/latest.json`,
+//! `docs/results.md`, `docs/headline.md` and `docs/img/*.svg` are
+//! regenerated.
 //!
 //! - `ATTNLAB_PROFILE=quick|default|full` picks the grid (default:
 //!   `default`, about 10 minutes on a 2-core Zen 4; `full` runs flash to
@@ -20,8 +20,8 @@
 //! - Only a complete `default` or `full` run replaces `results/latest.json`
 //!   and the docs (`ATTNLAB_PUBLISH=1` forces it, `=0` prevents it); every
 //!   run writes its own `results/runs/` file.
-//! - `cargo test --benches` runs a two-configuration smoke sweep and
-//!   writes nothing.
+//! - `cargo test --benches` runs the smoke profile (two tiny prefill
+//!   configurations and one decode configuration) and writes nothing.
 //!
 //! Each configuration first runs in a fresh child process (the bench
 //! binary re-executed, [`crate::measure::child`]) for memory, error and,
@@ -31,8 +31,8 @@
 //! with ids such as
 //! `prefill/flash/mha/causal/d64/f32/t2/4096` or
 //! `decode/flash/gqa/f16/t2/32768`. Decode rows' "% of bandwidth" divides
-//! by the read bandwidth measured here for the same thread count (the best
-//! of the measurements before and after the sweep, like "% of peak").
+//! by the read bandwidth the parent measured for the same thread count (the
+//! best of the measurements before and after the sweep, like "% of peak").
 //!
 //! Configurations that need more memory than the budget are recorded as
 //! skipped with the bytes they would need ([`settings`]).
