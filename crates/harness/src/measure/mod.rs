@@ -57,7 +57,8 @@ pub struct MeasureOpts {
     pub direct_min_ms: f64,
     /// Stop adding timed calls once this much time has been spent.
     pub budget_s: f64,
-    /// Most timed calls, the first included.
+    /// Most timed calls (the first call among them, unless warming up:
+    /// [`measure_with_warmup`]).
     pub max_reps: usize,
     /// Query rows checked against f64 (0 = none).
     pub err_rows: usize,

@@ -118,7 +118,7 @@ impl Files<'_> {
         )
     }
 
-    /// An attn-core error, prefixed with the file it is about.
+    /// An attnlab error, prefixed with the file it is about.
     fn attn_error(&self, e: AttnError) -> RunError {
         let file = |tensor: &str, problem: String| {
             RunError::File(FileError::new(self.path_of(tensor), problem))
