@@ -34,7 +34,8 @@ pub fn decode<T: Element>(
     par: Par,
 ) -> Result<(), AttnError> {
     par.validate()?;
-    let mut ws = workspace(shape, par)?;
+    let plan = SplitKvPlan::new(shape, par.threads());
+    let mut ws = DecodeWorkspace { par, ws: SplitKvWorkspace::new(plan)? };
     decode_in(cache, shape, q, out, lse, params, &mut ws)
 }
 
@@ -47,6 +48,19 @@ pub fn workspace(shape: &AttnShape, par: Par) -> Result<DecodeWorkspace, AttnErr
     par.validate()?;
     let plan = SplitKvPlan::for_any_length(shape, par.threads());
     Ok(DecodeWorkspace { par, ws: SplitKvWorkspace::new(plan)? })
+}
+
+/// Bytes one [`decode`] call on `shape` with `par` allocates (its
+/// workspace, sized for the cache's current length; a reusable
+/// [`workspace`] holds [`DecodeWorkspace::bytes`]).
+pub fn workspace_bytes(shape: &AttnShape, par: Par) -> usize {
+    SplitKvPlan::new(shape, par.threads()).bytes()
+}
+
+/// The split-KV chunking, for reports: `(smallest chunk, most chunks per
+/// K/V head)` (see `tiles::decode`).
+pub fn chunk_limits() -> (usize, usize) {
+    (crate::tiles::decode::CHUNK, crate::tiles::decode::MAX_CHUNKS)
 }
 
 /// Scratch of [`decode_in`], with the parallelism it was made for.

@@ -1,9 +1,23 @@
 //! A counting global allocator: live heap bytes and their high-water mark.
 //!
-//! Declared here, in the library, it is the allocator of every binary,
-//! bench and test that links `harness`. Each allocation costs two relaxed
-//! atomic adds and, only when a new maximum is reached, one `fetch_max`:
-//! cheap enough to leave on while timing.
+//! The library only defines [`CountingAlloc`] and its counters; each
+//! binary, bench or test target that measures memory installs it itself:
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: harness::alloc::CountingAlloc = harness::alloc::CountingAlloc;
+//!
+//! fn main() {
+//!     let (_buf, extra) = harness::alloc::measure(|| vec![1u8; 1 << 20]);
+//!     assert!(extra.expect("installed above") >= 1 << 20);
+//! }
+//! ```
+//!
+//! (`attn`, the sweep's bench binary and `tests/memory.rs` do.) Where it is
+//! not installed the counters never move: [`installed`] is false and
+//! [`measure`] returns `None` rather than 0 bytes. Each allocation costs
+//! two relaxed atomic adds and, only when a new maximum is reached, one
+//! `fetch_max`: cheap enough to leave on while timing.
 //!
 //! The sweep measures a kernel's *extra* bytes as `peak - current` around
 //! one call ([`measure`]): inputs and outputs were allocated before the
@@ -16,16 +30,21 @@
 //! where nothing else allocates at the same time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 /// The system allocator plus two counters.
 pub struct CountingAlloc;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Set by the first allocation through [`CountingAlloc`].
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 #[inline(always)]
 fn grow(bytes: usize) {
+    if !INSTALLED.load(Relaxed) {
+        INSTALLED.store(true, Relaxed);
+    }
     let now = CURRENT.fetch_add(bytes, Relaxed) + bytes;
     if now > PEAK.load(Relaxed) {
         PEAK.fetch_max(now, Relaxed);
@@ -79,8 +98,17 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
+// The library's own unit-test binary is a test target like any other.
+#[cfg(test)]
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Whether [`CountingAlloc`] is this process's global allocator (it has
+/// served an allocation). Every program allocates before `main`, so false
+/// means the binary did not install it.
+pub fn installed() -> bool {
+    INSTALLED.load(Relaxed)
+}
 
 /// Bytes currently allocated on the heap by this process.
 pub fn current() -> usize {
@@ -98,12 +126,13 @@ pub fn reset_peak() {
 }
 
 /// Runs `f` and returns its result with the peak bytes allocated *during*
-/// the call beyond what was live before it (0 if it allocated nothing).
-pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
+/// the call beyond what was live before it (0 if it allocated nothing);
+/// `None` when [`CountingAlloc`] is not installed (see [`installed`]).
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Option<usize>) {
     reset_peak();
     let base = current();
     let r = f();
-    (r, peak().saturating_sub(base))
+    (r, installed().then(|| peak().saturating_sub(base)))
 }
 
 #[cfg(test)]
@@ -117,6 +146,8 @@ mod tests {
             let v = vec![1u8; 8 << 20];
             std::hint::black_box(&v);
         });
+        assert!(installed());
+        let extra = extra.expect("installed in this test binary");
         assert!(extra >= 8 << 20, "{extra}");
     }
 }

@@ -1,17 +1,47 @@
 //! # harness
 //!
 //! Benchmarks, the long-context sweep, the report generator and the `attn`
-//! command line of attnlab.
+//! command line of attnlab. It reaches the kernels through the `attnlab`
+//! facade only.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`config`] | what one measurement is: [`config::Config`] and its id, the one [`config::Dtype`], the one mask spec and `--window` grammar, head groupings |
+//! | [`units`] | human-readable bytes and durations |
+//! | [`alloc`] | the counting allocator (installed by each binary) |
+//! | [`machine`] | machine facts, measured peaks, `/proc` memory, the clock |
+//! | [`results`] | the results data model ([`results::Row`], [`results::RunFile`]) and its files |
+//! | [`measure`] | the prefill and decode runners, one measurement, the f64 error check, the child-process protocol |
+//! | [`npy_call`] | `attn run`'s work: `.npy` files in, one timed kernel call, `.npy` files out |
+//! | [`report`] | results → `docs/`: markdown tables, headline, plots, decode section; a row on the terminal |
+//! | [`sweep`] | the grid and the sweep driver behind `cargo bench -p harness` |
+//! | [`cli`] | the `attn` subcommands: flags and a `main` each |
+//!
+//! Dependencies point one way, down this list (no cycles, nothing
+//! imports a module above it):
+//!
+//! ```text
+//! config, units, alloc            (leaves: attnlab only)
+//!   ← machine                     (units)
+//!   ← results                     (config, machine)
+//!   ← measure                     (config, machine, results, alloc)
+//!   ← npy_call                    (config)
+//!   ← report                      (config, results, units)
+//!   ← sweep                       (measure, report, results, machine, config)
+//!   ← cli                         (everything)
+//! ```
+//!
+//! A new experiment is a runner in [`measure`] (and a [`config::Kind`]),
+//! its rows in [`mod@sweep::grid`], its section in [`report`], and, if it has
+//! a command, one file in [`cli`].
 
-// --- `attn run` on .npy files
-pub mod npy;
-pub mod run;
-
-// --- `attn decode`: one KV-cache decode configuration
-pub mod decode;
-
-// --- sweep, machine facts, memory accounting, report
 pub mod alloc;
+pub mod cli;
+pub mod config;
 pub mod machine;
+pub mod measure;
+pub mod npy_call;
 pub mod report;
+pub mod results;
 pub mod sweep;
+pub mod units;

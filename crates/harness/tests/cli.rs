@@ -62,7 +62,16 @@ struct Case {
 impl Case {
     fn shape(&self) -> AttnShape {
         let (b, hq, hkv, nq, nk, d, dv) = self.dims;
-        AttnShape::new(b, hq, hkv, nq, nk, d, dv).unwrap()
+        AttnShape::builder()
+            .batch(b)
+            .q_heads(hq)
+            .kv_heads(hkv)
+            .q_len(nq)
+            .kv_len(nk)
+            .head_dim(d)
+            .v_dim(dv)
+            .build()
+            .unwrap()
     }
     fn params(&self) -> AttnParams {
         AttnParams { scale: self.scale, mask: self.mask, check_finite: true }
@@ -389,7 +398,20 @@ fn expect_one_line_error(files: &Files, extra: &[&str], needles: &[&str]) {
 /// A scratch directory with valid GQA inputs (Hq 4, Hkv 2).
 fn valid_files() -> Files {
     let files = Files::new();
-    files.write::<f32>(&AttnShape::new(1, 4, 2, 5, 7, 8, 8).unwrap(), Layout::Bhnd, 600);
+    files.write::<f32>(
+        &AttnShape::builder()
+            .batch(1)
+            .q_heads(4)
+            .kv_heads(2)
+            .q_len(5)
+            .kv_len(7)
+            .head_dim(8)
+            .v_dim(8)
+            .build()
+            .unwrap(),
+        Layout::Bhnd,
+        600,
+    );
     files
 }
 

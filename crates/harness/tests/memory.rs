@@ -6,14 +6,19 @@
 //! The allocator's counters are process-wide, so every test here holds
 //! one lock while it measures.
 
-use harness::sweep::{self, Config, Dtype, Grouping, MaskSpec, MeasureOpts, Status};
+#[global_allocator]
+static ALLOC: harness::alloc::CountingAlloc = harness::alloc::CountingAlloc;
+
+use harness::config::{Config, Dtype, Grouping, MaskSpec};
+use harness::measure::{self, MeasureOpts};
+use harness::results::Status;
 use std::sync::Mutex;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn opts() -> MeasureOpts {
     MeasureOpts {
-        seed: sweep::SEED,
+        seed: measure::SEED,
         direct_min_ms: 0.0,
         budget_s: 0.0, // the first call only
         max_reps: 1,
@@ -29,7 +34,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn extra(cfg: &Config) -> u64 {
-    let row = sweep::measure(cfg, &opts());
+    let row = measure::measure(cfg, &opts());
     assert_eq!(row.status, Status::Ok, "{}: {}", row.id, row.note);
     let err = row.max_abs_err.expect("error checked");
     assert!(err < 1e-4, "{}: max abs err {err}", row.id);
@@ -85,7 +90,7 @@ fn rss_rise_covers_the_naive_scores() {
     // `cargo test --benches` for that path); here, in-process.
     let _g = lock();
     let cfg = Config::prefill("naive", Grouping::Mha, MaskSpec::Full, 64, Dtype::F32, 1, 1024);
-    let row = sweep::measure(&cfg, &opts());
+    let row = measure::measure(&cfg, &opts());
     assert_eq!(row.status, Status::Ok, "{}", row.note);
     let scores = 8 * 1024 * 1024 * 4u64;
     // VmHWM resets (root or own process): the RSS rise covers the scores.
@@ -107,18 +112,18 @@ fn decode_extra_bytes_are_the_split_kv_partials() {
         [(Grouping::Gqa, Dtype::F16, 1, 2048), (Grouping::Mqa, Dtype::F32, 2, 1536)]
     {
         let cfg = Config::decode(g, dtype, threads, len);
-        let row = sweep::measure(&cfg, &opts());
+        let row = measure::measure(&cfg, &opts());
         assert_eq!(row.status, Status::Ok, "{}: {}", row.id, row.note);
         assert!(row.max_abs_err.unwrap() < 1e-5, "{}: err {:?}", row.id, row.max_abs_err);
         assert!(row.err_rows >= 2, "{}: {} rows checked", row.id, row.err_rows);
         let (e, ws) = (row.extra_bytes.unwrap(), row.workspace_bytes);
-        // workspace_bytes counts a scratch for every thread; rayon may
-        // create fewer (it makes one per split it actually runs), so the
-        // prediction is an upper bound, within the 64 KiB slack of the
-        // allocator's bookkeeping.
+        // the decode workspace (one scratch per thread, partials for the
+        // most chunks any length can need) is allocated up front, exactly;
+        // 64 KiB of slack for the allocator's bookkeeping
         assert!(e <= ws + (64 << 10), "{}: extra {e} above workspace {ws}", row.id);
         // and at least the per-chunk partial results (+ the merge buffer)
-        let nc = len.div_ceil(attn_flash::decode::CHUNK).clamp(1, attn_flash::decode::MAX_CHUNKS);
+        let (chunk, max_chunks) = attnlab::flash::decode::chunk_limits();
+        let nc = len.div_ceil(chunk).clamp(1, max_chunks);
         let rows = cfg.q_heads / cfg.kv_heads * cfg.q_len;
         let partials = (4 * (nc + 1) * rows * (cfg.v_dim + 1)) as u64;
         assert!(e >= partials, "{}: extra {e} below the partials' {partials} B", row.id);

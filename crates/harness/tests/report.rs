@@ -4,12 +4,24 @@
 //! plot), the SVG plots, `attn report`'s round trip through a results
 //! file, and that the committed docs are what the committed results give.
 
+use harness::cli::report::ReportArgs;
+use harness::config::{Config, Dtype, Grouping, Kind, MaskSpec};
 use harness::machine::{CacheInfo, MachineInfo, Peak};
-use harness::report::{self, ReportArgs};
-use harness::sweep::{Config, Dtype, Grouping, Kind, MaskSpec, Row, RunFile, SCHEMA, Status};
+use harness::report;
+use harness::results::{self, Row, RunFile, SCHEMA, Status};
 use std::path::PathBuf;
 
 const GIB: u64 = 1 << 30;
+
+/// Every file `attn report` writes into the docs folder.
+const DOCS: [&str; 6] = [
+    "results.md",
+    "headline.md",
+    "img/time_vs_n.svg",
+    "img/memory_vs_n.svg",
+    "img/gflops_vs_n.svg",
+    "img/decode_gbs_vs_l.svg",
+];
 
 fn machine() -> MachineInfo {
     MachineInfo {
@@ -289,13 +301,13 @@ fn schema_1_files_load_as_prefill_and_newer_ones_are_refused() {
     }
     let old = dir.join("old.json");
     std::fs::write(&old, serde_json::to_string(&v).unwrap()).unwrap();
-    let loaded = report::load(&old).unwrap();
+    let loaded = results::load(&old).unwrap();
     assert_eq!(loaded.schema, 1);
     assert_eq!(loaded.rows, pre.rows, "schema-1 rows read back as prefill rows");
     let newer = dir.join("newer.json");
     v["schema"] = (SCHEMA + 1).into();
     std::fs::write(&newer, serde_json::to_string(&v).unwrap()).unwrap();
-    let e = report::load(&newer).unwrap_err();
+    let e = results::load(&newer).unwrap_err();
     assert!(e.contains("newer"), "{e}");
 }
 
@@ -341,42 +353,37 @@ fn report_regenerates_docs_from_a_results_file() {
     let run = synthetic();
     let input = dir.join("run.json");
     std::fs::write(&input, serde_json::to_string_pretty(&run).unwrap()).unwrap();
-    assert_eq!(report::load(&input).unwrap(), run, "results file round trip");
+    assert_eq!(results::load(&input).unwrap(), run, "results file round trip");
     let docs = dir.join("docs");
-    let _ =
-        report::report_main(&ReportArgs { input: Some(input.clone()), docs: Some(docs.clone()) });
-    for f in [
-        "results.md",
-        "headline.md",
-        "img/time_vs_n.svg",
-        "img/memory_vs_n.svg",
-        "img/gflops_vs_n.svg",
-        "img/decode_gbs_vs_l.svg",
-    ] {
+    let _ = harness::cli::report::main(&ReportArgs {
+        input: Some(input.clone()),
+        docs: Some(docs.clone()),
+    });
+    for f in DOCS {
         assert!(docs.join(f).is_file(), "attn report did not write {f}");
     }
     // the same again: identical bytes (nothing depends on the clock)
     let first = std::fs::read_to_string(docs.join("results.md")).unwrap();
     let again = dir.join("again");
-    let src = report::source_name(&input, &harness::sweep::workspace_root());
+    let src = report::source_name(&input, &results::workspace_root());
     report::generate(&run, &again, &src).unwrap();
     assert_eq!(first, std::fs::read_to_string(again.join("results.md")).unwrap());
-    assert!(report::load(&dir.join("missing.json")).is_err());
+    assert!(results::load(&dir.join("missing.json")).is_err());
 }
 
 #[test]
 fn committed_docs_match_committed_results() {
     // The README's headline and docs/results.md must be what `attn report`
     // makes of results/latest.json.
-    let root = harness::sweep::workspace_root();
+    let root = results::workspace_root();
     let latest = root.join("results/latest.json");
-    let Ok(run) = report::load(&latest) else {
+    let Ok(run) = results::load(&latest) else {
         eprintln!("no results/latest.json yet: nothing to compare");
         return;
     };
     let dir = tmp("committed");
     report::generate(&run, &dir, "results/latest.json").unwrap();
-    for f in ["results.md", "headline.md"] {
+    for f in DOCS {
         let want = std::fs::read_to_string(dir.join(f)).unwrap();
         let got = std::fs::read_to_string(root.join("docs").join(f)).unwrap_or_default();
         assert!(got == want, "docs/{f} is not what `attn report` makes of results/latest.json");

@@ -1,4 +1,5 @@
-//! `.npy` input and output for `attn run`.
+//! `.npy` files for `attn run`: reading float32 and float16 arrays,
+//! writing float32 ones.
 //!
 //! Reads float32 and float16 arrays (either byte order; `npyz` swaps
 //! big-endian data) in C order into flat vectors, and writes float32 arrays.
@@ -10,37 +11,19 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
-use half::f16;
+use crate::config::Dtype;
+use attnlab::f16;
 use npyz::{DType, Order, TypeChar, WriterBuilder};
 
 /// The dtypes `attn run` accepts, for error messages.
 pub const ACCEPTED_DTYPES: &str = "float32 ('<f4') or float16 ('<f2')";
-
-/// Element type of an accepted `.npy` file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// `<f4` (or `>f4`).
-    F32,
-    /// `<f2` (or `>f2`).
-    F16,
-}
-
-impl Dtype {
-    /// numpy's name of the dtype.
-    pub fn numpy_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F16 => "float16",
-        }
-    }
-}
 
 /// The elements of an array in file (C) order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NpyData {
     /// float32 elements.
     F32(Vec<f32>),
-    /// float16 elements, kept as `half::f16` (not widened).
+    /// float16 elements, kept as `f16` (not widened).
     F16(Vec<f16>),
 }
 
@@ -54,7 +37,8 @@ pub struct NpyArray {
 }
 
 impl NpyArray {
-    /// Element type.
+    /// Element type: [`Dtype::F32`] (`<f4` or `>f4`) or [`Dtype::F16`]
+    /// (`<f2` or `>f2`).
     pub fn dtype(&self) -> Dtype {
         match self.data {
             NpyData::F32(_) => Dtype::F32,
@@ -159,10 +143,7 @@ pub fn read(path: &Path) -> Result<NpyArray, FileError> {
         )));
     }
     let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let item = match kind {
-        Dtype::F32 => 4,
-        Dtype::F16 => 2,
-    };
+    let item = kind.size() as u64;
     // A corrupt header could promise more elements than the file holds:
     // never reserve more than the file could contain.
     let len = len.ok_or_else(|| err("element count overflows usize".into()))?;
@@ -177,6 +158,7 @@ pub fn read(path: &Path) -> Result<NpyArray, FileError> {
     let data = match kind {
         Dtype::F32 => NpyData::F32(collect(npy, len, cap).map_err(truncated)?),
         Dtype::F16 => NpyData::F16(collect(npy, len, cap).map_err(truncated)?),
+        Dtype::Bf16 => unreachable!(".npy has no bfloat16: only f32 and f16 are read"),
     };
     Ok(NpyArray { shape, data })
 }

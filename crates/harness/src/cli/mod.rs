@@ -1,0 +1,57 @@
+//! The `attn` command line: one file per subcommand, each its clap flags
+//! and a `main`; the work lives in the other modules.
+//!
+//! - `attn run`: attention on `.npy` files, timed ([`run`], work in
+//!   [`crate::npy_call`]);
+//! - `attn bench`: one prefill configuration ([`mod@bench`], work in
+//!   [`crate::measure`]);
+//! - `attn decode`: one KV-cache decode configuration ([`decode`], the
+//!   sweep's decode runner);
+//! - `attn peak`: machine limits ([`peak`], [`crate::machine::peak`]);
+//! - `attn report`: `docs/` from a results file ([`report`],
+//!   [`crate::report`]).
+
+pub mod bench;
+pub mod decode;
+pub mod peak;
+pub mod report;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// attnlab: memory-efficient scaled dot-product attention on CPUs.
+#[derive(Debug, Parser)]
+#[command(name = "attn", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands; each owns its flags (`clap::Args`) and entry point.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attention on .npy files: read Q, K, V, run a kernel, write O (and the
+    /// LSE); prints `time_ms=` per timed call
+    Run(run::RunArgs),
+    /// Benchmark one prefill configuration (the long-context sweep is
+    /// `cargo bench -p harness`)
+    Bench(bench::BenchArgs),
+    /// Measure this machine's limits (FMA throughput, memory bandwidth)
+    Peak(peak::PeakArgs),
+    /// Turn results/ into docs/results.md and plots
+    Report(report::ReportArgs),
+    /// Benchmark one KV-cache decode configuration (split-KV, GB/s of K+V)
+    Decode(decode::DecodeArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => run::main(&args),
+        Command::Bench(args) => bench::main(&args),
+        Command::Peak(args) => peak::main(&args),
+        Command::Report(args) => report::main(&args),
+        Command::Decode(args) => decode::main(&args),
+    }
+}

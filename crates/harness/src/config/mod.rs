@@ -1,0 +1,320 @@
+//! What one measurement is: a [`Config`] (kind, kernel, shape, mask,
+//! storage type, threads) and its id, built from one [`Dtype`], one
+//! [`MaskSpec`] (with the one `--window` grammar) and the sweep's head
+//! [`Grouping`]s.
+
+mod dtype;
+mod grouping;
+mod mask;
+
+pub use dtype::Dtype;
+pub use grouping::{Grouping, grouping_name};
+pub use mask::MaskSpec;
+
+use attnlab::{AttnError, AttnParams, AttnShape, Kernel, Par};
+use serde::{Deserialize, Serialize};
+
+/// What a configuration times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// One forward call over Q, K, V (`attnlab::Kernel::forward`).
+    #[default]
+    Prefill,
+    /// One step of `attnlab::flash::decode`: `q_len` new queries against a KV
+    /// cache of `kv_len` positions stored as `dtype` (queries are f32).
+    Decode,
+}
+
+impl Kind {
+    /// "prefill" or "decode": the first part of ids and criterion's group.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Prefill => "prefill",
+            Kind::Decode => "decode",
+        }
+    }
+}
+
+/// One point of the sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Prefill or decode (absent in schema-1 files: prefill).
+    #[serde(default)]
+    pub kind: Kind,
+    /// "naive", "flash" or "oracle" (decode: "flash").
+    pub kernel: String,
+    /// B.
+    pub batch: usize,
+    /// Hq.
+    pub q_heads: usize,
+    /// Hkv.
+    pub kv_heads: usize,
+    /// Nq.
+    pub q_len: usize,
+    /// Nk.
+    pub kv_len: usize,
+    /// d.
+    pub head_dim: usize,
+    /// dv.
+    pub v_dim: usize,
+    /// Mask.
+    pub mask: MaskSpec,
+    /// Storage type (decode: of the K/V cache; queries are f32).
+    pub dtype: Dtype,
+    /// Threads (1 = `Par::Seq`).
+    pub threads: usize,
+}
+
+impl Config {
+    /// A prefill configuration of the sweep: B = 1, Nq = Nk = n, dv = d.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill(
+        kernel: &str,
+        g: Grouping,
+        mask: MaskSpec,
+        d: usize,
+        dtype: Dtype,
+        threads: usize,
+        n: usize,
+    ) -> Config {
+        let (hq, hkv) = g.heads();
+        Config {
+            kind: Kind::Prefill,
+            kernel: kernel.into(),
+            batch: 1,
+            q_heads: hq,
+            kv_heads: hkv,
+            q_len: n,
+            kv_len: n,
+            head_dim: d,
+            v_dim: d,
+            mask,
+            dtype,
+            threads,
+        }
+    }
+
+    /// A decode configuration of the sweep: B = 1, Hq = 32, Hkv = 32, 8
+    /// or 1 ([`Grouping::decode_heads`]), one new query (causal), d = dv =
+    /// 128, a cache of `kv_len` positions stored as `dtype`.
+    pub fn decode(g: Grouping, dtype: Dtype, threads: usize, kv_len: usize) -> Config {
+        let (hq, hkv) = g.decode_heads();
+        Config {
+            kind: Kind::Decode,
+            kernel: "flash".into(),
+            batch: 1,
+            q_heads: hq,
+            kv_heads: hkv,
+            q_len: 1,
+            kv_len,
+            head_dim: 128,
+            v_dim: 128,
+            mask: MaskSpec::Causal,
+            dtype,
+            threads,
+        }
+    }
+
+    /// "mha", "gqa" or "mqa".
+    pub fn grouping(&self) -> &'static str {
+        grouping_name(self.q_heads, self.kv_heads)
+    }
+
+    /// Criterion function id: `flash/mha/causal/d64/f32/t2` (plus `/b{B}`,
+    /// `/h{Hq}x{Hkv}` or `/dv{dv}` when they differ from the sweep's);
+    /// decode: `flash/gqa/f16/t2` (plus `/b{B}`, `/h{Hq}x{Hkv}`, `/d{d}`,
+    /// `/dv{dv}`, `/nq{nq}` or the mask when they differ from the sweep's).
+    pub fn function_id(&self) -> String {
+        if self.kind == Kind::Decode {
+            return self.decode_function_id();
+        }
+        let mut s = format!(
+            "{}/{}/{}/d{}/{}/t{}",
+            self.kernel,
+            self.grouping(),
+            self.mask.name(),
+            self.head_dim,
+            self.dtype.name(),
+            self.threads
+        );
+        if self.batch != 1 {
+            s += &format!("/b{}", self.batch);
+        }
+        if self.q_heads != 8 || !(self.kv_heads == 8 || self.kv_heads == 2 || self.kv_heads == 1) {
+            s += &format!("/h{}x{}", self.q_heads, self.kv_heads);
+        }
+        if self.v_dim != self.head_dim {
+            s += &format!("/dv{}", self.v_dim);
+        }
+        s
+    }
+
+    fn decode_function_id(&self) -> String {
+        let mut s =
+            format!("{}/{}/{}/t{}", self.kernel, self.grouping(), self.dtype.name(), self.threads);
+        if self.batch != 1 {
+            s += &format!("/b{}", self.batch);
+        }
+        if self.q_heads != 32 || !matches!(self.kv_heads, 32 | 8 | 1) {
+            s += &format!("/h{}x{}", self.q_heads, self.kv_heads);
+        }
+        if self.head_dim != 128 {
+            s += &format!("/d{}", self.head_dim);
+        }
+        if self.v_dim != self.head_dim {
+            s += &format!("/dv{}", self.v_dim);
+        }
+        if self.q_len != 1 {
+            s += &format!("/nq{}", self.q_len);
+        }
+        if self.mask != MaskSpec::Causal {
+            s += &format!("/{}", self.mask.name());
+        }
+        s
+    }
+
+    /// Criterion parameter: `N`, or `NqxNk` when they differ; decode: the
+    /// cache length L.
+    pub fn param_id(&self) -> String {
+        if self.kind == Kind::Decode {
+            self.kv_len.to_string()
+        } else if self.q_len == self.kv_len {
+            self.q_len.to_string()
+        } else {
+            format!("{}x{}", self.q_len, self.kv_len)
+        }
+    }
+
+    /// Full id, `prefill/flash/mha/causal/d64/f32/t2/4096` or
+    /// `decode/flash/gqa/f16/t2/32768`: criterion's group/function/parameter.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.kind.name(), self.function_id(), self.param_id())
+    }
+
+    /// The validated shape.
+    pub fn shape(&self) -> Result<AttnShape, AttnError> {
+        AttnShape::builder()
+            .batch(self.batch)
+            .q_heads(self.q_heads)
+            .kv_heads(self.kv_heads)
+            .q_len(self.q_len)
+            .kv_len(self.kv_len)
+            .head_dim(self.head_dim)
+            .v_dim(self.v_dim)
+            .build()
+    }
+
+    /// Call parameters: the mask, default scale, no finiteness scan (the
+    /// inputs are generated finite; the scan is O(size), not the kernel's).
+    pub fn params(&self) -> AttnParams {
+        AttnParams { mask: self.mask.mask(), check_finite: false, ..Default::default() }
+    }
+
+    /// `Par::Seq` for one thread, else `Par::Rayon(threads)` (run inside a
+    /// pool of that size, so the kernel uses it as it is).
+    pub fn par(&self) -> Par {
+        match std::num::NonZeroUsize::new(self.threads) {
+            Some(n) if n.get() > 1 => Par::Rayon(n),
+            _ => Par::Seq,
+        }
+    }
+
+    /// FLOPs credited: `4·B·Hq·Nq·Nk·d` (for dv = d), halved for causal
+    /// with Nq = Nk ([`AttnShape::flops_conventional`]).
+    /// Sliding windows are credited their visible pairs only
+    /// ([`AttnShape::flops`]): the N² convention would overstate them.
+    pub fn flops(&self) -> f64 {
+        let m = self.mask.mask();
+        match (self.shape(), self.mask) {
+            (Ok(s), MaskSpec::Window(..)) => s.flops(&m),
+            (Ok(s), _) => s.flops_conventional(&m),
+            (Err(_), _) => 0.0,
+        }
+    }
+
+    /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32); decode:
+    /// the K/V cache, f32 queries, O and LSE.
+    pub fn io_bytes(&self) -> u64 {
+        let e = self.dtype.size() as u64;
+        let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
+        let (nq, nk, d, dv) =
+            (self.q_len as u64, self.kv_len as u64, self.head_dim as u64, self.v_dim as u64);
+        let q_bytes = if self.kind == Kind::Decode { 4 } else { e };
+        q_bytes * b * hq * nq * d + e * b * hkv * nk * (d + dv) + 4 * b * hq * nq * (dv + 1)
+    }
+
+    /// The kernel's `workspace_bytes` for this configuration (decode: the
+    /// split-KV partials, sized by
+    /// [`attnlab::flash::decode::workspace_bytes`]).
+    pub fn workspace_bytes(&self) -> u64 {
+        if self.kind == Kind::Decode {
+            return self.decode_workspace_bytes();
+        }
+        match (self.kernel.parse::<Kernel>(), self.shape()) {
+            (Ok(k), Ok(s)) => k.workspace_bytes(&s, &self.params(), self.par()) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Heap bytes one `attnlab::flash::decode` call of this configuration
+    /// allocates, from the kernel's own sizing
+    /// ([`attnlab::flash::decode::workspace_bytes`]): the split-KV
+    /// partials, the merge buffer and each worker's scratch.
+    fn decode_workspace_bytes(&self) -> u64 {
+        match self.shape() {
+            Ok(s) => attnlab::flash::decode::workspace_bytes(&s, self.par()) as u64,
+            Err(_) => 0,
+        }
+    }
+
+    /// Decode: bytes of K and V one step reads (the whole cache of
+    /// `kv_len` positions per batch entry, every K/V head); `None` for
+    /// prefill.
+    pub fn kv_bytes(&self) -> Option<u64> {
+        (self.kind == Kind::Decode).then(|| {
+            (self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.v_dim)) as u64
+                * self.dtype.size() as u64
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_the_axes() {
+        let c = Config::prefill("flash", Grouping::Mha, MaskSpec::Causal, 64, Dtype::F32, 2, 4096);
+        assert_eq!(c.id(), "prefill/flash/mha/causal/d64/f32/t2/4096");
+        let c = Config::prefill("naive", Grouping::Mqa, MaskSpec::Full, 128, Dtype::Bf16, 1, 512);
+        assert_eq!(c.id(), "prefill/naive/mqa/full/d128/bf16/t1/512");
+        assert_eq!(c.grouping(), "mqa");
+    }
+
+    #[test]
+    fn decode_ids_and_bytes() {
+        let c = Config::decode(Grouping::Gqa, Dtype::F16, 2, 32768);
+        assert_eq!(c.id(), "decode/flash/gqa/f16/t2/32768");
+        assert_eq!((c.q_heads, c.kv_heads, c.q_len, c.head_dim), (32, 8, 1, 128));
+        assert_eq!(c.kv_bytes(), Some(8 * 32768 * 256 * 2));
+        let c = Config::decode(Grouping::Mha, Dtype::F32, 1, 131072);
+        assert_eq!(c.id(), "decode/flash/mha/f32/t1/131072");
+        assert_eq!(c.kv_bytes(), Some(4 << 30));
+        let c = Config { q_len: 4, batch: 2, ..c };
+        assert_eq!(c.id(), "decode/flash/mha/f32/t1/b2/nq4/131072");
+        assert_eq!(
+            Config::prefill("flash", Grouping::Gqa, MaskSpec::Full, 64, Dtype::F32, 2, 64)
+                .kv_bytes(),
+            None
+        );
+    }
+
+    #[test]
+    fn flops_follow_the_convention() {
+        let c = Config::prefill("flash", Grouping::Gqa, MaskSpec::Full, 64, Dtype::F32, 1, 1024);
+        assert_eq!(c.flops(), 4.0 * 8.0 * 1024.0 * 1024.0 * 64.0);
+        let c = Config { mask: MaskSpec::Causal, ..c };
+        assert_eq!(c.flops(), 2.0 * 8.0 * 1024.0 * 1024.0 * 64.0);
+    }
+}

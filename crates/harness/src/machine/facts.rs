@@ -1,0 +1,216 @@
+//! What a run ran on and with: CPU model, logical CPUs, caches (sysfs),
+//! physical memory, the ISA compiled in (`cfg!(target_feature)`) and the
+//! one detected at run time, rustc version, git commit, date.
+
+use super::{clock::utc_now, procfs::meminfo};
+use crate::units::fmt_bytes;
+use serde::{Deserialize, Serialize};
+use std::process::Command;
+
+/// Logical CPUs this process may use.
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// One cache level as sysfs describes it for CPU 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheInfo {
+    /// 1, 2, 3.
+    pub level: u32,
+    /// "Data", "Instruction" or "Unified".
+    pub kind: String,
+    /// Size of one instance in bytes.
+    pub size_bytes: u64,
+    /// Logical CPUs sharing one instance.
+    pub shared_by: u32,
+}
+
+/// What the run ran on and with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Logical CPUs available to the process ("all cores" in the sweep).
+    pub logical_cpus: usize,
+    /// Caches of CPU 0.
+    pub caches: Vec<CacheInfo>,
+    /// Physical memory (MemTotal), bytes.
+    pub mem_total_bytes: u64,
+    /// Compiled with `target_feature = "avx512f"`.
+    pub compiled_avx512f: bool,
+    /// Compiled with `target_feature = "fma"`.
+    pub compiled_fma: bool,
+    /// Compiled with `target_feature = "avx2"`.
+    pub compiled_avx2: bool,
+    /// SIMD features the CPU reports at run time (subset of interest).
+    pub cpu_features: Vec<String>,
+    /// `rustc --version` of the toolchain on PATH (the one cargo used).
+    pub rustc: String,
+    /// `git rev-parse HEAD`, with `-dirty` when the tree has changes.
+    pub git_commit: String,
+    /// Kernel release.
+    pub os: String,
+    /// UTC time when collected, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub date_utc: String,
+}
+
+impl MachineInfo {
+    /// Collects the facts of this machine (cheap: files and two commands).
+    pub fn collect() -> MachineInfo {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        MachineInfo {
+            cpu_model,
+            logical_cpus: logical_cpus(),
+            caches: caches(),
+            mem_total_bytes: meminfo("MemTotal").unwrap_or(0),
+            compiled_avx512f: cfg!(target_feature = "avx512f"),
+            compiled_fma: cfg!(target_feature = "fma"),
+            compiled_avx2: cfg!(target_feature = "avx2"),
+            cpu_features: cpu_features(),
+            rustc: command_line("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
+            git_commit: git_commit(),
+            os: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| format!("Linux {}", s.trim()))
+                .unwrap_or_else(|_| std::env::consts::OS.to_string()),
+            date_utc: utc_now(),
+        }
+    }
+
+    /// A short file-name-safe name of the machine, e.g. `amd-epyc-2c`.
+    pub fn slug(&self) -> String {
+        let mut s: String = self
+            .cpu_model
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        while s.contains("--") {
+            s = s.replace("--", "-");
+        }
+        format!("{}-{}c", s.trim_matches('-'), self.logical_cpus)
+    }
+
+    /// "L1d 32 KiB, L2 1 MiB, L3 32 MiB (shared by 2)".
+    pub fn cache_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .caches
+            .iter()
+            .filter(|c| c.kind != "Instruction")
+            .map(|c| {
+                let name = if c.kind == "Data" {
+                    format!("L{}d", c.level)
+                } else {
+                    format!("L{}", c.level)
+                };
+                let shared = if c.shared_by > 1 {
+                    format!(" (shared by {})", c.shared_by)
+                } else {
+                    "".into()
+                };
+                format!("{name} {}{shared}", fmt_bytes(c.size_bytes as f64))
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+fn caches() -> Vec<CacheInfo> {
+    let mut out = Vec::new();
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            break;
+        };
+        let size = size.trim();
+        let bytes = if let Some(k) = size.strip_suffix('K') {
+            k.parse::<u64>().unwrap_or(0) << 10
+        } else if let Some(m) = size.strip_suffix('M') {
+            m.parse::<u64>().unwrap_or(0) << 20
+        } else {
+            size.parse().unwrap_or(0)
+        };
+        let shared_by = read("shared_cpu_list").map(|s| cpu_list_len(s.trim())).unwrap_or(1);
+        out.push(CacheInfo {
+            level: level.trim().parse().unwrap_or(0),
+            kind: kind.trim().to_string(),
+            size_bytes: bytes,
+            shared_by,
+        });
+    }
+    out
+}
+
+/// Number of CPUs in a sysfs list such as `0-3,8`.
+fn cpu_list_len(s: &str) -> u32 {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<u32>().unwrap_or(0).saturating_sub(a.parse().unwrap_or(0)) + 1
+            }
+            None => 1,
+        })
+        .sum::<u32>()
+        .max(1)
+}
+
+fn cpu_features() -> Vec<String> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    v.push($f.to_string());
+                }
+            )*};
+        }
+        probe!(
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512bf16",
+            "avx512fp16"
+        );
+    }
+    v
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn git_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let Some(head) = command_line("git", &["-C", dir, "rev-parse", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty = command_line("git", &["-C", dir, "status", "--porcelain", "--untracked-files=no"])
+        .map(|s| !s.is_empty())
+        .unwrap_or(false);
+    if dirty { format!("{head}-dirty") } else { head }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list_len("0-1"), 2);
+        assert_eq!(cpu_list_len("0"), 1);
+        assert_eq!(cpu_list_len("0-3,8"), 5);
+    }
+}

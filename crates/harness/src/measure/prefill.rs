@@ -1,0 +1,103 @@
+//! The prefill runner: one `attnlab::Kernel::forward` call over seeded
+//! `[B, H, N, d]` inputs of the storage type, with its outputs and thread
+//! pool ready.
+
+use super::check;
+use super::inputs::normal;
+use super::runner::{Runner, in_pool, thread_pool};
+use crate::config::{Config, Dtype};
+use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par};
+use attnlab::{TensorViewMut, bf16, f16};
+
+/// Inputs, outputs and thread pool of one prefill configuration.
+pub struct PrefillRunner<T> {
+    kernel: Kernel,
+    shape: AttnShape,
+    params: AttnParams,
+    par: Par,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// Builds inputs (seeded), outputs and the thread pool of `cfg`.
+pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
+    match cfg.dtype {
+        Dtype::F32 => Ok(Box::new(PrefillRunner::<f32>::new(cfg, seed)?)),
+        Dtype::F16 => Ok(Box::new(PrefillRunner::<f16>::new(cfg, seed)?)),
+        Dtype::Bf16 => Ok(Box::new(PrefillRunner::<bf16>::new(cfg, seed)?)),
+    }
+}
+
+impl<T: Element> PrefillRunner<T> {
+    fn new(cfg: &Config, seed: u64) -> Result<Self, String> {
+        let kernel: Kernel = cfg.kernel.parse()?;
+        let shape = cfg.shape().map_err(|e| e.to_string())?;
+        let len = |d: [usize; 4]| d.iter().product::<usize>();
+        let q = normal::<T>(len(shape.q_dims()), seed, 0);
+        let k = normal::<T>(len(shape.k_dims()), seed, 1);
+        let v = normal::<T>(len(shape.v_dims()), seed, 2);
+        // Non-zero fill: the pages are touched now, not inside the call.
+        let out = vec![0.5f32; len(shape.out_dims())];
+        let lse = vec![0.5f32; shape.lse_len()];
+        Ok(PrefillRunner {
+            kernel,
+            shape,
+            params: cfg.params(),
+            par: cfg.par(),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            pool: thread_pool(cfg.threads)?,
+        })
+    }
+}
+
+impl<T: Element> Runner for PrefillRunner<T> {
+    fn run(&mut self) -> Result<(), AttnError> {
+        let PrefillRunner { kernel, shape, params, par, q, k, v, out, lse, pool } = self;
+        let inputs = AttnInputs::from_slices(*shape, Layout::Bhnd, q, k, v)?;
+        let mut view = TensorViewMut::new("out", out, shape.out_dims(), Layout::Bhnd)?;
+        let call = || {
+            kernel.forward(
+                &inputs,
+                &mut view,
+                Some(std::hint::black_box(&mut lse[..])),
+                params,
+                *par,
+            )
+        };
+        let r = in_pool(pool.as_ref(), call);
+        std::hint::black_box(&self.out);
+        r
+    }
+
+    fn sampled_error(&self, rows: usize) -> (f64, usize) {
+        check::prefill_error(&self.shape, &self.params, &self.q, &self.k, &self.v, &self.out, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Grouping, MaskSpec};
+
+    #[test]
+    fn a_nan_output_is_an_infinite_error() {
+        let cfg = Config::prefill("flash", Grouping::Gqa, MaskSpec::Causal, 16, Dtype::F32, 1, 64);
+        let mut r = PrefillRunner::<f32>::new(&cfg, 7).unwrap();
+        r.run().unwrap();
+        let (err, n) = r.sampled_error(8);
+        assert!(err < 1e-5 && n == 8, "{err} over {n} rows");
+        // row 0 of (b, h) = (0, 0) is always checked
+        r.out[3] = f32::NAN;
+        assert_eq!(r.sampled_error(8).0, f64::INFINITY);
+        r.out[3] = f32::INFINITY;
+        assert_eq!(r.sampled_error(8).0, f64::INFINITY);
+    }
+}

@@ -1,0 +1,36 @@
+//! What a measurement runs: a [`Runner`] holds one configuration's
+//! prepared buffers and thread pool, runs the call and checks its output.
+
+use attnlab::AttnError;
+
+/// Something that runs one attention call on prepared buffers.
+pub trait Runner {
+    /// One call.
+    fn run(&mut self) -> Result<(), AttnError>;
+    /// Max abs error of the last output over at most `rows` sampled query
+    /// rows (which ones: [`super::check`]), and the rows checked.
+    fn sampled_error(&self, rows: usize) -> (f64, usize);
+}
+
+/// A started pool of `threads` workers, or `None` for one thread (the
+/// call then runs `Par::Seq` on the calling thread).
+pub(super) fn thread_pool(threads: usize) -> Result<Option<rayon::ThreadPool>, String> {
+    if threads <= 1 {
+        return Ok(None);
+    }
+    let p =
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    p.install(|| rayon::join(|| (), || ())); // threads started
+    Ok(Some(p))
+}
+
+/// Runs `f` inside `pool`, or here without one.
+pub(super) fn in_pool<R: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}

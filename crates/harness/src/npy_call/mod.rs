@@ -1,0 +1,392 @@
+//! What `attn run` does: one attention call on `.npy` files, timed.
+//!
+//! Reads Q, K, V (float32 or float16, C order, all the same dtype;
+//! [`npy`]), checks everything, runs `warmup` untimed and `reps` timed
+//! calls of the chosen kernel on a rayon pool of `threads` workers, prints
+//! `time_ms=<float>` per timed call (the protocol of `shared/peers`), and
+//! only then writes O (float32, the input layout) and optionally the LSE
+//! (float32 `[B, Hq, Nq]`). Any error is one [`RunError`] naming the file
+//! and the problem, and no output file is left behind.
+
+pub mod npy;
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use attnlab::{
+    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par, TensorView,
+    TensorViewMut, f16, kernel::check_outputs,
+};
+
+use npy::{FileError, NpyArray, NpyData, shape_str};
+
+/// One `attn run`: the files, the kernel and how to call it.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Queries.
+    pub q: PathBuf,
+    /// Keys.
+    pub k: PathBuf,
+    /// Values.
+    pub v: PathBuf,
+    /// Output O.
+    pub out: PathBuf,
+    /// Output LSE, if wanted.
+    pub lse: Option<PathBuf>,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Scale, mask, finiteness check (validated).
+    pub params: AttnParams,
+    /// Memory layout of Q, K, V and O.
+    pub layout: Layout,
+    /// Workers of the rayon pool.
+    pub threads: usize,
+    /// Untimed calls first.
+    pub warmup: u32,
+    /// Timed calls.
+    pub reps: u32,
+}
+
+/// "bhnd" or "bnhd", as `--layout` spells it.
+pub fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Bhnd => "bhnd",
+        Layout::Bnhd => "bnhd",
+    }
+}
+
+/// Why `attn run` failed. Every variant prints as one line.
+#[derive(Debug)]
+pub enum RunError {
+    /// A problem with one input or output file.
+    File(FileError),
+    /// A problem with the flags.
+    Args(String),
+    /// An error from the kernel that concerns no single file (e.g. a kernel
+    /// that is not available).
+    Kernel(Kernel, AttnError),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::File(e) => e.fmt(f),
+            RunError::Args(s) => f.write_str(s),
+            RunError::Kernel(k, e) => write!(f, "kernel {k}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<FileError> for RunError {
+    fn from(e: FileError) -> Self {
+        RunError::File(e)
+    }
+}
+
+/// The files of one run, for naming them in errors.
+struct Files<'a> {
+    spec: &'a RunSpec,
+    /// Memory-order shapes of q, k, v, once read.
+    shapes: [Vec<usize>; 3],
+}
+
+impl Files<'_> {
+    fn path_of(&self, tensor: &str) -> &Path {
+        match tensor {
+            "k" | "kv_heads" => &self.spec.k,
+            "v" | "v_dim" => &self.spec.v,
+            "out" => &self.spec.out,
+            "lse" => self.spec.lse.as_deref().unwrap_or(&self.spec.out),
+            // "q", "scores", and the dims that come from Q
+            _ => &self.spec.q,
+        }
+    }
+
+    fn shapes_note(&self) -> String {
+        let [q, k, v] = &self.shapes;
+        format!(
+            "(q {}, k {}, v {}, layout {})",
+            shape_str(q),
+            shape_str(k),
+            shape_str(v),
+            layout_name(self.spec.layout)
+        )
+    }
+
+    /// An attnlab error, prefixed with the file it is about.
+    fn attn_error(&self, e: AttnError) -> RunError {
+        let file = |tensor: &str, problem: String| {
+            RunError::File(FileError::new(self.path_of(tensor), problem))
+        };
+        match e {
+            AttnError::NonFinite { tensor, index, value } => {
+                let shape = &self.shapes[match tensor {
+                    "k" => 1,
+                    "v" => 2,
+                    _ => 0,
+                }];
+                file(
+                    tensor,
+                    format!(
+                        "non-finite value {value} at index {} (flat index {index}); \
+                         pass --no-check-finite to let it propagate as IEEE arithmetic does",
+                        shape_str(&unravel(index, shape))
+                    ),
+                )
+            }
+            AttnError::Dim { tensor, .. } => file(tensor, format!("{e} {}", self.shapes_note())),
+            AttnError::BufferLen { tensor, .. } | AttnError::Overflow { tensor } => {
+                file(tensor, e.to_string())
+            }
+            AttnError::HeadsNotDivisible { .. } => file("k", format!("{e} {}", self.shapes_note())),
+            AttnError::ZeroDim { dim } => file(dim, format!("{e} {}", self.shapes_note())),
+            AttnError::Param { .. }
+            | AttnError::Unsupported { .. }
+            | AttnError::OutOfMemory { .. }
+            | AttnError::ScoreOverflow { .. } => RunError::Kernel(self.spec.kernel, e),
+        }
+    }
+}
+
+/// The multi-index of flat `index` in a C-order array of `shape`.
+fn unravel(mut index: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[i] = index % d;
+            index /= d;
+        }
+    }
+    idx
+}
+
+/// The output directory of `path` must exist (checked before any work).
+fn check_output_path(path: &Path) -> Result<(), RunError> {
+    if path.file_name().is_none() {
+        return Err(FileError::new(path, "output path does not name a file").into());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        let problem = format!("output directory {} does not exist", dir.display());
+        return Err(FileError::new(path, problem).into());
+    }
+    if path.is_dir() {
+        return Err(FileError::new(path, "output path is a directory").into());
+    }
+    Ok(())
+}
+
+/// Reads one input and checks that it is 4-d.
+fn read_input(path: &Path, dims: &str, layout: Layout) -> Result<NpyArray, RunError> {
+    let a = npy::read(path)?;
+    if a.shape.len() != 4 {
+        let problem = format!(
+            "expected a 4-d array {dims} (layout {}), got {}-d shape {}",
+            layout_name(layout),
+            a.shape.len(),
+            shape_str(&a.shape)
+        );
+        return Err(FileError::new(path, problem).into());
+    }
+    Ok(a)
+}
+
+fn dims4(shape: &[usize]) -> [usize; 4] {
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+/// Everything `attn run` does; timings go to `timings`.
+pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
+    check_output_path(&spec.out)?;
+    if let Some(lse) = &spec.lse {
+        check_output_path(lse)?;
+        if *lse == spec.out {
+            return Err(FileError::new(lse, "--lse and --out name the same file").into());
+        }
+    }
+
+    let (qd, kd, vd) = match spec.layout {
+        Layout::Bhnd => ("[B, Hq, Nq, d]", "[B, Hkv, Nk, d]", "[B, Hkv, Nk, dv]"),
+        Layout::Bnhd => ("[B, Nq, Hq, d]", "[B, Nk, Hkv, d]", "[B, Nk, Hkv, dv]"),
+    };
+    let q = read_input(&spec.q, qd, spec.layout)?;
+    let k = read_input(&spec.k, kd, spec.layout)?;
+    let v = read_input(&spec.v, vd, spec.layout)?;
+    for (path, a) in [(&spec.k, &k), (&spec.v, &v)] {
+        if a.dtype() != q.dtype() {
+            let problem = format!(
+                "dtype {} does not match q's {} (q, k and v must share one dtype)",
+                a.dtype().numpy_name(),
+                q.dtype().numpy_name()
+            );
+            return Err(FileError::new(path, problem).into());
+        }
+    }
+    let files = Files { spec, shapes: [q.shape.clone(), k.shape.clone(), v.shape.clone()] };
+
+    let layout = spec.layout;
+    let dims = [&q, &k, &v].map(|a| layout.logical_dims(dims4(&a.shape)));
+    let [[b, hq, nq, d], [_, hkv, nk, _], [.., dv]] = dims;
+    let shape = AttnShape::builder()
+        .batch(b)
+        .q_heads(hq)
+        .kv_heads(hkv)
+        .q_len(nq)
+        .kv_len(nk)
+        .head_dim(d)
+        .v_dim(dv)
+        .build()
+        .map_err(|e| files.attn_error(e))?;
+
+    let threads = spec.threads;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RunError::Args(format!("cannot start {threads} threads: {e}")))?;
+
+    let mut out = vec![0f32; shape.out_dims().iter().product()];
+    let mut lse = spec.lse.as_ref().map(|_| vec![0f32; shape.lse_len()]);
+    let call = Call {
+        kernel: spec.kernel,
+        shape,
+        dims,
+        layout,
+        params: spec.params,
+        par: Par::rayon(threads).map_err(|e| RunError::Args(format!("--threads: {e}")))?,
+        warmup: spec.warmup,
+        reps: spec.reps,
+    };
+    pool.install(|| match (&q.data, &k.data, &v.data) {
+        (NpyData::F32(q), NpyData::F32(k), NpyData::F32(v)) => {
+            call.timed::<f32>(&files, q, k, v, &mut out, lse.as_deref_mut(), timings)
+        }
+        (NpyData::F16(q), NpyData::F16(k), NpyData::F16(v)) => {
+            call.timed::<f16>(&files, q, k, v, &mut out, lse.as_deref_mut(), timings)
+        }
+        _ => unreachable!("dtypes were checked to match"),
+    })?;
+    // The inputs are no longer needed: free them before writing.
+    drop((q, k, v));
+
+    let out_shape = layout.memory_dims(shape.out_dims());
+    let lse_shape = [shape.batch(), shape.q_heads(), shape.q_len()];
+    let mut writes: Vec<(&Path, &[usize], &[f32])> = vec![(&spec.out, &out_shape, &out)];
+    if let (Some(path), Some(lse)) = (&spec.lse, &lse) {
+        writes.push((path, &lse_shape, lse));
+    }
+    write_all_or_none(&writes)
+}
+
+/// One configured kernel call, repeated.
+struct Call {
+    kernel: Kernel,
+    shape: AttnShape,
+    /// Logical dims of q, k, v as read (checked against `shape`).
+    dims: [[usize; 4]; 3],
+    layout: Layout,
+    params: AttnParams,
+    par: Par,
+    warmup: u32,
+    reps: u32,
+}
+
+impl Call {
+    /// Validates, then runs `warmup` untimed and `reps` timed calls,
+    /// printing `time_ms=` per timed call.
+    #[allow(clippy::too_many_arguments)]
+    fn timed<T: Element>(
+        &self,
+        files: &Files<'_>,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: &mut [f32],
+        mut lse: Option<&mut [f32]>,
+        timings: &mut (dyn Write + Send),
+    ) -> Result<(), RunError> {
+        let err = |e| files.attn_error(e);
+        let [qd, kd, vd] = self.dims;
+        let inputs = AttnInputs::new(
+            self.shape,
+            TensorView::new("q", q, qd, self.layout).map_err(err)?,
+            TensorView::new("k", k, kd, self.layout).map_err(err)?,
+            TensorView::new("v", v, vd, self.layout).map_err(err)?,
+        )
+        .map_err(err)?;
+        let mut view =
+            TensorViewMut::new("out", out, self.shape.out_dims(), self.layout).map_err(err)?;
+        // Sizes and parameters are checked before any timing; a non-finite
+        // input a row reads fails the first (warm-up or timed) call, before
+        // its `time_ms=` line.
+        check_outputs(&self.shape, &view, lse.as_deref()).map_err(err)?;
+        self.params.validate().map_err(err)?;
+        for i in 0..self.warmup + self.reps {
+            let start = Instant::now();
+            self.kernel
+                .forward(&inputs, &mut view, lse.as_deref_mut(), &self.params, self.par)
+                .map_err(err)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if i >= self.warmup {
+                writeln!(timings, "time_ms={ms:.6}")
+                    .and_then(|()| timings.flush())
+                    .map_err(|e| RunError::Args(format!("cannot write to stdout: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A temporary name beside `path` for writing it.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Writes every file or, on any failure, none: each goes to a temporary
+/// name first and is renamed once all are written.
+fn write_all_or_none(writes: &[(&Path, &[usize], &[f32])]) -> Result<(), RunError> {
+    let temps: Vec<PathBuf> = writes.iter().map(|(p, _, _)| partial_path(p)).collect();
+    let cleanup = |renamed: &[&Path]| {
+        for t in &temps {
+            let _ = fs::remove_file(t);
+        }
+        for p in renamed {
+            let _ = fs::remove_file(p);
+        }
+    };
+    for ((path, shape, data), tmp) in writes.iter().zip(&temps) {
+        if let Err(e) = npy::write_f32(tmp, shape, data) {
+            cleanup(&[]);
+            return Err(FileError::new(path, format!("cannot write: {e}")).into());
+        }
+    }
+    let mut renamed = Vec::with_capacity(writes.len());
+    for ((path, _, _), tmp) in writes.iter().zip(&temps) {
+        if let Err(e) = fs::rename(tmp, path) {
+            cleanup(&renamed);
+            return Err(FileError::new(path, format!("cannot write: {e}")).into());
+        }
+        renamed.push(*path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unravel_is_c_order() {
+        assert_eq!(unravel(0, &[2, 3, 4]), vec![0, 0, 0]);
+        assert_eq!(unravel(23, &[2, 3, 4]), vec![1, 2, 3]);
+        assert_eq!(unravel(13, &[2, 3, 4]), vec![1, 0, 1]);
+    }
+}

@@ -1,0 +1,221 @@
+//! One configuration's results ([`Row`], [`Status`]) and one sweep's
+//! ([`RunFile`]), as `results/*.json` holds them ([`SCHEMA`]).
+
+use crate::config::{Config, Dtype, Kind};
+use crate::machine::{MachineInfo, Peak};
+use serde::{Deserialize, Serialize};
+
+/// Version of the results file format. 2 added decode rows (`kind`,
+/// `cache_dtype`, `us_per_step`, `kv_bytes`, `gbs`, `read_gbs`,
+/// `pct_bandwidth`); files of schema 1 (prefill only) still load, their
+/// rows read as prefill.
+pub const SCHEMA: u32 = 2;
+
+/// Outcome of one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Measured.
+    Ok,
+    /// Not run: it would need more memory than the budget (`needs_bytes`).
+    Skipped,
+    /// The kernel (or the child process) failed; `note` says why.
+    Error,
+}
+
+/// One configuration's results: a row of `results/*.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Criterion id, `prefill/flash/mha/causal/d64/f32/t2/4096`.
+    pub id: String,
+    /// The configuration.
+    #[serde(flatten)]
+    pub config: Config,
+    /// "mha", "gqa", "mqa".
+    pub grouping: String,
+    /// ok, skipped or error.
+    pub status: Status,
+    /// Why skipped or failed; empty when ok.
+    pub note: String,
+    /// FLOPs credited (see [`Config::flops`]).
+    pub flops: f64,
+    /// Median time of one call, ms.
+    pub median_ms: Option<f64>,
+    /// Timed calls behind the median (criterion: samples).
+    pub samples: usize,
+    /// "criterion" (in the parent, 10 samples) or "direct" (in the child).
+    pub timer: String,
+    /// Time of the first, memory-measured call, ms.
+    pub first_call_ms: Option<f64>,
+    /// `flops / median`, GFLOP/s.
+    pub gflops: Option<f64>,
+    /// `gflops` over the FMA peak for `threads`, measured in the same run.
+    pub pct_peak: Option<f64>,
+    /// The FMA peak used for `pct_peak`, GFLOP/s.
+    pub peak_gflops: Option<f64>,
+    /// Heap high-water mark during the first call beyond what was live
+    /// before it (inputs and outputs), bytes.
+    pub extra_bytes: Option<u64>,
+    /// The kernel's own `workspace_bytes`.
+    pub workspace_bytes: u64,
+    /// Inputs + outputs (O and LSE), bytes.
+    pub io_bytes: u64,
+    /// `io_bytes + workspace_bytes`: what the budget check uses.
+    pub needs_bytes: u64,
+    /// VmHWM after the first call (VmHWM reset before it), bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// `peak_rss_bytes` minus VmRSS just before the call.
+    pub rss_increase_bytes: Option<u64>,
+    /// Max |O - O_f64| over `err_rows` sampled query rows.
+    pub max_abs_err: Option<f64>,
+    /// Query rows checked.
+    pub err_rows: usize,
+    /// Compiled with avx512f.
+    pub avx512f: bool,
+    /// Compiled with fma.
+    pub fma: bool,
+    /// Decode: the storage type of the K/V cache (= `dtype`); `None` for
+    /// prefill.
+    #[serde(default)]
+    pub cache_dtype: Option<Dtype>,
+    /// Decode: `median_ms` in µs, the time of one step.
+    #[serde(default)]
+    pub us_per_step: Option<f64>,
+    /// Decode: K+V bytes of the cache one step reads ([`Config::kv_bytes`]).
+    #[serde(default)]
+    pub kv_bytes: Option<u64>,
+    /// Decode: `kv_bytes / median`, GB/s (1e9 bytes).
+    #[serde(default)]
+    pub gbs: Option<f64>,
+    /// Decode: the read bandwidth of `threads` measured in the same run,
+    /// GB/s (the denominator of `pct_bandwidth`).
+    #[serde(default)]
+    pub read_gbs: Option<f64>,
+    /// Decode: `gbs / read_gbs`, percent.
+    #[serde(default)]
+    pub pct_bandwidth: Option<f64>,
+}
+
+impl Row {
+    /// A row with the configuration filled in and nothing measured.
+    pub fn new(cfg: &Config) -> Row {
+        let workspace = cfg.workspace_bytes();
+        let io = cfg.io_bytes();
+        Row {
+            id: cfg.id(),
+            config: cfg.clone(),
+            grouping: cfg.grouping().into(),
+            status: Status::Ok,
+            note: String::new(),
+            flops: cfg.flops(),
+            median_ms: None,
+            samples: 0,
+            timer: String::new(),
+            first_call_ms: None,
+            gflops: None,
+            pct_peak: None,
+            peak_gflops: None,
+            extra_bytes: None,
+            workspace_bytes: workspace,
+            io_bytes: io,
+            needs_bytes: io + workspace,
+            peak_rss_bytes: None,
+            rss_increase_bytes: None,
+            max_abs_err: None,
+            err_rows: 0,
+            avx512f: cfg!(target_feature = "avx512f"),
+            fma: cfg!(target_feature = "fma"),
+            cache_dtype: (cfg.kind == Kind::Decode).then_some(cfg.dtype),
+            us_per_step: None,
+            kv_bytes: cfg.kv_bytes(),
+            gbs: None,
+            read_gbs: None,
+            pct_bandwidth: None,
+        }
+    }
+
+    /// A failed row.
+    pub fn error(cfg: &Config, note: impl Into<String>) -> Row {
+        Row { status: Status::Error, note: note.into(), ..Row::new(cfg) }
+    }
+
+    /// Sets the time and derives GFLOP/s and % of peak (decode: also µs
+    /// per step and GB/s of K+V).
+    pub fn set_time(&mut self, median_ms: f64, samples: usize, timer: &str, peak: Option<f64>) {
+        self.median_ms = Some(median_ms);
+        self.samples = samples;
+        self.timer = timer.into();
+        let gflops = self.flops / (median_ms * 1e-3) * 1e-9;
+        self.gflops = Some(gflops);
+        if let Some(p) = peak.filter(|p| *p > 0.0) {
+            self.peak_gflops = Some(p);
+            self.pct_peak = Some(100.0 * gflops / p);
+        }
+        if let Some(kv) = self.kv_bytes {
+            self.us_per_step = Some(median_ms * 1e3);
+            self.gbs = Some(kv as f64 / (median_ms * 1e-3) * 1e-9);
+        }
+        if let Some(r) = self.read_gbs {
+            self.set_read_gbs(Some(r));
+        }
+    }
+
+    /// Decode rows with a time: sets the read bandwidth that
+    /// `pct_bandwidth` divides by (the run's measurement for this row's
+    /// thread count).
+    pub fn set_read_gbs(&mut self, read_gbs: Option<f64>) {
+        if self.config.kind != Kind::Decode || self.gbs.is_none() {
+            return;
+        }
+        if let Some(r) = read_gbs.filter(|r| *r > 0.0) {
+            self.read_gbs = Some(r);
+            self.pct_bandwidth = self.gbs.map(|g| 100.0 * g / r);
+        }
+    }
+}
+
+/// The results of one sweep: `results/runs/*.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFile {
+    /// [`SCHEMA`].
+    pub schema: u32,
+    /// default, full, quick or smoke.
+    pub profile: String,
+    /// Criterion filter the run was given, if any.
+    pub filter: Option<String>,
+    /// Start, UTC.
+    pub started_utc: String,
+    /// Wall time of the whole run, seconds.
+    pub duration_s: f64,
+    /// The machine, collected at the start.
+    pub machine: MachineInfo,
+    /// Peaks measured at the start of the run.
+    pub peak: Peak,
+    /// Memory budget of the run, bytes.
+    pub mem_budget_bytes: u64,
+    /// Input seed.
+    pub seed: u64,
+    /// How the grid was chosen, one line per part.
+    pub grid: Vec<String>,
+    /// How times were taken.
+    pub timing: String,
+    /// One row per configuration.
+    pub rows: Vec<Row>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Grouping;
+
+    #[test]
+    fn decode_rows_carry_the_cache() {
+        let c = Config::decode(Grouping::Gqa, Dtype::F16, 2, 32768);
+        let r = Row::new(&c);
+        assert_eq!(
+            (r.kv_bytes, r.cache_dtype, r.grouping.as_str()),
+            (c.kv_bytes(), Some(Dtype::F16), "gqa")
+        );
+        assert!(r.needs_bytes > c.kv_bytes().unwrap() && r.workspace_bytes > 0);
+    }
+}

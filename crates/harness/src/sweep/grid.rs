@@ -1,0 +1,283 @@
+//! The grid: which configurations a sweep of each [`Profile`] runs,
+//! prefill (N × grouping × mask × d × dtype × threads, naive and flash)
+//! and decode (L × grouping × cache dtype × threads), with a description
+//! of each part for the results file.
+
+use crate::config::{Config, Dtype, Grouping, Kind, MaskSpec};
+
+/// Size of a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Two tiny configurations (`cargo test --benches`): checks plumbing.
+    Smoke,
+    /// A few seconds: short N only.
+    Quick,
+    /// About 10 minutes on a 2-core Zen 4 (`cargo bench -p harness`), of
+    /// which decode about 1.5.
+    Default,
+    /// Flash to N = 131072, every axis further out, the whole decode grid
+    /// (hours).
+    Full,
+}
+
+impl Profile {
+    /// Name as in `ATTNLAB_PROFILE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Smoke => "smoke",
+            Profile::Quick => "quick",
+            Profile::Default => "default",
+            Profile::Full => "full",
+        }
+    }
+    /// Parses a name.
+    pub fn parse(s: &str) -> Result<Profile, String> {
+        match s {
+            "smoke" => Ok(Profile::Smoke),
+            "quick" => Ok(Profile::Quick),
+            "" | "default" => Ok(Profile::Default),
+            "full" => Ok(Profile::Full),
+            _ => Err(format!("ATTNLAB_PROFILE={s}: expected quick, default or full")),
+        }
+    }
+}
+
+/// Cache lengths L of the decode grid.
+pub const DECODE_LENS: [usize; 6] = [1024, 4096, 16384, 32768, 65536, 131072];
+
+/// The sweep's configurations for `profile` with `all` = every core:
+/// prefill sorted by N (then by kernel, grouping, mask, d, dtype,
+/// threads), then decode sorted by L (then grouping, dtype, threads); and
+/// a description of the grid, one line per part.
+pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    let (mut v, mut desc) = prefill_grid(profile, all);
+    let (d, dd) = decode_grid(profile, all);
+    v.extend(d);
+    desc.extend(dd);
+    v.sort_by_key(|c| {
+        let decode = c.kind == Kind::Decode;
+        let dtype_key = if decode {
+            [Dtype::F32, Dtype::F16, Dtype::Bf16].iter().position(|d| *d == c.dtype).unwrap_or(3)
+        } else {
+            usize::from(c.dtype.size() == 4)
+        };
+        (
+            decode,
+            if decode { c.kv_len } else { c.q_len },
+            c.kernel.clone(),
+            ["mha", "gqa", "mqa"].iter().position(|g| *g == c.grouping()),
+            c.mask.name(),
+            c.head_dim,
+            dtype_key,
+            c.threads,
+        )
+    });
+    v.dedup();
+    (v, desc)
+}
+
+/// The decode part of [`grid`] (unsorted).
+fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    use Grouping::*;
+    let all = all.max(1);
+    let dtypes = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+    let mut v: Vec<Config> = Vec::new();
+    let mut desc: Vec<String> = Vec::new();
+    let mut at = |gs: &[Grouping], dts: &[Dtype], ts: &[usize], ls: &[usize]| {
+        for &g in gs {
+            for &dt in dts {
+                for &t in ts {
+                    for &l in ls {
+                        v.push(Config::decode(g, dt, t, l));
+                    }
+                }
+            }
+        }
+    };
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let head = "decode (B = 1, Hq = 32, d = 128, one new query, causal; MHA Hkv = 32, GQA 8, \
+                MQA 1)";
+    match profile {
+        Profile::Smoke => {
+            at(&[Gqa], &[Dtype::F16], &[1], &[1024]);
+            desc.push("smoke: decode GQA, f16 cache, L = 1024, 1 thread".into());
+        }
+        Profile::Quick => {
+            at(&[Gqa], &dtypes, &[all], &[1024, 4096]);
+            desc.push(format!("{head}: GQA x f32/f16/bf16 cache, L = 1024, 4096, {all} threads"));
+        }
+        Profile::Default => {
+            at(&[Gqa, Mqa], &dtypes, &[all], &DECODE_LENS);
+            at(&[Mha], &dtypes, &[all], &DECODE_LENS[..5]);
+            desc.push(format!(
+                "{head}: GQA and MQA x f32/f16/bf16 cache x L = 1k ... 128k, MHA x the same \
+                 dtypes x L = 1k ... 64k (2 GiB of f32 cache), {all} threads"
+            ));
+            if all > 1 {
+                at(&[Gqa], &dtypes, &[1], &[1024, 4096, 32768, 131072]);
+                desc.push(
+                    "decode: GQA x f32/f16/bf16 cache x L = 1k, 4k, 32k, 128k on 1 thread".into(),
+                );
+            }
+        }
+        Profile::Full => {
+            at(&Grouping::ALL, &dtypes, &threads, &DECODE_LENS);
+            let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
+            desc.push(format!(
+                "{head}: MHA/GQA/MQA x f32/f16/bf16 cache x L = 1k ... 128k x threads {ts}"
+            ));
+        }
+    }
+    (v, desc)
+}
+
+/// The prefill part of [`grid`] (unsorted).
+fn prefill_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    use Grouping::*;
+    use MaskSpec::{Causal, Full};
+    let all = all.max(1);
+    let mut v: Vec<Config> = Vec::new();
+    let mut desc: Vec<String> = Vec::new();
+    let kernels = ["naive", "flash"];
+    let masks = [Full, Causal];
+    let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+    let every = |v: &mut Vec<Config>, ns: &[usize], ds: &[usize], ts: &[usize], gs: &[Grouping]| {
+        for &n in ns {
+            for k in kernels {
+                for &g in gs {
+                    for m in masks {
+                        for &d in ds {
+                            for &t in ts {
+                                v.push(Config::prefill(k, g, m, d, Dtype::F32, t, n));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let flash_at = |v: &mut Vec<Config>, n: usize, gs: &[Grouping], ms: &[MaskSpec]| {
+        for &g in gs {
+            for &m in ms {
+                v.push(Config::prefill("flash", g, m, 64, Dtype::F32, all, n));
+            }
+        }
+    };
+    // naive rows at long N: recorded as "needs X GiB" when over budget.
+    let naive_at = |v: &mut Vec<Config>, n: usize, gs: &[Grouping], ms: &[MaskSpec]| {
+        for &g in gs {
+            for &m in ms {
+                v.push(Config::prefill("naive", g, m, 64, Dtype::F32, all, n));
+            }
+        }
+    };
+    let halves = |v: &mut Vec<Config>, ns: &[usize], ms: &[MaskSpec]| {
+        for &n in ns {
+            for dt in [Dtype::F16, Dtype::Bf16] {
+                for &m in ms {
+                    v.push(Config::prefill("flash", Mha, m, 64, dt, all, n));
+                }
+            }
+        }
+    };
+    match profile {
+        Profile::Smoke => {
+            for k in kernels {
+                v.push(Config::prefill(k, Gqa, Causal, 16, Dtype::F32, 1, 64));
+            }
+            desc.push("smoke: naive and flash, GQA causal d=16, N=64, 1 thread".into());
+        }
+        Profile::Quick => {
+            every(&mut v, &[256, 512, 1024], &[64], &[all], &Grouping::ALL);
+            desc.push(format!(
+                "N = 256, 512, 1024: naive and flash x MHA/GQA/MQA x full/causal, d = 64, f32, {all} threads"
+            ));
+        }
+        Profile::Default => {
+            let main_ns = [256, 512, 1024, 2048, 4096, 8192, 16384];
+            every(&mut v, &main_ns, &[64], &[all], &Grouping::ALL);
+            desc.push(format!(
+                "N = 256 ... 16384: naive and flash x MHA/GQA/MQA x full/causal, d = 64, f32, \
+                 {all} threads (the main tables; naive needs ~8.5 GiB at 16384)"
+            ));
+            every(&mut v, &[1024], &[64, 128], &threads, &Grouping::ALL);
+            let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
+            desc.push(format!(
+                "N = 1024: d = 64 and 128 x threads {ts}, naive and flash x MHA/GQA/MQA x full/causal"
+            ));
+            every(&mut v, &[4096], &[64, 128], &threads, &Grouping::ALL);
+            desc.push("N = 4096: the same d x threads".into());
+            for (d, t) in [(64, 1), (128, all)] {
+                if (d, t) != (64, all) {
+                    for m in masks {
+                        v.push(Config::prefill("flash", Mha, m, d, Dtype::F32, t, 16384));
+                    }
+                }
+            }
+            desc.push(format!(
+                "N = 16384: also flash MHA full/causal with d = 64 on 1 thread and d = 128 on {all}"
+            ));
+            flash_at(&mut v, 32768, &Grouping::ALL, &masks);
+            naive_at(&mut v, 32768, &Grouping::ALL, &masks);
+            desc.push(format!(
+                "N = 32768: flash x MHA/GQA/MQA x full/causal, d = 64, {all} threads, one timed \
+                 call; naive recorded with the memory it would need"
+            ));
+            flash_at(&mut v, 65536, &Grouping::ALL, &[Causal]);
+            flash_at(&mut v, 65536, &[Mha], &[Full]);
+            naive_at(&mut v, 65536, &Grouping::ALL, &masks);
+            desc.push(format!(
+                "N = 65536: flash causal x MHA/GQA/MQA and MHA without mask, d = 64, {all} \
+                 threads, one timed call; naive recorded with the memory it would need"
+            ));
+            halves(&mut v, &[4096], &masks);
+            desc.push(format!(
+                "N = 4096: flash with f16 and bf16 inputs (f32 accumulation), MHA \
+                 full/causal, d = 64, {all} threads"
+            ));
+        }
+        Profile::Full => {
+            every(&mut v, &[256, 512, 1024, 2048, 4096], &[64, 128], &threads, &Grouping::ALL);
+            desc.push(
+                "N = 256 ... 4096: naive and flash x MHA/GQA/MQA x full/causal x d = 64, 128 x threads 1 and all"
+                    .into(),
+            );
+            every(&mut v, &[8192, 16384], &[64, 128], &[all], &Grouping::ALL);
+            desc.push(format!(
+                "N = 8192, 16384: the same with {all} threads (naive over budget recorded as needs)"
+            ));
+            for n in [32768, 65536, 131072] {
+                flash_at(&mut v, n, &Grouping::ALL, &masks);
+                naive_at(&mut v, n, &Grouping::ALL, &masks);
+            }
+            desc.push(format!(
+                "N = 32768, 65536, 131072: flash x MHA/GQA/MQA x full/causal, d = 64, {all} threads"
+            ));
+            halves(&mut v, &[1024, 4096, 16384], &masks);
+            desc.push("N = 1024, 4096, 16384: flash f16 and bf16, MHA full/causal".into());
+        }
+    }
+    (v, desc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_is_sorted_and_unique() {
+        for p in [Profile::Smoke, Profile::Quick, Profile::Default, Profile::Full] {
+            let (g, desc) = grid(p, 2);
+            assert!(!g.is_empty() && !desc.is_empty());
+            let ids: Vec<String> = g.iter().map(Config::id).collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), ids.len(), "{p:?} has duplicate ids");
+            // prefill by N, then decode by L
+            let len = |c: &Config| (c.kind == Kind::Decode, c.q_len.max(c.kv_len));
+            assert!(g.windows(2).all(|w| len(&w[0]) <= len(&w[1])), "{p:?} is not sorted");
+            assert!(g.iter().any(|c| c.kind == Kind::Decode), "{p:?} has no decode rows");
+        }
+    }
+}
