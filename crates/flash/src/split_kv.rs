@@ -178,8 +178,9 @@ impl SplitKvPlan {
 }
 
 /// Scratch of split-KV calls: the per-chunk partial outputs and LSEs, the
-/// merge buffers and one [`DecodeScratch`] per thread. Its size is bounded
-/// by [`MAX_CHUNKS`] per K/V head however long the sequence is.
+/// merge buffers and one scratch per thread. Its size is bounded by
+/// `tiles::decode::MAX_CHUNKS` (64) chunks per K/V head however long the
+/// sequence is.
 #[derive(Debug)]
 pub struct SplitKvWorkspace {
     plan: SplitKvPlan,

@@ -1,6 +1,6 @@
 //! The scratch memory of one call, for whichever path the call takes.
 //!
-//! [`Workspace::bytes_for`] and [`Workspace::new`] derive from the same
+//! `Workspace::bytes_for` and `Workspace::new` derive from the same
 //! sizes, so [`attn_core::AttentionKernel::workspace_bytes`] is exactly
 //! what a call allocates, on either path.
 

@@ -58,7 +58,7 @@ fn reference_on<T: Element>(
 
 /// The f64 output row and LSE of query rows `(b, h, i)` only: what the
 /// harness uses to check sampled rows of a large run without computing
-/// the whole reference. Same arithmetic as [`reference`].
+/// the whole reference. Same arithmetic as [`reference()`].
 pub fn reference_rows<T: Element>(
     inputs: &AttnInputs<'_, T>,
     params: &AttnParams,
