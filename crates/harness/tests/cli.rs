@@ -12,7 +12,11 @@ use npyz::{Order, WriterBuilder};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn attn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_attn"))
+    // the instruction-set warning (baseline CI builds) would add a line
+    // to the one-line errors checked below; it has its own test
+    let mut c = Command::new(env!("CARGO_BIN_EXE_attn"));
+    c.env("ATTNLAB_NO_ISA_WARNING", "1");
+    c
 }
 
 /// Writes a C- or Fortran-order `.npy` of `T`'s default dtype.
@@ -538,4 +542,31 @@ fn missing_output_directory() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn warns_when_the_build_leaves_vector_units_unused() {
+    // Same RUSTFLAGS for this test and the binary: with target-cpu=native
+    // nothing is missed and nothing is said; the baseline CI build
+    // (target-cpu=x86-64) on an AVX-512 machine must warn.
+    let o = Command::new(env!("CARGO_BIN_EXE_attn"))
+        .args([
+            "run",
+            "--q",
+            "/nonexistent/q.npy",
+            "--k",
+            "k.npy",
+            "--v",
+            "v.npy",
+            "--out",
+            "o.npy",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    let warned = err.contains("attn: warning: attnlab was compiled for");
+    assert_eq!(warned, !attnlab::isa::missed().is_empty(), "{err}");
+    if warned {
+        assert!(err.contains("target-cpu=native"), "{err}");
+    }
 }

@@ -26,6 +26,8 @@ const DOCS: [&str; 6] = [
 fn machine() -> MachineInfo {
     MachineInfo {
         cpu_model: "Test CPU 9000".into(),
+        cpu_id: "TestVendor family 1 model 2".into(),
+        compiled_isa: "sse4.2 avx2 fma avx512f".into(),
         logical_cpus: 2,
         caches: vec![
             CacheInfo { level: 1, kind: "Data".into(), size_bytes: 32 << 10, shared_by: 1 },

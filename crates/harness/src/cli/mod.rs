@@ -45,9 +45,17 @@ enum Command {
     Decode(decode::DecodeArgs),
 }
 
-/// Parses the command line and runs the subcommand.
+/// Parses the command line and runs the subcommand. Warns first on stderr
+/// when the build leaves vector units of this CPU unused
+/// (`attnlab::isa::warning`; `ATTNLAB_NO_ISA_WARNING=1` silences it).
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if std::env::var_os("ATTNLAB_NO_ISA_WARNING").is_none()
+        && let Some(w) = attnlab::isa::warning()
+    {
+        eprintln!("attn: warning: {w}");
+    }
+    match cli.command {
         Command::Run(args) => run::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::Peak(args) => peak::main(&args),

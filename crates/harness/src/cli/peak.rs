@@ -34,6 +34,9 @@ pub fn main(args: &PeakArgs) -> ExitCode {
             }
         }
     } else {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        println!("CPU: {}", crate::machine::facts::cpu_id(&cpuinfo));
+        println!("kernels compiled for: {}", attnlab::isa::compiled());
         println!("FMA peak ({}):", p.fma_method);
         println!("  1 thread:    {:8.1} GFLOP/s", p.fma_gflops_1t);
         println!("  {} threads: {:8.1} GFLOP/s", p.threads_all, p.fma_gflops_all);

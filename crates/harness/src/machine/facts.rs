@@ -30,12 +30,20 @@ pub struct CacheInfo {
 pub struct MachineInfo {
     /// `model name` of /proc/cpuinfo.
     pub cpu_model: String,
+    /// Vendor, family and model of /proc/cpuinfo, with the core's name
+    /// where known (`AuthenticAMD family 26 model 2 (Zen 5)`): the model
+    /// name alone ("AMD EPYC") does not say which core runs the kernels.
+    #[serde(default)]
+    pub cpu_id: String,
     /// Logical CPUs available to the process ("all cores" in the sweep).
     pub logical_cpus: usize,
     /// Caches of CPU 0.
     pub caches: Vec<CacheInfo>,
     /// Physical memory (MemTotal), bytes.
     pub mem_total_bytes: u64,
+    /// What the kernels were compiled for (`attnlab::isa::compiled()`).
+    #[serde(default)]
+    pub compiled_isa: String,
     /// Compiled with `target_feature = "avx512f"`.
     pub compiled_avx512f: bool,
     /// Compiled with `target_feature = "fma"`.
@@ -54,6 +62,34 @@ pub struct MachineInfo {
     pub date_utc: String,
 }
 
+/// `vendor family F model M (core)` from /proc/cpuinfo's first CPU.
+pub fn cpu_id(cpuinfo: &str) -> String {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let (vendor, family, model) = (field("vendor_id"), field("cpu family"), field("model"));
+    let core = match (vendor.as_str(), family.parse::<u32>(), model.parse::<u32>()) {
+        ("AuthenticAMD", Ok(25), Ok(m)) if m >= 0x10 => Some("Zen 4"),
+        ("AuthenticAMD", Ok(25), Ok(_)) => Some("Zen 3"),
+        ("AuthenticAMD", Ok(26), Ok(_)) => Some("Zen 5"),
+        ("GenuineIntel", Ok(6), Ok(143)) => Some("Sapphire Rapids"),
+        ("GenuineIntel", Ok(6), Ok(207)) => Some("Emerald Rapids"),
+        ("GenuineIntel", Ok(6), Ok(173 | 174)) => Some("Granite Rapids"),
+        ("GenuineIntel", Ok(6), Ok(106 | 108)) => Some("Ice Lake"),
+        _ => None,
+    };
+    let mut s = format!("{vendor} family {family} model {model}");
+    if let Some(c) = core {
+        s.push_str(&format!(" ({c})"));
+    }
+    s
+}
+
 impl MachineInfo {
     /// Collects the facts of this machine (cheap: files and two commands).
     pub fn collect() -> MachineInfo {
@@ -66,6 +102,8 @@ impl MachineInfo {
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         MachineInfo {
             cpu_model,
+            cpu_id: cpu_id(&cpuinfo),
+            compiled_isa: attnlab::isa::compiled(),
             logical_cpus: logical_cpus(),
             caches: caches(),
             mem_total_bytes: meminfo("MemTotal").unwrap_or(0),

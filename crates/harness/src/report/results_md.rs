@@ -36,15 +36,17 @@ pub fn render_results_md(all: &RunFile, source: &str) -> String {
     let yes = |b: bool| if b { "yes" } else { "**no**" };
     let facts: Vec<Vec<String>> = vec![
         vec!["CPU".into(), format!("{}, {} logical CPUs", m.cpu_model, m.logical_cpus)],
+        vec!["CPU id".into(), if m.cpu_id.is_empty() { "–".into() } else { m.cpu_id.clone() }],
         vec!["caches".into(), m.cache_summary()],
         vec!["memory".into(), fmt_bytes(m.mem_total_bytes as f64)],
         vec![
             "ISA compiled in".into(),
             format!(
-                "avx512f {}, fma {}, avx2 {}",
+                "avx512f {}, fma {}, avx2 {} (kernels: {})",
                 yes(m.compiled_avx512f),
                 yes(m.compiled_fma),
-                yes(m.compiled_avx2)
+                yes(m.compiled_avx2),
+                if m.compiled_isa.is_empty() { "–" } else { &m.compiled_isa }
             ),
         ],
         vec!["CPU features".into(), m.cpu_features.join(" ")],
