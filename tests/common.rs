@@ -58,6 +58,20 @@ impl Under {
     }
 }
 
+/// The shape `[B, Hq, Hkv, Nq, Nk, d, dv]` of the tests' tables.
+pub fn shape_of([batch, hq, hkv, nq, nk, d, dv]: [usize; 7]) -> AttnShape {
+    AttnShape::builder()
+        .batch(batch)
+        .q_heads(hq)
+        .kv_heads(hkv)
+        .q_len(nq)
+        .kv_len(nk)
+        .head_dim(d)
+        .v_dim(dv)
+        .build()
+        .unwrap()
+}
+
 /// Seeded inputs: standard-normal-ish values times `amp`.
 pub fn random(n: usize, amp: f32, rng: &mut StdRng) -> Vec<f32> {
     (0..n)

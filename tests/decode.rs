@@ -3,7 +3,7 @@
 use crate::common::*;
 use attnlab::flash::{KvCache, Partial, decode, merge_partials};
 use attnlab::naive::reference;
-use attnlab::{AttnInputs, AttnParams, AttnShape, Element, Layout, Mask, Par, bf16, f16};
+use attnlab::{AttnInputs, AttnParams, Element, Layout, Mask, Par, bf16, f16};
 use proptest::prelude::*;
 
 /// K and V of one batch entry as stored, widened to f32: `[Hkv, len, d]`.
@@ -70,16 +70,7 @@ fn check_decode<T: Element>(
         assert!(same(&out, &out2) && same(&lse, &lse2), "{t} threads differ");
     }
     for (b, &len) in lens.iter().enumerate() {
-        let shape = AttnShape::builder()
-            .batch(1)
-            .q_heads(hq)
-            .kv_heads(hkv)
-            .q_len(nq)
-            .kv_len(len)
-            .head_dim(d)
-            .v_dim(dv)
-            .build()
-            .unwrap();
+        let shape = shape_of([1, hq, hkv, nq, len, d, dv]);
         let qb = &q[b * hq * nq * d..(b + 1) * hq * nq * d];
         let inputs =
             AttnInputs::from_slices(shape, Layout::Bhnd, qb, &stored[b].0, &stored[b].1).unwrap();
@@ -164,7 +155,7 @@ proptest! {
         dv in 1usize..40,
         seed in any::<u64>(),
     ) {
-        let shape = AttnShape::builder().batch(1).q_heads(1).kv_heads(1).q_len(nq).kv_len(nk).head_dim(d).v_dim(dv).build().unwrap();
+        let shape = shape_of([1, 1, 1, nq, nk, d, dv]);
         let (q, k, v) = make_inputs(&shape, 1.0, seed);
         let params = AttnParams::default();
         let whole = reference(&AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap(), &params);
@@ -174,7 +165,7 @@ proptest! {
         let mut shards = vec![];
         for w in bounds.windows(2) {
             let (a, b) = (w[0], w[1]);
-            let s = AttnShape::builder().batch(1).q_heads(1).kv_heads(1).q_len(nq).kv_len(b - a).head_dim(d).v_dim(dv).build().unwrap();
+            let s = shape_of([1, 1, 1, nq, b - a, d, dv]);
             let inp = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k[a * d..b * d], &v[a * dv..b * dv]).unwrap();
             let r = attnlab::attention_with(attnlab::Kernel::Flash, Layout::Bhnd, &s, inp.q.data(), inp.k.data(), inp.v.data(), &params, Par::Seq).unwrap();
             shards.push(r);

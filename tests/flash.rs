@@ -3,8 +3,7 @@
 use crate::common::*;
 use attnlab::flash::TileConfig;
 use attnlab::{
-    AttentionKernel, AttnInputs, AttnParams, AttnShape, Element, Flash, Layout, Mask, Par, bf16,
-    f16,
+    AttentionKernel, AttnInputs, AttnParams, Element, Flash, Layout, Mask, Par, bf16, f16,
 };
 
 fn pool(n: usize) -> rayon::ThreadPool {
@@ -20,16 +19,7 @@ fn identical_bits_for_any_thread_count() {
     ];
     for (dims, mask) in shapes {
         let [b, hq, hkv, nq, nk, d, dv] = dims;
-        let shape = AttnShape::builder()
-            .batch(b)
-            .q_heads(hq)
-            .kv_heads(hkv)
-            .q_len(nq)
-            .kv_len(nk)
-            .head_dim(d)
-            .v_dim(dv)
-            .build()
-            .unwrap();
+        let shape = shape_of([b, hq, hkv, nq, nk, d, dv]);
         let (q, k, v) = make_inputs(&shape, 1.0, 42);
         let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
         let params = AttnParams::with_mask(mask);
@@ -54,16 +44,7 @@ fn identical_bits_for_any_thread_count() {
 
 fn check_half<T: Element>(dims: [usize; 7], mask: Mask, seed: u64) {
     let [b, hq, hkv, nq, nk, d, dv] = dims;
-    let shape = AttnShape::builder()
-        .batch(b)
-        .q_heads(hq)
-        .kv_heads(hkv)
-        .q_len(nq)
-        .kv_len(nk)
-        .head_dim(d)
-        .v_dim(dv)
-        .build()
-        .unwrap();
+    let shape = shape_of([b, hq, hkv, nq, nk, d, dv]);
     let (q, k, v) = make_inputs(&shape, 1.0, seed);
     let round = |x: &[f32]| x.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>();
     let (q, k, v) = (round(&q), round(&k), round(&v));
@@ -94,16 +75,7 @@ fn f16_and_bf16_inputs_match_oracle_on_rounded_values() {
 #[test]
 fn fully_masked_rows_give_zero_and_neg_inf_never_nan() {
     // Nq > Nk causal: the first Nq - Nk rows see nothing.
-    let shape = AttnShape::builder()
-        .batch(1)
-        .q_heads(2)
-        .kv_heads(1)
-        .q_len(100)
-        .kv_len(30)
-        .head_dim(16)
-        .v_dim(16)
-        .build()
-        .unwrap();
+    let shape = shape_of([1, 2, 1, 100, 30, 16, 16]);
     let (q, k, v) = make_inputs(&shape, 1.0, 3);
     let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
     for under in Under::all() {
@@ -128,16 +100,7 @@ fn workspace_is_independent_of_sequence_length() {
     let flash = Flash::default();
     let p = AttnParams::causal();
     let ws = |n: usize, hkv: usize| {
-        let s = AttnShape::builder()
-            .batch(1)
-            .q_heads(8)
-            .kv_heads(hkv)
-            .q_len(n)
-            .kv_len(n)
-            .head_dim(64)
-            .v_dim(64)
-            .build()
-            .unwrap();
+        let s = shape_of([1, 8, hkv, n, n, 64, 64]);
         flash.workspace_bytes(&s, &p, Par::rayon(2).unwrap())
     };
     for hkv in [8, 2, 1] {
@@ -145,16 +108,7 @@ fn workspace_is_independent_of_sequence_length() {
         assert!(ws(131072, hkv) < 8 << 20, "hkv {hkv}: {} bytes", ws(131072, hkv));
     }
     // and the naive kernel's grows as B·Hq·Nq·Nk·4
-    let s = AttnShape::builder()
-        .batch(1)
-        .q_heads(8)
-        .kv_heads(8)
-        .q_len(4096)
-        .kv_len(4096)
-        .head_dim(64)
-        .v_dim(64)
-        .build()
-        .unwrap();
+    let s = shape_of([1, 8, 8, 4096, 4096, 64, 64]);
     let naive = attnlab::Naive.workspace_bytes(&s, &p, Par::Seq);
     let scores = 8 * 4096 * 4096 * 4;
     assert!((scores..scores + (8 << 20)).contains(&naive), "naive workspace {naive}");

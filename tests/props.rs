@@ -5,7 +5,7 @@
 use crate::common::*;
 use attnlab::flash::TileConfig;
 use attnlab::naive::reference;
-use attnlab::{AttnInputs, AttnParams, AttnShape, Layout, Mask, Par};
+use attnlab::{AttnInputs, AttnParams, Layout, Mask, Par};
 use proptest::prelude::*;
 
 fn mask_strategy() -> impl Strategy<Value = Mask> {
@@ -53,7 +53,7 @@ proptest! {
     #[test]
     fn kernels_match_oracle(p in problem()) {
         let [b, hq, hkv, nq, nk, d, dv] = p.dims;
-        let shape = AttnShape::builder().batch(b).q_heads(hq).kv_heads(hkv).q_len(nq).kv_len(nk).head_dim(d).v_dim(dv).build().unwrap();
+        let shape = shape_of([b, hq, hkv, nq, nk, d, dv]);
         let (q, k, v) = make_inputs(&shape, p.amp, p.seed);
         let inputs = AttnInputs::from_slices(shape, p.layout, &q, &k, &v).unwrap();
         let params = AttnParams::with_mask(p.mask);

@@ -2,7 +2,7 @@
 //! default and with small forced tiles) and checked against the oracle.
 
 use crate::common::*;
-use attnlab::{AttnInputs, AttnParams, AttnShape, Layout, Mask};
+use attnlab::{AttnInputs, AttnParams, Layout, Mask};
 
 struct Case {
     name: &'static str,
@@ -121,16 +121,7 @@ fn cases() -> Vec<Case> {
 fn seed_cases_match_oracle() {
     for (idx, c) in cases().into_iter().enumerate() {
         let [b, hq, hkv, nq, nk, d, dv] = c.dims;
-        let shape = AttnShape::builder()
-            .batch(b)
-            .q_heads(hq)
-            .kv_heads(hkv)
-            .q_len(nq)
-            .kv_len(nk)
-            .head_dim(d)
-            .v_dim(dv)
-            .build()
-            .unwrap();
+        let shape = shape_of([b, hq, hkv, nq, nk, d, dv]);
         let (q, k, v) = make_inputs(&shape, c.amp, 1000 + idx as u64);
         let inputs = AttnInputs::from_slices(shape, c.layout, &q, &k, &v).unwrap();
         let params = AttnParams::with_mask(c.mask);
@@ -141,16 +132,7 @@ fn seed_cases_match_oracle() {
 #[test]
 fn extreme_logits_actually_reach_1e4() {
     // guards the case table above: amp 60 at d = 16 must produce |logits| ~ 1e4
-    let shape = AttnShape::builder()
-        .batch(1)
-        .q_heads(2)
-        .kv_heads(2)
-        .q_len(40)
-        .kv_len(40)
-        .head_dim(16)
-        .v_dim(16)
-        .build()
-        .unwrap();
+    let shape = shape_of([1, 2, 2, 40, 40, 16, 16]);
     let (q, k, _) = make_inputs(&shape, 60.0, 1);
     let scale = 0.25f32;
     let mut max = 0f32;
@@ -165,16 +147,7 @@ fn extreme_logits_actually_reach_1e4() {
 
 #[test]
 fn custom_scale_is_used() {
-    let shape = AttnShape::builder()
-        .batch(1)
-        .q_heads(2)
-        .kv_heads(1)
-        .q_len(20)
-        .kv_len(30)
-        .head_dim(8)
-        .v_dim(8)
-        .build()
-        .unwrap();
+    let shape = shape_of([1, 2, 1, 20, 30, 8, 8]);
     let (q, k, v) = make_inputs(&shape, 1.0, 5);
     let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
     for scale in [0.0, 1.7, -0.3] {
