@@ -144,13 +144,20 @@ impl AttnShape {
         if !q_heads.is_multiple_of(kv_heads) {
             return Err(AttnError::HeadsNotDivisible { q_heads, kv_heads });
         }
-        // Every element count, times 8 bytes (f64 in the oracle), must fit.
+        // Every element count, times 8 bytes (f64 in the oracle), must fit;
+        // and so must every size a kernel derives (tiles of up to 1024 rows
+        // of d + 16 floats, up to 1024 split-KV partial rows per head), even
+        // for empty sequences: [.., max(N, 1024), max(d, dv) + 16].
+        let dpad =
+            head_dim.max(v_dim).checked_add(16).ok_or(AttnError::Overflow { tensor: "q" })?;
         let checks = [
             ("q", [batch, q_heads, q_len, head_dim]),
             ("k", [batch, kv_heads, kv_len, head_dim]),
             ("v", [batch, kv_heads, kv_len, v_dim]),
             ("out", [batch, q_heads, q_len, v_dim]),
             ("scores", [batch, q_heads, q_len, kv_len]),
+            ("q", [batch, q_heads, q_len.max(1024), dpad]),
+            ("k", [batch, kv_heads, kv_len.max(1024), dpad]),
         ];
         for (tensor, dims) in checks {
             dims.iter()
@@ -226,8 +233,10 @@ impl AttnShape {
         2.0 * (self.batch * self.q_heads) as f64 * pairs * (self.head_dim + self.v_dim) as f64
     }
 
-    /// The conventional FLOP count of the peers' tables: `4·B·Hq·Nq·Nk·d`,
-    /// halved for a causal mask with `Nq = Nk`.
+    /// The conventional FLOP count of the peers' tables: `4·B·Hq·Nq·Nk·d`
+    /// without a mask, half that for causal with `Nq = Nk`; every other
+    /// mask (causal with `Nq != Nk`, windows) is credited its visible pairs
+    /// ([`AttnShape::flops`]), so no figure counts work that is skipped.
     pub fn flops_conventional(&self, mask: &Mask) -> f64 {
         let full = 2.0
             * (self.batch * self.q_heads) as f64
@@ -235,8 +244,9 @@ impl AttnShape {
             * self.kv_len as f64
             * (self.head_dim + self.v_dim) as f64;
         match mask {
+            Mask::None => full,
             Mask::Causal if self.q_len == self.kv_len => full / 2.0,
-            _ => full,
+            _ => self.flops(mask),
         }
     }
 }
@@ -321,6 +331,11 @@ mod tests {
         let big = usize::MAX / 4;
         let e = shape(1, 1, 1, big, big, 1, 1).unwrap_err();
         assert!(matches!(e, AttnError::Overflow { .. }), "{e}");
+        // also when the sequences are empty: kernels size tiles by d
+        for (hq, d) in [(1, usize::MAX), (1 << 40, 1 << 20), (1, usize::MAX / 64)] {
+            let e = shape(1, hq, 1, 0, 0, d, 1).unwrap_err();
+            assert!(matches!(e, AttnError::Overflow { .. }), "{e}");
+        }
     }
 
     #[test]
@@ -332,5 +347,9 @@ mod tests {
         // useful causal pairs: N(N+1)/2
         let pairs = 4096.0 * 4097.0 / 2.0;
         assert_eq!(s.flops(&Mask::Causal), 2.0 * 8.0 * pairs * 128.0);
+        // causal with Nq != Nk: the visible pairs, not Nq·Nk
+        let s = shape(1, 1, 1, 4, 10, 8, 8).unwrap();
+        let pairs = (7 + 8 + 9 + 10) as f64;
+        assert_eq!(s.flops_conventional(&Mask::Causal), 2.0 * pairs * 16.0);
     }
 }

@@ -9,9 +9,9 @@
 //! and the problem, and no output file is left behind.
 
 pub mod npy;
+pub mod outputs;
 
 use std::fmt;
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -165,25 +165,6 @@ fn unravel(mut index: usize, shape: &[usize]) -> Vec<usize> {
     idx
 }
 
-/// The output directory of `path` must exist (checked before any work).
-fn check_output_path(path: &Path) -> Result<(), RunError> {
-    if path.file_name().is_none() {
-        return Err(FileError::new(path, "output path does not name a file").into());
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        let problem = format!("output directory {} does not exist", dir.display());
-        return Err(FileError::new(path, problem).into());
-    }
-    if path.is_dir() {
-        return Err(FileError::new(path, "output path is a directory").into());
-    }
-    Ok(())
-}
-
 /// Reads one input and checks that it is 4-d.
 fn read_input(path: &Path, dims: &str, layout: Layout) -> Result<NpyArray, RunError> {
     let a = npy::read(path)?;
@@ -205,13 +186,14 @@ fn dims4(shape: &[usize]) -> [usize; 4] {
 
 /// Everything `attn run` does; timings go to `timings`.
 pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
-    check_output_path(&spec.out)?;
+    // Outputs first: aliases refused and directories proven writable
+    // before anything is read or computed (see `outputs`).
+    let mut targets = vec![("--out", spec.out.as_path())];
     if let Some(lse) = &spec.lse {
-        check_output_path(lse)?;
-        if *lse == spec.out {
-            return Err(FileError::new(lse, "--lse and --out name the same file").into());
-        }
+        targets.push(("--lse", lse.as_path()));
     }
+    let inputs = [("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
+    let outputs = outputs::Outputs::prepare(&targets, &inputs)?;
 
     let (qd, kd, vd) = match spec.layout {
         Layout::Bhnd => ("[B, Hq, Nq, d]", "[B, Hkv, Nk, d]", "[B, Hkv, Nk, dv]"),
@@ -252,8 +234,15 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         .build()
         .map_err(|e| RunError::Args(format!("cannot start {threads} threads: {e}")))?;
 
-    let mut out = vec![0f32; shape.out_dims().iter().product()];
-    let mut lse = spec.lse.as_ref().map(|_| vec![0f32; shape.lse_len()]);
+    let mut out = attnlab::error::try_zeroed::<f32>("out", shape.out_dims().iter().product())
+        .map_err(|e| files.attn_error(e))?;
+    let mut lse = match spec.lse {
+        Some(_) => Some(
+            attnlab::error::try_zeroed::<f32>("lse", shape.lse_len())
+                .map_err(|e| files.attn_error(e))?,
+        ),
+        None => None,
+    };
     let call = Call {
         kernel: spec.kernel,
         shape,
@@ -277,12 +266,11 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
     drop((q, k, v));
 
     let out_shape = layout.memory_dims(shape.out_dims());
-    let lse_shape = [shape.batch(), shape.q_heads(), shape.q_len()];
-    let mut writes: Vec<(&Path, &[usize], &[f32])> = vec![(&spec.out, &out_shape, &out)];
-    if let (Some(path), Some(lse)) = (&spec.lse, &lse) {
-        writes.push((path, &lse_shape, lse));
+    outputs.write(0, &out_shape, &out)?;
+    if let Some(lse) = &lse {
+        outputs.write(1, &[shape.batch(), shape.q_heads(), shape.q_len()], lse)?;
     }
-    write_all_or_none(&writes)
+    Ok(outputs.commit()?)
 }
 
 /// One configured kernel call, repeated.
@@ -342,41 +330,6 @@ impl Call {
         }
         Ok(())
     }
-}
-
-/// A temporary name beside `path` for writing it.
-fn partial_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
-}
-
-/// Writes every file or, on any failure, none: each goes to a temporary
-/// name first and is renamed once all are written.
-fn write_all_or_none(writes: &[(&Path, &[usize], &[f32])]) -> Result<(), RunError> {
-    let temps: Vec<PathBuf> = writes.iter().map(|(p, _, _)| partial_path(p)).collect();
-    let cleanup = |renamed: &[&Path]| {
-        for t in &temps {
-            let _ = fs::remove_file(t);
-        }
-        for p in renamed {
-            let _ = fs::remove_file(p);
-        }
-    };
-    for ((path, shape, data), tmp) in writes.iter().zip(&temps) {
-        if let Err(e) = npy::write_f32(tmp, shape, data) {
-            cleanup(&[]);
-            return Err(FileError::new(path, format!("cannot write: {e}")).into());
-        }
-    }
-    let mut renamed = Vec::with_capacity(writes.len());
-    for ((path, _, _), tmp) in writes.iter().zip(&temps) {
-        if let Err(e) = fs::rename(tmp, path) {
-            cleanup(&renamed);
-            return Err(FileError::new(path, format!("cannot write: {e}")).into());
-        }
-        renamed.push(*path);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

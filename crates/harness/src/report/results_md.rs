@@ -92,8 +92,10 @@ pub fn render_results_md(all: &RunFile, source: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "- **GFLOP/s** = 4·B·Hq·Nq·Nk·d / time, halved for causal with Nq = Nk (the useful \
-         work). **% peak** divides by the FMA peak of this run for the same thread count."
+        "- **GFLOP/s** = 4·B·Hq·Nq·Nk·d / time without a mask, halved for causal with Nq = Nk; \
+         any other mask (causal with Nq ≠ Nk, windows) is credited 4·B·Hq·d per visible \
+         (query, key) pair — only the useful work. **% peak** divides by the FMA peak of this \
+         run for the same thread count."
     );
     let _ = writeln!(
         s,
