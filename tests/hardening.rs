@@ -6,6 +6,7 @@
 use crate::common::*;
 use attnlab::flash::{KvCache, decode};
 use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Kernel, Layout, Mask, Par, f16};
+use proptest::prelude::*;
 use rand::RngExt;
 
 /// Every kernel and flash path: naive, oracle, flash tiled (default and
@@ -188,4 +189,120 @@ fn half_caches_reject_values_that_round_to_infinity() {
     let e = cache.append(0, &[1.0, 1e6], &[0.0, 0.0]).unwrap_err();
     assert!(e.to_string().contains("overflows the cache's f16 storage"), "{e}");
     assert_eq!(cache.lens(), &[0]);
+}
+
+/// Sizes that are ordinary, at tile edges, huge, or absurd.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => 0usize..40,
+        1 => Just(1usize << 20),
+        1 => Just(1usize << 40),
+        1 => Just(usize::MAX / 3),
+        1 => Just(usize::MAX),
+    ]
+}
+
+fn par() -> impl Strategy<Value = Par> {
+    prop_oneof![
+        Just(Par::Seq),
+        Just(Par::Pool),
+        (1usize..4).prop_map(|n| Par::rayon(n).unwrap()),
+        Just(Par::Rayon(std::num::NonZeroUsize::MAX)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    /// Any shape, tile override and thread count: the public API answers
+    /// Ok or an error, never a panic; small valid problems run on every
+    /// kernel and agree with the oracle.
+    #[test]
+    fn any_shape_params_and_tiles_are_ok_or_an_error(
+        dims in prop::array::uniform7(size()),
+        br in prop_oneof![Just(0usize), Just(32), Just(64), Just(33), Just(1 << 40)],
+        bc in prop_oneof![Just(0usize), Just(8), Just(24), Just(12), Just(1 << 40)],
+        scale in prop_oneof![Just(None), Just(Some(f32::NAN)), Just(Some(1e-3f32)), Just(Some(1e38f32))],
+        par in par(),
+        causal in any::<bool>(),
+    ) {
+        let [b, hq, hkv, nq, nk, d, dv] = dims;
+        let shape = AttnShape::builder()
+            .batch(b).q_heads(hq).kv_heads(hkv).q_len(nq).kv_len(nk).head_dim(d).v_dim(dv)
+            .build();
+        let tiles = attnlab::Flash::with_tiles(attnlab::flash::TileConfig { br, bc });
+        let params = AttnParams { scale, mask: if causal { Mask::Causal } else { Mask::None }, check_finite: true };
+        let Ok(s) = shape else { return Ok(()) };
+        use attnlab::AttentionKernel;
+        let flash = tiles.unwrap_or_default();
+        // sizing never panics, whatever the shape
+        let _ = (flash.workspace_bytes(&s, &params, par), attnlab::Naive.workspace_bytes(&s, &params, par));
+        let _ = attnlab::Oracle.workspace_bytes(&s, &params, par);
+        let elems = [s.q_dims(), s.k_dims(), s.v_dims(), s.out_dims()]
+            .iter()
+            .map(|d| d.iter().product::<usize>())
+            .max()
+            .unwrap();
+        let small = elems <= 20_000 && s.batch() * s.q_heads() * s.q_len() * s.kv_len() <= 50_000;
+        if !small || matches!(par, Par::Rayon(n) if n.get() > 8) {
+            let mut none: [f32; 0] = [];
+            if let Ok(mut out) = attnlab::TensorViewMut::new("out", &mut none, [0, 0, 0, 0], Layout::Bhnd) {
+                let q: [f32; 0] = [];
+                if let Ok(inp) = AttnInputs::from_slices(s, Layout::Bhnd, &q, &q, &q) {
+                    let _ = flash.forward(&inp, &mut out, None, &params, par);
+                }
+            }
+            return Ok(());
+        }
+        let (q, k, v) = make_inputs(&s, 1.0, 1);
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        let want = params.validate().ok().map(|_| attnlab::naive::reference(&inputs, &params));
+        for under in kernels() {
+            match try_run(&under, &inputs, &params, true) {
+                Ok((out, lse)) => {
+                    let want = want.as_ref().expect("an invalid scale was accepted");
+                    let tol = tolerance(&inputs, &params);
+                    assert_matches(&format!("{under:?}"), &s, Layout::Bhnd, (&out, &lse), want, &tol);
+                }
+                Err(e) => prop_assert!(want.is_none() || matches!(e, AttnError::ScoreOverflow { .. }), "{under:?}: {e}"),
+            }
+        }
+    }
+
+    /// Finite inputs of any magnitude from 1e-30 to 1e30, both signs: every
+    /// kernel gives the oracle's answer (no NaN) or a named overflow.
+    #[test]
+    fn any_finite_magnitude_is_exact_or_a_named_overflow(
+        exp_q in -30i32..=30, exp_v in -30i32..=30,
+        nq in 1usize..20, nk in 1usize..40, d in 1usize..12,
+        seed in any::<u64>(),
+        causal in any::<bool>(),
+    ) {
+        let s = shape(2, 1, nq, nk, d);
+        let (q, k, v) = make_inputs(&s, 1.0, seed);
+        let (aq, av) = (10f32.powi(exp_q), 10f32.powi(exp_v));
+        let q: Vec<f32> = q.iter().map(|x| x * aq).collect();
+        let k: Vec<f32> = k.iter().map(|x| x * aq).collect();
+        let v: Vec<f32> = v.iter().map(|x| x * av).collect();
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        let params = if causal { AttnParams::causal() } else { AttnParams::default() };
+        let want = attnlab::naive::reference(&inputs, &params);
+        let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        for under in kernels() {
+            // no LSE asked for: the output is always representable
+            let (out, _) = try_run(&under, &inputs, &params, false)
+                .unwrap_or_else(|e| panic!("{under:?}: {e}"));
+            for (a, b) in out.iter().zip(&want.out) {
+                prop_assert!(a.is_finite(), "{under:?}: {a}");
+                // outputs are averages of V rows: error relative to max|V|,
+                // with the score error of f32 (relative to |q·k|) on top
+                let tol = (1e-4 + 64.0 * f32::EPSILON as f64 * (aq as f64).powi(2) * d as f64).min(2.0) * vmax;
+                prop_assert!((*a as f64 - b).abs() <= tol.max(1e-30), "{under:?}: {a} vs {b} (tol {tol})");
+            }
+            match try_run(&under, &inputs, &params, true) {
+                Ok((_, lse)) => prop_assert!(lse.iter().all(|l| !l.is_nan())),
+                Err(e) => prop_assert!(matches!(e, AttnError::ScoreOverflow { .. }), "{under:?}: {e}"),
+            }
+        }
+    }
 }

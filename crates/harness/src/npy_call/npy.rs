@@ -111,6 +111,7 @@ pub fn read(path: &Path) -> Result<NpyArray, FileError> {
         _ => err(format!("cannot open: {e}")),
     })?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    check_shape_product(path)?;
     let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| match e.kind() {
         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
             err(format!("not a valid .npy file ({e})"))
@@ -193,6 +194,39 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> io::Result<()> {
     w.finish()
 }
 
+/// Refuses a header whose shape's dims multiply beyond u64 (zeros left
+/// out: `npyz` multiplies them unchecked, strides included), before
+/// `npyz` sees it. Anything this quick look
+/// cannot parse is left to `npyz`'s own errors.
+fn check_shape_product(path: &Path) -> Result<(), FileError> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(1 << 17).read_to_end(&mut head);
+    }
+    let Some(text) = head.get(10..).map(String::from_utf8_lossy) else { return Ok(()) };
+    let Some(start) = text.find("'shape'").and_then(|i| text[i..].find('(').map(|j| i + j + 1))
+    else {
+        return Ok(());
+    };
+    let Some(end) = text[start..].find(')').map(|j| start + j) else { return Ok(()) };
+    let mut product = Some(1u64);
+    for part in text[start..end].split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<u64>() {
+            Ok(d) => product = product.and_then(|p| p.checked_mul(d.max(1))),
+            Err(_) => return Ok(()),
+        }
+    }
+    if product.is_none() {
+        let shape = text[start - 1..=end].to_string();
+        return Err(FileError::new(
+            path,
+            format!("shape {shape} has more elements than fit in memory"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +257,59 @@ mod tests {
         std::fs::write(&text, "hello").unwrap();
         assert!(read(&text).unwrap_err().problem.starts_with("not a valid .npy file"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `.npy` v1 file: magic, header dict padded to 16 bytes, body.
+    fn npy_bytes(header: &str, body: &[u8]) -> Vec<u8> {
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(16) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        v.extend_from_slice(h.as_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Arbitrary bytes, and arbitrary (often absurd) headers over
+        /// bodies of any length: an array or an error, never a panic, and
+        /// never an allocation the file cannot back.
+        #[test]
+        fn any_bytes_or_header_read_or_fail_cleanly(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            shape in proptest::collection::vec(
+                proptest::prop_oneof![0u64..5, proptest::prelude::Just(1u64 << 32), proptest::prelude::Just(u64::MAX)],
+                0..5,
+            ),
+            descr in proptest::prop_oneof![
+                proptest::prelude::Just("<f4"), proptest::prelude::Just(">f4"), proptest::prelude::Just("<f2"),
+                proptest::prelude::Just("<f8"), proptest::prelude::Just("|u1"), proptest::prelude::Just("<i4"),
+                proptest::prelude::Just("garbage"),
+            ],
+            fortran in proptest::prelude::any::<bool>(),
+            body in 0usize..100,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.npy");
+            std::fs::write(&p, &raw).unwrap();
+            let _ = read(&p);
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            let tuple = match dims.len() { 1 => format!("({},)", dims[0]), _ => format!("({})", dims.join(", ")) };
+            let header = format!(
+                "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {tuple}, }}",
+                if fortran { "True" } else { "False" }
+            );
+            std::fs::write(&p, npy_bytes(&header, &vec![0x3fu8; body])).unwrap();
+            if let Ok(a) = read(&p) {
+                let n: usize = a.shape.iter().product();
+                let bytes = n * a.dtype().size();
+                proptest::prop_assert!(bytes <= body, "read {bytes} bytes from a {body}-byte body");
+            }
+        }
     }
 }
