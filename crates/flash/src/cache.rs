@@ -225,6 +225,14 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_too_large_for_memory_is_an_error() {
+        let e = KvCache::<f32>::new(1, 8, 1 << 40, 128, 128).unwrap_err();
+        assert!(e.to_string().starts_with("kv cache k: needs"), "{e}");
+        let e = KvCache::<f32>::new(usize::MAX, 8, 1 << 40, 128, 128).unwrap_err();
+        assert!(matches!(e, AttnError::Overflow { .. }), "{e}");
+    }
+
+    #[test]
     fn errors_write_nothing() {
         let mut c = KvCache::<f32>::new(1, 1, 2, 2, 2).unwrap();
         let e = c.append(0, &[0.0; 6], &[0.0; 6]).unwrap_err();

@@ -145,4 +145,24 @@ mod tests {
         let e = merge_partials(&[], 3, &mut out, &mut lse).unwrap_err();
         assert!(e.to_string().starts_with("out:"), "{e}");
     }
+
+    #[test]
+    fn nan_or_plus_inf_partial_lse_is_an_error() {
+        let (mut out, mut lse) = ([0f32; 2], [0f32; 1]);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let parts = [
+                Partial { out: &[1.0, 2.0], lse: &[0.5] },
+                Partial { out: &[3.0, 4.0], lse: &[bad] },
+            ];
+            let e = merge_partials(&parts, 2, &mut out, &mut lse).unwrap_err();
+            assert!(e.to_string().starts_with("partial lse: partial 1, row 0"), "{e}");
+        }
+        // -inf is a shard that sees no key: fine
+        let parts = [
+            Partial { out: &[1.0, 2.0], lse: &[0.5] },
+            Partial { out: &[9.0, 9.0], lse: &[f32::NEG_INFINITY] },
+        ];
+        merge_partials(&parts, 2, &mut out, &mut lse).unwrap();
+        assert_eq!((out, lse), ([1.0, 2.0], [0.5]));
+    }
 }
