@@ -158,7 +158,7 @@ impl MachineInfo {
     }
 }
 
-fn caches() -> Vec<CacheInfo> {
+pub(crate) fn caches() -> Vec<CacheInfo> {
     let mut out = Vec::new();
     for i in 0..8 {
         let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");

@@ -1,7 +1,9 @@
 //! The machine's measured limits, with our own microbenchmarks: the f32
 //! FMA peak (16 independent `vfmadd` chains per thread, AVX-512 when the
 //! CPU has it, else AVX2+FMA, an FMA = 2 flops) and the read bandwidth (a
-//! vectorized sum over a 256 MiB array, 8x a 32 MiB L3), each for one
+//! vectorized sum over an array at least four times the last-level cache,
+//! STREAM's rule, and at least 256 MiB; 64 MiB for the quick figure of
+//! `attn bench`/`attn decode`, when that is still 4x the LLC), each for one
 //! thread and for all threads. Each figure is the best of several
 //! repetitions: noise on a shared machine can only lower it, and a low
 //! peak would inflate every "% of peak".
@@ -96,12 +98,20 @@ pub struct PeakOptions {
 impl PeakOptions {
     /// About 2 s in all on a 2-core Zen 4.
     pub fn new(threads: usize) -> Self {
-        PeakOptions { threads, reps: 5, fma_iters: 20_000_000, read_len: 64 << 20 }
+        PeakOptions { threads, reps: 5, fma_iters: 20_000_000, read_len: read_len(256 << 20) }
     }
     /// About 0.5 s: for `attn bench` and tests.
     pub fn quick(threads: usize) -> Self {
-        PeakOptions { threads, reps: 3, fma_iters: 4_000_000, read_len: 16 << 20 }
+        PeakOptions { threads, reps: 3, fma_iters: 4_000_000, read_len: read_len(64 << 20) }
     }
+}
+
+/// f32 elements of a bandwidth array of at least `min_bytes` and at least
+/// four times the largest cache the CPU reports (STREAM's rule: a smaller
+/// array is partly served from cache and inflates the figure).
+fn read_len(min_bytes: u64) -> usize {
+    let llc = super::facts::caches().iter().map(|c| c.size_bytes).max().unwrap_or(0);
+    (min_bytes.max(4 * llc) / 4) as usize
 }
 
 /// Measures the FMA peak and the read bandwidth (see the module docs).
