@@ -108,12 +108,21 @@ pub(super) fn headline_table(run: &RunFile) -> String {
         main.describe(),
         if main.threads == 1 { "1-thread" } else { "all-threads" },
         fmt_num(run.peak.fma_gflops(main.threads)),
-        run.machine.cpu_model,
+        cpu_name(&run.machine),
         run.machine.logical_cpus,
         run.machine.date_utc.split(' ').next().unwrap_or("")
     );
     table(&mut s, &head, &body);
     s
+}
+
+/// The model name with the core's name from the CPU id when known, e.g.
+/// `AMD EPYC (Zen 5)`.
+fn cpu_name(m: &crate::machine::MachineInfo) -> String {
+    match m.cpu_id.rsplit_once('(') {
+        Some((_, core)) if m.cpu_id.ends_with(')') => format!("{} ({}", m.cpu_model, core),
+        _ => m.cpu_model.clone(),
+    }
 }
 
 /// `docs/headline.md`: the headline table and one plot, with links that

@@ -48,7 +48,8 @@ pub fn source_name(path: &Path, root: &Path) -> String {
 
 /// Writes `results.md`, `headline.md` and `img/{time,memory,gflops}_vs_n.svg`
 /// (and `img/decode_gbs_vs_l.svg` when the run has decode rows) into
-/// `docs`; `source` names the results file in the text.
+/// `docs`, and the headline into the README beside `docs` (between its
+/// markers, when it has them); `source` names the results file in the text.
 pub fn generate(run: &RunFile, docs: &Path, source: &str) -> std::io::Result<Vec<PathBuf>> {
     let img = docs.join("img");
     std::fs::create_dir_all(&img)?;
@@ -75,7 +76,26 @@ pub fn generate(run: &RunFile, docs: &Path, source: &str) -> std::io::Result<Vec
     std::fs::write(&md, render_results_md(run, source))?;
     written.push(md);
     let head = docs.join("headline.md");
-    std::fs::write(&head, render_headline_md(run, source))?;
+    let headline = render_headline_md(run, source);
+    std::fs::write(&head, &headline)?;
     written.push(head);
+    // The README beside docs/ carries the headline between its markers.
+    if let Some(readme) = docs.parent().map(|r| r.join("README.md"))
+        && let Ok(text) = std::fs::read_to_string(&readme)
+        && let Some(new) = with_headline(&text, &headline)
+        && new != text
+    {
+        std::fs::write(&readme, new)?;
+        written.push(readme);
+    }
     Ok(written)
+}
+
+/// `readme` with the block between `<!-- headline:start … -->` and
+/// `<!-- headline:end -->` replaced by `headline`; `None` without markers.
+pub fn with_headline(readme: &str, headline: &str) -> Option<String> {
+    let start = readme.find("<!-- headline:start")?;
+    let start = start + readme[start..].find("-->")? + 3;
+    let end = readme.find("<!-- headline:end -->")?;
+    (start <= end).then(|| format!("{}\n{}\n{}", &readme[..start], headline.trim(), &readme[end..]))
 }
