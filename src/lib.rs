@@ -129,24 +129,37 @@ pub fn attention(
     v: &[f32],
     params: &AttnParams,
 ) -> Result<Output, AttnError> {
-    attention_with(Kernel::default(), Layout::Bhnd, shape, q, k, v, params, Par::Pool)
+    attention_with(shape, q, k, v, params, &Options::default())
 }
 
-/// Attention with an explicit kernel, layout and parallelism.
-#[allow(clippy::too_many_arguments)]
+/// How [`attention_with`] runs: which kernel, the buffers' layout, and the
+/// parallelism. The default is the flash kernel, `[B, H, N, D]` and every
+/// worker of the current rayon pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Memory order of Q, K, V and the output.
+    pub layout: Layout,
+    /// Threads.
+    pub par: Par,
+}
+
+/// Attention with an explicit kernel, layout and parallelism ([`Options`]),
+/// on f32, f16 or bf16 inputs. The output and LSE buffers are allocated
+/// here (an error, not an abort, if they do not fit in memory).
 pub fn attention_with<T: Element>(
-    kernel: Kernel,
-    layout: Layout,
     shape: &AttnShape,
     q: &[T],
     k: &[T],
     v: &[T],
     params: &AttnParams,
-    par: Par,
+    options: &Options,
 ) -> Result<Output, AttnError> {
+    let Options { kernel, layout, par } = *options;
     let inputs = AttnInputs::from_slices(*shape, layout, q, k, v)?;
-    let mut out = vec![0f32; shape.out_dims().iter().product()];
-    let mut lse = vec![0f32; shape.lse_len()];
+    let mut out = error::try_zeroed("out", shape.out_dims().iter().product())?;
+    let mut lse = error::try_zeroed("lse", shape.lse_len())?;
     let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
     kernel.forward(&inputs, &mut view, Some(&mut lse), params, par)?;
     Ok(Output { out, lse })

@@ -167,7 +167,8 @@ proptest! {
             let (a, b) = (w[0], w[1]);
             let s = shape_of([1, 1, 1, nq, b - a, d, dv]);
             let inp = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k[a * d..b * d], &v[a * dv..b * dv]).unwrap();
-            let r = attnlab::attention_with(attnlab::Kernel::Flash, Layout::Bhnd, &s, inp.q.data(), inp.k.data(), inp.v.data(), &params, Par::Seq).unwrap();
+            let opts = attnlab::Options { par: Par::Seq, ..Default::default() };
+            let r = attnlab::attention_with(&s, inp.q.data(), inp.k.data(), inp.v.data(), &params, &opts).unwrap();
             shards.push(r);
         }
         let parts: Vec<Partial<'_>> = shards.iter().map(|r| Partial { out: &r.out, lse: &r.lse }).collect();

@@ -16,12 +16,13 @@ pub const MAX_THREADS: usize = 4096;
 /// Every kernel path (naive, flash tiled, flash split-KV, KV-cache decode)
 /// enters parallel work through [`Par::install`], so the three variants
 /// mean the same everywhere. Results are bitwise identical for any of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Par {
     /// The calling thread only.
     Seq,
     /// Every worker of the current rayon pool: the global one, or the one a
-    /// caller `install`ed.
+    /// caller `install`ed. The default.
+    #[default]
     Pool,
     /// Exactly this many threads: the current rayon pool when it has this
     /// many, otherwise a pool of this size that attnlab keeps for reuse
