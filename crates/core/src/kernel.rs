@@ -198,16 +198,7 @@ mod tests {
         d: usize,
         dv: usize,
     ) -> AttnShape {
-        AttnShape::builder()
-            .batch(b)
-            .q_heads(hq)
-            .kv_heads(hkv)
-            .q_len(nq)
-            .kv_len(nk)
-            .head_dim(d)
-            .v_dim(dv)
-            .build()
-            .unwrap()
+        crate::shape::tests::shape(b, hq, hkv, nq, nk, d, dv).unwrap()
     }
 
     fn validate(

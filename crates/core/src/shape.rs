@@ -252,10 +252,11 @@ impl AttnShape {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn shape(
+    /// `[B, Hq, Hkv, Nq, Nk, d, dv]` of the unit tests' tables.
+    pub(crate) fn shape(
         b: usize,
         hq: usize,
         hkv: usize,
