@@ -156,6 +156,26 @@ fn no_allocation_on_a_caller_workspace() {
 }
 
 #[test]
+fn a_repeated_call_reuses_its_workspace() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for s in [shape(4, 2, 300, 300, 32), shape(8, 2, 2, 900, 32)] {
+        let (q, k, v) = make_inputs(&s, 1.0, 4);
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        let mut out = vec![0f32; s.out_dims().iter().product()];
+        let p = AttnParams::causal();
+        let flash = Flash::default();
+        let mut call = || {
+            let mut view = TensorViewMut::new("out", &mut out, s.out_dims(), Layout::Bhnd).unwrap();
+            flash.forward(&inputs, &mut view, None, &p, Par::Seq).unwrap()
+        };
+        let ((), first) = allocated_here(&mut call);
+        let ((), second) = allocated_here(&mut call);
+        assert!(first >= flash.workspace_bytes(&s, &p, Par::Seq), "{s:?}: first call {first} B");
+        assert_eq!(second, 0, "{s:?}: the second call allocated {second} B");
+    }
+}
+
+#[test]
 fn par_rayon_n_runs_every_path_on_n_threads() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s_tiled = shape(4, 2, 100, 100, 16);
