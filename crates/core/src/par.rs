@@ -81,11 +81,6 @@ impl Par {
         LAST_INSTALL.with(|c| c.set(Some(threads)));
         Ok(r)
     }
-
-    /// Whether work may be spread over several threads.
-    pub fn is_parallel(&self) -> bool {
-        self.threads() > 1 || matches!(self, Par::Pool)
-    }
 }
 
 thread_local! {

@@ -98,11 +98,6 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
-// The library's own unit-test binary is a test target like any other.
-#[cfg(test)]
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
 /// Whether [`CountingAlloc`] is this process's global allocator (it has
 /// served an allocation). Every program allocates before `main`, so false
 /// means the binary did not install it.
@@ -133,21 +128,4 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Option<usize>) {
     let base = current();
     let r = f();
     (r, installed().then(|| peak().saturating_sub(base)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_an_allocation_inside_the_call() {
-        // Other unit tests may allocate concurrently: assert a lower bound.
-        let (_, extra) = measure(|| {
-            let v = vec![1u8; 8 << 20];
-            std::hint::black_box(&v);
-        });
-        assert!(installed());
-        let extra = extra.expect("installed in this test binary");
-        assert!(extra >= 8 << 20, "{extra}");
-    }
 }

@@ -16,6 +16,18 @@ use std::sync::Mutex;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
+#[test]
+fn the_allocator_counts_an_allocation_inside_the_call() {
+    let _g = lock();
+    let (_, extra) = harness::alloc::measure(|| {
+        let v = vec![1u8; 8 << 20];
+        std::hint::black_box(&v);
+    });
+    assert!(harness::alloc::installed());
+    let extra = extra.expect("installed in this test binary");
+    assert!(extra >= 8 << 20, "{extra}");
+}
+
 fn opts() -> MeasureOpts {
     MeasureOpts {
         seed: measure::SEED,

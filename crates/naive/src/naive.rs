@@ -15,7 +15,7 @@ use attn_core::{
     AttentionKernel, AttnError, AttnParams, AttnShape, CheckedCall, Element, HeadRowsMut, Par,
     RowFaults, TensorView, try_zeroed,
 };
-use attn_simd::{LOG2_E, exp2_shift_sum, max_abs, slice_max};
+use attn_simd::{LOG2_E, all_finite, exp2_shift_sum, slice_max};
 use rayon::prelude::*;
 
 /// The O(N²) kernel. See the module docs.
@@ -181,7 +181,7 @@ fn head_forward(
         // A non-finite score (non-finite input, |q·k| beyond f32) would be
         // clamped into a finite weight by exp2: NaN marks the row for
         // exact recomputation.
-        let finite = max_abs(vis).is_finite();
+        let finite = all_finite(vis);
         let m = slice_max(vis);
         let sum = exp2_shift_sum(vis, 1.0, m);
         let inv = 1.0 / sum;

@@ -65,62 +65,17 @@ pub fn hsum(v: f32x16) -> f32 {
     v.reduce_add()
 }
 
-/// The largest `|x|` of a slice, or `+inf` if any value is not finite
-/// (NaN included); 0 for an empty slice. See [`MaxAbs`].
+/// Whether every value is finite (no NaN, no ±inf), 16 lanes at a time:
+/// `x·0` is 0 for a finite `x` and NaN otherwise, so one FMA per vector
+/// and one sum tell.
 #[inline]
-pub fn max_abs(s: &[f32]) -> f32 {
-    let mut m = MaxAbs::new();
-    m.add(s);
-    m.finish()
-}
-
-/// Running `max |x|` over several slices, `+inf` once any value is not
-/// finite: `x·0` is 0 for finite `x` and NaN otherwise, so one extra FMA
-/// per vector tells, and the horizontal reductions happen once, in
-/// [`MaxAbs::finish`].
-#[derive(Debug, Clone, Copy)]
-pub struct MaxAbs {
-    m: f32x16,
-    nan: f32x16,
-    tail_m: f32,
-    tail_nan: f32,
-}
-
-impl Default for MaxAbs {
-    fn default() -> Self {
-        Self::new()
+pub fn all_finite(s: &[f32]) -> bool {
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    let mut acc = f32x16::ZERO;
+    for c in chunks {
+        acc = f32x16::new(*c).mul_add(f32x16::ZERO, acc);
     }
-}
-
-impl MaxAbs {
-    /// Nothing seen yet (`finish` gives 0).
-    #[inline]
-    pub fn new() -> MaxAbs {
-        MaxAbs { m: f32x16::ZERO, nan: f32x16::ZERO, tail_m: 0.0, tail_nan: 0.0 }
-    }
-    /// Takes the values of `s` into account.
-    #[inline]
-    pub fn add(&mut self, s: &[f32]) {
-        let (chunks, tail) = s.as_chunks::<LANES>();
-        for c in chunks {
-            let x = f32x16::new(*c);
-            self.m = self.m.fast_max(x.abs());
-            self.nan = x.mul_add(f32x16::ZERO, self.nan);
-        }
-        for x in tail {
-            self.tail_m = self.tail_m.max(x.abs());
-            self.tail_nan += x * 0.0;
-        }
-    }
-    /// The largest `|x|` seen, `+inf` if a value was not finite.
-    #[inline]
-    pub fn finish(&self) -> f32 {
-        if hsum(self.nan) + self.tail_nan == 0.0 {
-            hmax(self.m).max(self.tail_m).max(0.0)
-        } else {
-            f32::INFINITY
-        }
-    }
+    hsum(acc) + tail.iter().map(|x| x * 0.0).sum::<f32>() == 0.0
 }
 
 /// Max of a slice (−inf when empty), 16 lanes at a time.
@@ -204,19 +159,18 @@ mod tests {
     }
 
     #[test]
-    fn max_abs_sees_every_kind_of_non_finite() {
+    fn all_finite_sees_every_kind_of_non_finite() {
         let mut s: Vec<f32> = (0..37).map(|i| i as f32 - 30.0).collect();
-        assert_eq!(max_abs(&s), 30.0);
-        assert_eq!(max_abs(&[]), 0.0);
+        assert!(all_finite(&s) && all_finite(&[]));
         for i in [3, 20, 36] {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let keep = s[i];
                 s[i] = bad;
-                assert_eq!(max_abs(&s), f32::INFINITY, "{i} {bad}");
+                assert!(!all_finite(&s), "{i} {bad}");
                 s[i] = keep;
             }
         }
-        assert_eq!(max_abs(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE]), f32::MAX);
+        assert!(all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE]));
     }
 
     #[test]
