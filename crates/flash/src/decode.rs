@@ -12,7 +12,7 @@ use attn_core::{
     AttnError, AttnParams, AttnShape, Element, Layout, Par, RowFaults, TensorView, TensorViewMut,
     check_outputs,
 };
-use attn_naive::exact::{self, Culprit};
+use attn_naive::exact::{Culprit, ExactRow};
 
 use crate::cache::KvCache;
 use crate::split_kv::{SplitKvPlan, SplitKvWorkspace, split_kv};
@@ -148,24 +148,24 @@ fn repair<T: Element>(
     for idx in rows {
         let (b, h, t) = (idx / (hq * nq), (idx / nq) % hq, idx % nq);
         let g = h / group;
-        let keys = params.mask.key_range(t, nq, cache.lens()[b]);
-        let (qr, kr, vr) = (q.row(b, h, t), |j| cache.k_row(b, g, j), |j| cache.v_row(b, g, j));
-        if params.check_finite
-            && let Some(c) = exact::find_culprit(qr, keys.clone(), kr, vr)
-        {
-            let (tensor, index, value) = match c {
-                Culprit::Q(c) => ("q", q.offset(b, h, t) + c, qr[c]),
-                Culprit::K(j, c) => ("kv cache k", j * d + c, kr(j)[c].to_f32()),
-                Culprit::V(j, c) => ("kv cache v", j * dv + c, vr(j)[c].to_f32()),
-            };
-            return Err(AttnError::NonFinite { tensor, index, value });
-        }
-        let l = attn_naive::reference_row(qr, keys, scale, kr, vr, &mut scores, &mut o);
+        let (kr, vr) = (|j| cache.k_row(b, g, j), |j| cache.v_row(b, g, j));
+        let exact = ExactRow {
+            at: (b, h, t),
+            q: q.row(b, h, t),
+            keys: params.mask.key_range(t, nq, cache.lens()[b]),
+            k_row: &kr,
+            v_row: &vr,
+        };
+        let locate = |c| match c {
+            Culprit::Q(c) => ("q", q.offset(b, h, t) + c),
+            Culprit::K(j, c) => ("kv cache k", j * d + c),
+            Culprit::V(j, c) => ("kv cache v", j * dv + c),
+        };
+        let want_lse = lse.is_some();
+        let l =
+            exact.recompute(scale, params.check_finite, want_lse, locate, &mut scores, &mut o)?;
         if let Some(lse) = lse.as_deref_mut() {
-            if l.is_finite() && (l as f32).is_infinite() {
-                return Err(AttnError::ScoreOverflow { batch: b, head: h, row: t, lse: l });
-            }
-            lse[idx] = l as f32;
+            lse[idx] = l;
         }
         for (dst, x) in out[idx * dv..(idx + 1) * dv].iter_mut().zip(&o) {
             *dst = *x as f32;

@@ -48,6 +48,55 @@ pub fn find_culprit<'r, Tq: Element, Tk: Element + 'r, Tv: Element + 'r>(
     None
 }
 
+/// One reported row and where its inputs are: what [`ExactRow::recompute`]
+/// needs, whatever stores K and V (views of a call, a KV cache).
+pub struct ExactRow<'r, Tq, Tk, Tv> {
+    /// `(b, h, i)`, for messages.
+    pub at: (usize, usize, usize),
+    /// The query row.
+    pub q: &'r [Tq],
+    /// Its visible keys.
+    pub keys: Range<usize>,
+    /// K row `j` of the row's K/V head.
+    pub k_row: &'r dyn Fn(usize) -> &'r [Tk],
+    /// V row `j` of the row's K/V head.
+    pub v_row: &'r dyn Fn(usize) -> &'r [Tv],
+}
+
+impl<Tq: Element, Tk: Element, Tv: Element> ExactRow<'_, Tq, Tk, Tv> {
+    /// The row's exact output into `out` and its LSE (see the module
+    /// docs): with `check_finite`, the first non-finite element the row
+    /// reads is an error, `locate` giving its tensor and flat index; an LSE
+    /// beyond f32 is an error when `want_lse`. `scores` is a reusable
+    /// buffer.
+    pub fn recompute(
+        &self,
+        scale: f64,
+        check_finite: bool,
+        want_lse: bool,
+        locate: impl Fn(Culprit) -> (&'static str, usize),
+        scores: &mut Vec<f64>,
+        out: &mut [f64],
+    ) -> Result<f32, AttnError> {
+        let (kr, vr) = (self.k_row, self.v_row);
+        if check_finite && let Some(c) = find_culprit(self.q, self.keys.clone(), kr, vr) {
+            let value = match c {
+                Culprit::Q(c) => self.q[c].to_f32(),
+                Culprit::K(j, c) => kr(j)[c].to_f32(),
+                Culprit::V(j, c) => vr(j)[c].to_f32(),
+            };
+            let (tensor, index) = locate(c);
+            return Err(AttnError::NonFinite { tensor, index, value });
+        }
+        let l = reference_row(self.q, self.keys.clone(), scale, kr, vr, scores, out);
+        if want_lse && l.is_finite() && (l as f32).is_infinite() {
+            let (batch, head, row) = self.at;
+            return Err(AttnError::ScoreOverflow { batch, head, row, lse: l });
+        }
+        Ok(l as f32)
+    }
+}
+
 /// Recomputes the rows in `faults` of a call on `inputs` exactly and
 /// writes them into `out` and `lse` (see the module docs).
 pub fn repair_rows<T: Element>(
@@ -70,24 +119,24 @@ pub fn repair_rows<T: Element>(
         let (bh, i) = (row / nq, row % nq);
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
         let g = s.kv_head_of(h);
-        let keys = params.mask.key_range(i, nq, nk);
-        let (qr, kr, vr) = (q.row(b, h, i), |j| k.row(b, g, j), |j| v.row(b, g, j));
-        if params.check_finite
-            && let Some(c) = find_culprit(qr, keys.clone(), kr, vr)
-        {
-            let (tensor, index, x) = match c {
-                Culprit::Q(c) => (q.name(), q.offset(b, h, i) + c, qr[c]),
-                Culprit::K(j, c) => (k.name(), k.offset(b, g, j) + c, kr(j)[c]),
-                Culprit::V(j, c) => (v.name(), v.offset(b, g, j) + c, vr(j)[c]),
-            };
-            return Err(AttnError::NonFinite { tensor, index, value: x.to_f32() });
-        }
-        let l = reference_row(qr, keys, scale, kr, vr, &mut scores, &mut o);
+        let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
+        let exact = ExactRow {
+            at: (b, h, i),
+            q: q.row(b, h, i),
+            keys: params.mask.key_range(i, nq, nk),
+            k_row: &kr,
+            v_row: &vr,
+        };
+        let locate = |c| match c {
+            Culprit::Q(c) => (q.name(), q.offset(b, h, i) + c),
+            Culprit::K(j, c) => (k.name(), k.offset(b, g, j) + c),
+            Culprit::V(j, c) => (v.name(), v.offset(b, g, j) + c),
+        };
+        let want_lse = lse.is_some();
+        let l =
+            exact.recompute(scale, params.check_finite, want_lse, locate, &mut scores, &mut o)?;
         if let Some(lse) = lse.as_deref_mut() {
-            if l.is_finite() && (l as f32).is_infinite() {
-                return Err(AttnError::ScoreOverflow { batch: b, head: h, row: i, lse: l });
-            }
-            lse[row] = l as f32;
+            lse[row] = l;
         }
         for (dst, x) in out.row_mut(b, h, i).iter_mut().zip(&o) {
             *dst = *x as f32;
