@@ -25,9 +25,10 @@ pub struct Partial<'a> {
 /// f32 rounding). A row that no shard sees gets output 0 and LSE `-inf`.
 /// A NaN or `+inf` partial LSE is an error.
 ///
-/// The weights `e^(lse_s − lse)` are exact only while f32 holds the LSEs'
-/// fractional parts: with logits beyond ~1e6 the shards weigh alike. The
-/// kernels' own split-KV merge keeps each shard's max and sum instead.
+/// The weights `e^(lse_s − max lse)` are exact only while f32 holds the
+/// LSEs' fractional parts: with logits beyond ~1e6 the shards weigh alike.
+/// The kernels' own split-KV merge (the same code, `merge_rows`) keeps
+/// each shard's max and sum instead.
 pub fn merge_partials(
     parts: &[Partial<'_>],
     dv: usize,
@@ -67,40 +68,85 @@ pub fn merge_partials(
             });
         }
     }
-    merge_rows(parts.len(), |s| (parts[s].out, parts[s].lse), dv, out, lse);
+    // An LSE is the statistic (m = lse, l = 1) in the natural-log domain.
+    let stat = |s: usize, r: usize| {
+        let l = parts[s].lse[r];
+        (l, if l == f32::NEG_INFINITY { 0.0 } else { 1.0 })
+    };
+    merge_rows(parts.len(), |s| parts[s].out, stat, Base::E, dv, out, lse);
     Ok(())
 }
 
-/// The merge of [`merge_partials`] over `n` parts given by `part(s) = (out,
-/// lse)`, each `[rows, dv]` and `[rows]` with `rows = lse.len()`; sizes
-/// are the caller's to check. Allocates nothing.
-fn merge_rows<'p>(
+/// The log base of merge statistics: `e` for LSEs, 2 for the kernels'
+/// running max (which live in the log2 domain, see `exp2`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Base {
+    E,
+    Two,
+}
+
+impl Base {
+    fn pow(self, x: f32) -> f32 {
+        match self {
+            Base::E => x.exp(),
+            Base::Two => x.exp2(),
+        }
+    }
+    /// `log_base(x)` in natural-log units.
+    fn ln_of_log(self, m: f32, total: f32) -> f32 {
+        match self {
+            Base::E => m + total.ln(),
+            Base::Two => (m + total.log2()) * std::f32::consts::LN_2,
+        }
+    }
+}
+
+/// The one merge of attention results over key shards, in shard order
+/// (so the bits do not depend on scheduling). Shard `s` gives its
+/// normalized output rows `out_of(s)` (`[rows, dv]`) and, per row `r`,
+/// `stat(s, r) = (m, l)`: a max and the sum of weights relative to it in
+/// `base`'s log domain (`l = 0` where the shard sees no key). The row's
+/// weights are `l_s·base^(m_s − M)` with `M = max m_s`, so they stay right
+/// however large `M` is when shards keep `(m, l)`; an LSE is `(lse, 1)`.
+/// A NaN `m` (a faulty shard) makes the row NaN. Writes the natural-log
+/// LSE of each row into `lse` (`rows = lse.len()`); sizes are the caller's
+/// to check. Allocates nothing.
+pub(crate) fn merge_rows<'p>(
     n: usize,
-    part: impl Fn(usize) -> (&'p [f32], &'p [f32]),
+    out_of: impl Fn(usize) -> &'p [f32],
+    stat: impl Fn(usize, usize) -> (f32, f32),
+    base: Base,
     dv: usize,
     out: &mut [f32],
     lse: &mut [f32],
 ) {
     for r in 0..lse.len() {
-        let m = (0..n).map(|s| part(s).1[r]).fold(f32::NEG_INFINITY, f32::max);
         let o = &mut out[r * dv..(r + 1) * dv];
+        if (0..n).any(|s| stat(s, r).0.is_nan()) {
+            o.fill(f32::NAN);
+            lse[r] = f32::NAN;
+            continue;
+        }
+        let mx = (0..n).map(|s| stat(s, r).0).fold(f32::NEG_INFINITY, f32::max);
         o.fill(0.0);
-        if m == f32::NEG_INFINITY {
+        if mx == f32::NEG_INFINITY {
             lse[r] = f32::NEG_INFINITY;
             continue;
         }
-        let total: f32 = (0..n).map(|s| (part(s).1[r] - m).exp()).sum();
-        let l = m + total.ln();
+        let weight = |s: usize| match stat(s, r) {
+            (m, _) if m == f32::NEG_INFINITY => 0.0,
+            (m, l) => l * base.pow(m - mx),
+        };
+        let total: f32 = (0..n).map(weight).sum();
         for s in 0..n {
-            let (po, pl) = part(s);
-            let w = (pl[r] - l).exp();
+            let w = weight(s) / total;
             if w > 0.0 {
-                for (a, x) in o.iter_mut().zip(&po[r * dv..(r + 1) * dv]) {
+                for (a, x) in o.iter_mut().zip(&out_of(s)[r * dv..(r + 1) * dv]) {
                     *a += w * x;
                 }
             }
         }
-        lse[r] = l;
+        lse[r] = base.ln_of_log(mx, total);
     }
 }
 

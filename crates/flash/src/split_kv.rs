@@ -25,6 +25,7 @@ use attn_simd::{LOG2_E, exp2, f32x16, hmax, load};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
+use crate::merge::{Base, merge_rows};
 use crate::tiles::decode::{CHUNK, KB, MAX_CHUNKS};
 
 /// Chunks and chunk length for a cache of `len` positions (a function of
@@ -275,11 +276,15 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
 
     // Merge each (b, g)'s chunks in order into the output rows.
     for bg in 0..bsz * hkv {
-        let part = |c: usize| {
-            let i = bg * nc + c;
-            (&pout[i * rows * dv..][..rows * dv], &pml[i * rows * 2..][..rows * 2])
+        // Chunks keep (max, sum) in the log2 domain rather than an LSE, so
+        // the merge weights stay right when |LSE| is too large for f32 to
+        // hold its fraction (logits ~1e7 and up).
+        let out_of = |c: usize| &pout[(bg * nc + c) * rows * dv..][..rows * dv];
+        let stat = |c: usize, r: usize| {
+            let i = (bg * nc + c) * rows + r;
+            (pml[2 * i], pml[2 * i + 1])
         };
-        merge_chunks(nc, part, dv, mo, ml);
+        merge_rows(nc, out_of, stat, Base::Two, dv, mo, ml);
         let (b, g) = (bg / hkv, bg % hkv);
         for r in 0..rows {
             let (hg, t) = (r / q_len, r % q_len);
@@ -287,56 +292,6 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
         }
     }
     Ok(())
-}
-
-/// Merges the partials of `n` chunks, `part(c) = (out, [m, l] per row)`,
-/// in order into `out` and the natural-log `lse` of each row.
-///
-/// Chunks keep `(m, l)` — the running max (log2 domain) and the sum
-/// relative to it — rather than an LSE: the relative weights
-/// `l_c·2^(m_c − M)` stay right even when |LSE| is so large that f32 cannot
-/// hold its fractional part (logits ~1e7 and up), where an LSE-based merge
-/// would weigh every chunk alike. A NaN `m` (a faulty chunk) makes the row
-/// NaN.
-fn merge_chunks<'p>(
-    n: usize,
-    part: impl Fn(usize) -> (&'p [f32], &'p [f32]),
-    dv: usize,
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    for r in 0..lse.len() {
-        let o = &mut out[r * dv..(r + 1) * dv];
-        if (0..n).any(|c| part(c).1[2 * r].is_nan()) {
-            o.fill(f32::NAN);
-            lse[r] = f32::NAN;
-            continue;
-        }
-        let mx = (0..n).map(|c| part(c).1[2 * r]).fold(f32::NEG_INFINITY, f32::max);
-        o.fill(0.0);
-        if mx == f32::NEG_INFINITY {
-            lse[r] = f32::NEG_INFINITY;
-            continue;
-        }
-        let weight = |c: usize| {
-            let ml = part(c).1;
-            if ml[2 * r] == f32::NEG_INFINITY {
-                0.0
-            } else {
-                ml[2 * r + 1] * (ml[2 * r] - mx).exp2()
-            }
-        };
-        let total: f32 = (0..n).map(weight).sum();
-        for c in 0..n {
-            let w = weight(c) / total;
-            if w > 0.0 {
-                for (a, x) in o.iter_mut().zip(&part(c).0[r * dv..(r + 1) * dv]) {
-                    *a += w * x;
-                }
-            }
-        }
-        lse[r] = (mx + total.log2()) * std::f32::consts::LN_2;
-    }
 }
 
 /// Per-worker buffers of the split-KV kernel, sized by a [`SplitKvPlan`]
