@@ -25,7 +25,13 @@ fn the_allocator_counts_an_allocation_inside_the_call() {
     });
     assert!(harness::alloc::installed());
     let extra = extra.expect("installed in this test binary");
-    assert!(extra >= 8 << 20, "{extra}");
+    // The counters are process-wide and libtest's own threads may free a
+    // few bytes (a finished test's name, its captured output) while this
+    // one measures, which lowers the figure by that much: CI saw
+    // 8 MiB − 112 B. 64 KiB of slack covers that and still fails on an
+    // allocator that does not count.
+    let want = 8 << 20;
+    assert!(extra >= want - (64 << 10) && extra <= want + (64 << 10), "{extra}");
 }
 
 fn opts() -> MeasureOpts {
