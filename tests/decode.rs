@@ -3,7 +3,7 @@
 use crate::common::*;
 use attnlab::flash::{KvCache, KvElement, Partial, Q8_0, decode, merge_partials};
 use attnlab::naive::reference;
-use attnlab::{AttnInputs, AttnParams, Element, Layout, Mask, Par, bf16, f16};
+use attnlab::{AttnInputs, AttnParams, Layout, Mask, Par, bf16, f16};
 use proptest::prelude::*;
 
 /// K and V of one batch entry as stored, widened to f32: `[Hkv, len, d]`.
