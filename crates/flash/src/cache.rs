@@ -117,6 +117,17 @@ impl<T: KvElement> KvCache<T> {
         &self.v[o..o + u]
     }
 
+    /// K storage from row `(b, g, j)` to the end, and the units per row.
+    pub(crate) fn k_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        let u = T::units(self.head_dim);
+        (&self.k[((b * self.kv_heads + g) * self.capacity + j) * u..], u)
+    }
+    /// V storage from row `(b, g, j)` to the end, and the units per row.
+    pub(crate) fn v_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        let u = T::units(self.v_dim);
+        (&self.v[((b * self.kv_heads + g) * self.capacity + j) * u..], u)
+    }
+
     /// Appends `n` positions to batch entry `b`: `k` is `[Hkv, n, d]` and
     /// `v` `[Hkv, n, dv]`, f32, C order. Checks everything first: on error
     /// nothing is written.

@@ -47,8 +47,24 @@ pub(crate) trait KvSource<T: KvElement>: Sync {
     fn v_dim(&self) -> usize;
     /// Positions of batch entry `b`.
     fn len(&self, b: usize) -> usize;
-    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T];
-    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T];
+    /// K rows from `j` on: storage from row `(b, g, j)` to the end, and
+    /// the distance between rows (row `j + i` starts at `i · stride`).
+    fn k_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize);
+    /// V rows from `j` on, as [`KvSource::k_from`].
+    fn v_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize);
+}
+
+/// The `jb` rows (`width` units each) of a block as `KB` slices, the rows
+/// past `jb` repeating the last (masked by the caller): one base slice
+/// and a stride, so building them costs no index arithmetic per row.
+#[inline(always)]
+fn block_rows<T>((base, stride): (&[T], usize), width: usize, jb: usize) -> [&[T]; KB] {
+    let last = (jb - 1) * stride;
+    let base = &base[..last + width];
+    std::array::from_fn(|jj| {
+        let o = (jj * stride).min(last);
+        &base[o..o + width]
+    })
 }
 
 impl<T: KvElement> KvSource<T> for KvCache<T> {
@@ -67,11 +83,11 @@ impl<T: KvElement> KvSource<T> for KvCache<T> {
     fn len(&self, b: usize) -> usize {
         self.lens()[b]
     }
-    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        KvCache::k_row(self, b, g, j)
+    fn k_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        self.k_from(b, g, j)
     }
-    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        KvCache::v_row(self, b, g, j)
+    fn v_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        self.v_from(b, g, j)
     }
 }
 
@@ -97,11 +113,11 @@ impl<T: Element> KvSource<T> for ViewKv<'_, '_, T> {
     fn len(&self, _: usize) -> usize {
         self.k.dims()[2]
     }
-    fn k_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        self.k.row(b, g, j)
+    fn k_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        (&self.k.data()[self.k.offset(b, g, j)..], self.k.row_stride())
     }
-    fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        self.v.row(b, g, j)
+    fn v_from(&self, b: usize, g: usize, j: usize) -> (&[T], usize) {
+        (&self.v.data()[self.v.offset(b, g, j)..], self.v.row_stride())
     }
 }
 
@@ -387,9 +403,8 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     while j < hi {
         let jb = KB.min(hi - j);
         // Rows past the block's end repeat its last row (masked below).
-        let row = |jj: usize| j + jj.min(jb - 1);
-        let kt: [&[T]; KB] = std::array::from_fn(|jj| cache.k_row(b, g, row(jj)));
-        let vt: [&[T]; KB] = std::array::from_fn(|jj| cache.v_row(b, g, row(jj)));
+        let kt = block_rows(cache.k_from(b, g, j), T::units(d), jb);
+        let vt = block_rows(cache.v_from(b, g, j), T::units(dv), jb);
         if !k_in_place {
             for (jj, k) in kt.iter().enumerate().take(jb) {
                 T::widen(k, &mut s.kbuf[jj * dp..jj * dp + d]);
