@@ -17,7 +17,7 @@ const FILL_POSITIONS: usize = 1024;
 pub const MAX_ERR_ROWS: usize = 8;
 
 /// Fills every batch entry of `cache` up to its capacity with seeded K/V
-/// ([`fill_values`]), appending `FILL_POSITIONS` positions at a time (so
+/// (`fill_values`), appending `FILL_POSITIONS` positions at a time (so
 /// the f32 staging buffers stay small next to the cache).
 pub fn fill_cache<T: KvElement>(cache: &mut KvCache<T>, seed: u64) -> Result<(), AttnError> {
     let cap = cache.capacity();
