@@ -13,6 +13,7 @@
 //!         mask Sᵀ in registers if the tile is partial (padding, diagonal)
 //!         m' = max(m, colmax Sᵀ); α = 2^(m − m'); Pᵀ = 2^(Sᵀ − m')
 //!         l = α·l + colsum Pᵀ;  O(h) = α·O(h) + P·V_j      pv_micro
+//!                               (the item's first tile: O(h) = P·V_j)
 //! O(h) /= l;  LSE = (m + log2 l)·ln 2        (l = 0: O = 0, LSE = −inf)
 //! ```
 //!

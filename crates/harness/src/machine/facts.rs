@@ -4,7 +4,7 @@
 
 use super::{clock::utc_now, procfs::meminfo};
 use crate::units::fmt_bytes;
-use attnlab::cpu::{Vendor, core_name};
+use attnlab::cpu::{Vendor, core_name, cpu_list_len, parse_size};
 use serde::{Deserialize, Serialize};
 use std::process::Command;
 
@@ -173,15 +173,8 @@ pub(crate) fn caches() -> Vec<CacheInfo> {
         else {
             break;
         };
-        let size = size.trim();
-        let bytes = if let Some(k) = size.strip_suffix('K') {
-            k.parse::<u64>().unwrap_or(0) << 10
-        } else if let Some(m) = size.strip_suffix('M') {
-            m.parse::<u64>().unwrap_or(0) << 20
-        } else {
-            size.parse().unwrap_or(0)
-        };
-        let shared_by = read("shared_cpu_list").map(|s| cpu_list_len(s.trim())).unwrap_or(1);
+        let bytes = parse_size(&size).unwrap_or(0);
+        let shared_by = read("shared_cpu_list").and_then(|s| cpu_list_len(&s)).unwrap_or(1);
         out.push(CacheInfo {
             level: level.trim().parse().unwrap_or(0),
             kind: kind.trim().to_string(),
@@ -190,20 +183,6 @@ pub(crate) fn caches() -> Vec<CacheInfo> {
         });
     }
     out
-}
-
-/// Number of CPUs in a sysfs list such as `0-3,8`.
-fn cpu_list_len(s: &str) -> u32 {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => {
-                b.parse::<u32>().unwrap_or(0).saturating_sub(a.parse().unwrap_or(0)) + 1
-            }
-            None => 1,
-        })
-        .sum::<u32>()
-        .max(1)
 }
 
 fn cpu_features() -> Vec<String> {
@@ -262,12 +241,5 @@ mod tests {
             "GenuineIntel family 6 model 207 (Emerald Rapids)"
         );
         assert_eq!(cpu_id(&info("Other", 1, 2)), "Other family 1 model 2");
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(cpu_list_len("0-1"), 2);
-        assert_eq!(cpu_list_len("0"), 1);
-        assert_eq!(cpu_list_len("0-3,8"), 5);
     }
 }
