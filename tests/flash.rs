@@ -164,6 +164,17 @@ fn every_tile_choice_the_cpu_detection_can_make_matches_the_oracle() {
             }
         }
     }
+    // Any reported cache sizes, 4 KiB .. 64 MiB: still inside the list.
+    let mut any = cpus().remove(0);
+    for l1d in (2..=16).map(|p| 1u64 << p) {
+        for l2 in (12..=26).map(|p| Some(1u64 << p)).chain([None]) {
+            any.caches = Caches { l1d: Some(l1d << 10), l2, ..any.caches };
+            for (nq, d) in [(1, 1), (300, 40), (4096, 128), (4096, 1000)] {
+                let t = TileConfig::for_cpu(&shape_of([1, 4, 4, nq, nq, d, d]), &any);
+                assert!(choices.contains(&t), "{t:?} for {:?}", any.caches);
+            }
+        }
+    }
     // The small core's tiles and a large head dim's shorter query tile.
     assert!(picked.contains(&(256, 32)) && picked.contains(&(128, 64)), "{picked:?}");
     // Every choice, forced, against the oracle: partial query and key

@@ -57,9 +57,10 @@ use forward::Job;
 use rows::{LseWriter, RowWriter};
 use split_kv::{ViewKv, split_kv};
 
-/// The tiled kernel. [`Flash::default`] picks the measured tiles per shape
-/// (and split-KV for decode-like calls); [`Flash::with_tiles`] forces tile
-/// sizes (for experiments and tile sweeps; always the tiled path).
+/// The tiled kernel. [`Flash::default`] picks the tiles per shape for the
+/// CPU running it ([`TileConfig::for_shape`], from its caches; split-KV for
+/// decode-like calls); [`Flash::with_tiles`] forces tile sizes (for
+/// experiments, tile sweeps and tests; always the tiled path).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flash {
     tiles: Option<TileConfig>,
