@@ -1,17 +1,18 @@
 //! Decode against a KV cache, and merge_partials.
 
 use crate::common::*;
-use attnlab::flash::{KvCache, Partial, decode, merge_partials};
+use attnlab::flash::{KvCache, KvElement, Partial, Q8_0, decode, merge_partials};
 use attnlab::naive::reference;
-use attnlab::{AttnInputs, AttnParams, Element, Layout, Mask, Par, bf16, f16};
+use attnlab::{AttnInputs, AttnParams, Layout, Mask, Par, bf16, f16};
 use proptest::prelude::*;
 
 /// K and V of one batch entry as stored, widened to f32: `[Hkv, len, d]`.
 type Stored = (Vec<f32>, Vec<f32>);
 
 /// Fills a cache for `lens` (ragged), returns it with the stored values
-/// widened back to f32 per batch entry: `[Hkv, len, d]` K and V.
-fn filled<T: Element>(
+/// read back as f32 per batch entry: `[Hkv, len, d]` K and V (rounded to
+/// f16/bf16, or the q8_0 blocks dequantised: what the oracle must see).
+fn filled<T: KvElement>(
     lens: &[usize],
     hkv: usize,
     d: usize,
@@ -35,14 +36,26 @@ fn filled<T: Element>(
             };
             cache.append(b, &pick(&k, d), &pick(&v, dv)).unwrap();
         }
-        let round = |x: &[f32]| x.iter().map(|&y| T::from_f32(y).to_f32()).collect::<Vec<_>>();
-        stored.push((round(&k), round(&v)));
+        let read = |dim: usize, row: &dyn Fn(usize, usize) -> Vec<f32>| -> Vec<f32> {
+            (0..hkv)
+                .flat_map(|h| (0..len).flat_map(move |j| row(h, j)))
+                .take(hkv * len * dim)
+                .collect()
+        };
+        let widen = |r: &[T], dim: usize| {
+            let mut x = vec![0f32; dim];
+            T::widen(r, &mut x);
+            x
+        };
+        let ks = read(d, &|h, j| widen(cache.k_row(b, h, j), d));
+        let vs = read(dv, &|h, j| widen(cache.v_row(b, h, j), dv));
+        stored.push((ks, vs));
     }
     (cache, stored)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_decode<T: Element>(
+fn check_decode<T: KvElement>(
     lens: &[usize],
     hq: usize,
     hkv: usize,
@@ -95,6 +108,9 @@ fn decode_matches_oracle_every_grouping_and_dtype() {
             check_decode::<f32>(&[1100], hq, hkv, 1, 64, 64, mask, seed);
             check_decode::<f16>(&[700], hq, hkv, 3, 32, 48, mask, seed);
             check_decode::<bf16>(&[530], hq, hkv, 2, 128, 128, mask, seed);
+            check_decode::<Q8_0>(&[610], hq, hkv, 2, 128, 128, mask, seed);
+            // head dims off the 32-value block: the last block zero-padded
+            check_decode::<Q8_0>(&[77], hq, hkv, 1, 20, 40, mask, seed + 1);
         }
     }
 }
@@ -104,6 +120,7 @@ fn decode_nq_1_to_16_ragged_and_edge_lengths() {
     for nq in [1, 2, 5, 16] {
         check_decode::<f32>(&[0, 1, 17, 513, 1030], 4, 2, nq, 16, 24, Mask::Causal, nq as u64);
     }
+    check_decode::<Q8_0>(&[0, 5, 530, 64], 8, 2, 3, 64, 33, Mask::Causal, 9);
     // more new queries than cached positions: the first rows see nothing
     check_decode::<f32>(&[3], 2, 1, 8, 8, 8, Mask::Causal, 3);
     check_decode::<f16>(

@@ -15,6 +15,15 @@ pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 
     fn widen_slice(src: &[Self], dst: &mut [f32]);
     /// The slice itself when the storage type is f32 (no conversion needed).
     fn as_f32_slice(s: &[Self]) -> Option<&[f32]>;
+    /// The slice itself when the storage type is f16 (kernels widen it
+    /// with the hardware conversion).
+    fn as_f16_slice(_: &[Self]) -> Option<&[f16]> {
+        None
+    }
+    /// The slice itself when the storage type is bf16.
+    fn as_bf16_slice(_: &[Self]) -> Option<&[bf16]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -56,6 +65,10 @@ impl Element for f16 {
     fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
         None
     }
+    #[inline]
+    fn as_f16_slice(s: &[Self]) -> Option<&[f16]> {
+        Some(s)
+    }
 }
 
 impl Element for bf16 {
@@ -78,6 +91,10 @@ impl Element for bf16 {
     #[inline]
     fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
         None
+    }
+    #[inline]
+    fn as_bf16_slice(s: &[Self]) -> Option<&[bf16]> {
+        Some(s)
     }
 }
 

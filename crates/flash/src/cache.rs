@@ -1,11 +1,14 @@
 //! A KV cache for decode: storage `[B, Hkv, capacity, d]` for K and
-//! `[B, Hkv, capacity, dv]` for V in f32, f16 or bf16, with a length per
-//! batch entry (ragged batches allowed).
+//! `[B, Hkv, capacity, dv]` for V in f32, f16, bf16 or q8_0 (any
+//! [`KvElement`]), with a length per batch entry (ragged batches allowed).
 
-use attn_core::{AttnError, AttnShape, Element, try_zeroed};
+use attn_core::{AttnError, AttnShape, try_zeroed};
+
+use crate::kv_element::KvElement;
 
 /// The KV cache. Appends convert from f32 (round to nearest even for the
-/// half types); reads widen back to f32 inside the decode kernel.
+/// half types; q8_0 quantises each block of 32 values of a row, scale
+/// `max|x|/127`); reads widen back to f32 inside the decode kernel.
 #[derive(Debug, Clone)]
 pub struct KvCache<T> {
     batch: usize,
@@ -18,7 +21,7 @@ pub struct KvCache<T> {
     lens: Vec<usize>,
 }
 
-impl<T: Element> KvCache<T> {
+impl<T: KvElement> KvCache<T> {
     /// An empty cache holding up to `capacity` positions per batch entry.
     pub fn new(
         batch: usize,
@@ -35,7 +38,7 @@ impl<T: Element> KvCache<T> {
             }
         }
         let n = |d: usize| {
-            [batch, kv_heads, capacity, d, std::mem::size_of::<T>()]
+            [batch, kv_heads, capacity, T::units(d), std::mem::size_of::<T>()]
                 .iter()
                 .try_fold(1usize, |a, &x| a.checked_mul(x))
                 .ok_or(AttnError::Overflow { tensor: "kv cache" })
@@ -96,32 +99,22 @@ impl<T: Element> KvCache<T> {
     /// Bytes of K and V that a decode step over the current lengths reads.
     pub fn bytes_in_use(&self) -> usize {
         let rows: usize = self.lens.iter().sum::<usize>() * self.kv_heads;
-        rows * (self.head_dim + self.v_dim) * std::mem::size_of::<T>()
+        rows * (T::units(self.head_dim) + T::units(self.v_dim)) * std::mem::size_of::<T>()
     }
 
-    /// K row `(b, g, j)` as stored.
+    /// K row `(b, g, j)` as stored (`T::units(head_dim)` units).
     #[inline]
     pub fn k_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.head_dim;
-        &self.k[o..o + self.head_dim]
+        let u = T::units(self.head_dim);
+        let o = ((b * self.kv_heads + g) * self.capacity + j) * u;
+        &self.k[o..o + u]
     }
-    /// V row `(b, g, j)` as stored.
+    /// V row `(b, g, j)` as stored (`T::units(v_dim)` units).
     #[inline]
     pub fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
-        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.v_dim;
-        &self.v[o..o + self.v_dim]
-    }
-
-    /// `len` elements of K starting at row `(b, g, j)`: rows of one head
-    /// are contiguous, so this is rows `j..` back to back.
-    pub(crate) fn k_contiguous(&self, b: usize, g: usize, j: usize, len: usize) -> &[T] {
-        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.head_dim;
-        &self.k[o..o + len]
-    }
-    /// `len` elements of V starting at row `(b, g, j)`.
-    pub(crate) fn v_contiguous(&self, b: usize, g: usize, j: usize, len: usize) -> &[T] {
-        let o = ((b * self.kv_heads + g) * self.capacity + j) * self.v_dim;
-        &self.v[o..o + len]
+        let u = T::units(self.v_dim);
+        let o = ((b * self.kv_heads + g) * self.capacity + j) * u;
+        &self.v[o..o + u]
     }
 
     /// Appends `n` positions to batch entry `b`: `k` is `[Hkv, n, d]` and
@@ -162,35 +155,34 @@ impl<T: Element> KvCache<T> {
                 ),
             });
         }
-        // Finite after rounding to the storage type: 1e6 is a finite f32
-        // but inf in f16.
-        for (tensor, x) in [("k", k), ("v", v)] {
-            if let Some(index) = x.iter().position(|x| !T::from_f32(*x).to_f32().is_finite()) {
-                if !x[index].is_finite() {
-                    return Err(AttnError::NonFinite { tensor, index, value: x[index] });
-                }
-                return Err(AttnError::Param {
-                    name: tensor,
-                    reason: format!(
-                        "value {} at flat index {index} overflows the cache's {} storage",
-                        x[index],
-                        std::any::type_name::<T>().rsplit("::").next().unwrap_or("")
-                    ),
-                });
-            }
-        }
+        // Stored straight into the free positions past the entry's length:
+        // a value that is not finite once stored (NaN, or 1e6 into f16) is
+        // an error before the length moves, so nothing visible changes.
+        let (ku, vu) = (T::units(self.head_dim), T::units(self.v_dim));
         let start = self.lens[b];
         for g in 0..self.kv_heads {
-            for t in 0..n {
-                let src = &k[(g * n + t) * self.head_dim..][..self.head_dim];
-                let o = ((b * self.kv_heads + g) * self.capacity + start + t) * self.head_dim;
-                for (d, s) in self.k[o..o + self.head_dim].iter_mut().zip(src) {
-                    *d = T::from_f32(*s);
-                }
-                let src = &v[(g * n + t) * self.v_dim..][..self.v_dim];
-                let o = ((b * self.kv_heads + g) * self.capacity + start + t) * self.v_dim;
-                for (d, s) in self.v[o..o + self.v_dim].iter_mut().zip(src) {
-                    *d = T::from_f32(*s);
+            for (tensor, x, dim, units, store) in
+                [("k", k, self.head_dim, ku, &mut self.k), ("v", v, self.v_dim, vu, &mut self.v)]
+            {
+                let o = ((b * self.kv_heads + g) * self.capacity + start) * units;
+                let dst = store[o..o + n * units].chunks_mut(units);
+                for (t, (src, row)) in
+                    x[g * n * dim..(g + 1) * n * dim].chunks(dim).zip(dst).enumerate()
+                {
+                    if let Err(c) = T::store(src, row) {
+                        let index = (g * n + t) * dim + c;
+                        if !x[index].is_finite() {
+                            return Err(AttnError::NonFinite { tensor, index, value: x[index] });
+                        }
+                        return Err(AttnError::Param {
+                            name: tensor,
+                            reason: format!(
+                                "value {} at flat index {index} overflows the cache's {} storage",
+                                x[index],
+                                T::NAME
+                            ),
+                        });
+                    }
                 }
             }
         }

@@ -9,12 +9,13 @@
 //! cached sequence.
 
 use attn_core::{
-    AttnError, AttnParams, AttnShape, Element, Layout, Par, RowFaults, TensorView, TensorViewMut,
-    check_outputs,
+    AttnError, AttnParams, AttnShape, Layout, Par, RowFaults, TensorView, TensorViewMut,
+    check_outputs, try_zeroed,
 };
 use attn_naive::exact::{Culprit, ExactRow};
 
 use crate::cache::KvCache;
+use crate::kv_element::KvElement;
 use crate::split_kv::{SplitKvPlan, SplitKvWorkspace, split_kv};
 
 /// Attention of `q` (`[B, Hq, nq, d]`, f32, C order) — the last `nq`
@@ -24,7 +25,7 @@ use crate::split_kv::{SplitKvPlan, SplitKvWorkspace, split_kv};
 /// it. Writes `out` `[B, Hq, nq, dv]` and, if given, `lse` `[B, Hq, nq]`.
 /// `shape` comes from [`KvCache::query_shape`]. Allocates its workspace;
 /// [`decode_in`] runs on a caller's.
-pub fn decode<T: Element>(
+pub fn decode<T: KvElement>(
     cache: &KvCache<T>,
     shape: &AttnShape,
     q: &[f32],
@@ -83,7 +84,7 @@ impl DecodeWorkspace {
 
 /// [`decode`] on a caller's workspace (from [`workspace`]); runs with the
 /// workspace's [`Par`] and allocates nothing on the calling thread.
-pub fn decode_in<T: Element>(
+pub fn decode_in<T: KvElement>(
     cache: &KvCache<T>,
     shape: &AttnShape,
     q: &[f32],
@@ -128,8 +129,10 @@ pub fn decode_in<T: Element>(
 
 /// The exact recomputation of [`attn_naive::exact`] for rows of a decode
 /// call: the cache holds only finite values (checked on append), so a
-/// culprit is a query element.
-fn repair<T: Element>(
+/// culprit is a query element. The row's visible K and V rows are widened
+/// to f32 first (exact for every storage type: the values the kernel
+/// read), which takes `O(keys · (d + dv))` memory on this rare path.
+fn repair<T: KvElement>(
     cache: &KvCache<T>,
     q: &TensorView<'_, f32>,
     params: &AttnParams,
@@ -148,14 +151,13 @@ fn repair<T: Element>(
     for idx in rows {
         let (b, h, t) = (idx / (hq * nq), (idx / nq) % hq, idx % nq);
         let g = h / group;
-        let (kr, vr) = (|j| cache.k_row(b, g, j), |j| cache.v_row(b, g, j));
-        let exact = ExactRow {
-            at: (b, h, t),
-            q: q.row(b, h, t),
-            keys: params.mask.key_range(t, nq, cache.lens()[b]),
-            k_row: &kr,
-            v_row: &vr,
-        };
+        let keys = params.mask.key_range(t, nq, cache.lens()[b]);
+        let (kw, vw) =
+            (widen_rows(cache, b, g, &keys, d, true)?, widen_rows(cache, b, g, &keys, dv, false)?);
+        let k0 = keys.start;
+        let kr = |j: usize| &kw[(j - k0) * d..][..d];
+        let vr = |j: usize| &vw[(j - k0) * dv..][..dv];
+        let exact = ExactRow { at: (b, h, t), q: q.row(b, h, t), keys, k_row: &kr, v_row: &vr };
         let locate = |c| match c {
             Culprit::Q(c) => ("q", q.offset(b, h, t) + c),
             Culprit::K(j, c) => ("kv cache k", j * d + c),
@@ -172,4 +174,21 @@ fn repair<T: Element>(
         }
     }
     Ok(())
+}
+
+/// K (`keys == true`) or V rows `range` of `(b, g)`, widened to f32.
+fn widen_rows<T: KvElement>(
+    cache: &KvCache<T>,
+    b: usize,
+    g: usize,
+    range: &std::ops::Range<usize>,
+    dim: usize,
+    keys: bool,
+) -> Result<Vec<f32>, AttnError> {
+    let mut out = try_zeroed("repair rows", range.len().saturating_mul(dim))?;
+    for (j, dst) in range.clone().zip(out.chunks_mut(dim)) {
+        let row = if keys { cache.k_row(b, g, j) } else { cache.v_row(b, g, j) };
+        T::widen(row, dst);
+    }
+    Ok(out)
 }

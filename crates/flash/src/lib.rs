@@ -32,6 +32,8 @@ pub mod cache;
 pub mod decode;
 mod forward;
 pub mod hooks;
+mod kv_block;
+pub mod kv_element;
 pub mod merge;
 mod micro;
 mod rows;
@@ -47,6 +49,7 @@ use attn_core::{
 pub use attn_simd::{cpu, isa};
 pub use cache::KvCache;
 pub use decode::{decode, decode_in};
+pub use kv_element::{KvElement, Q8_0};
 pub use merge::{Partial, merge_partials};
 pub use split_kv::SplitKvWorkspace;
 pub use tiles::decode::SPLIT_KV_MAX_Q;

@@ -21,10 +21,13 @@
 use std::sync::Mutex;
 
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
-use attn_simd::{LOG2_E, exp2, f32x16, hmax, load};
+use attn_simd::{LANES, LOG2_E, exp2, f32x16, hmax};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
+use crate::kv_block::{QUAD, quad_pv, quad_scores};
+use crate::kv_element::KvElement;
+use crate::kv_element::sealed::Load16;
 use crate::merge::{Base, merge_rows};
 use crate::tiles::decode::{CHUNK, KB, MAX_CHUNKS};
 
@@ -37,7 +40,7 @@ fn chunking(len: usize) -> (usize, usize) {
 
 /// Where split-KV reads K and V: a [`KvCache`] or the K/V views of an
 /// ordinary call.
-pub(crate) trait KvSource<T: Element>: Sync {
+pub(crate) trait KvSource<T: KvElement>: Sync {
     fn batch(&self) -> usize;
     fn kv_heads(&self) -> usize;
     fn head_dim(&self) -> usize;
@@ -46,17 +49,9 @@ pub(crate) trait KvSource<T: Element>: Sync {
     fn len(&self, b: usize) -> usize;
     fn k_row(&self, b: usize, g: usize, j: usize) -> &[T];
     fn v_row(&self, b: usize, g: usize, j: usize) -> &[T];
-    /// K rows `j..j+n` as one contiguous slice, if they are stored so.
-    fn k_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
-        None
-    }
-    /// V rows `j..j+n` as one contiguous slice, if they are stored so.
-    fn v_block(&self, _b: usize, _g: usize, _j: usize, _n: usize) -> Option<&[T]> {
-        None
-    }
 }
 
-impl<T: Element> KvSource<T> for KvCache<T> {
+impl<T: KvElement> KvSource<T> for KvCache<T> {
     fn batch(&self) -> usize {
         KvCache::batch(self)
     }
@@ -77,13 +72,6 @@ impl<T: Element> KvSource<T> for KvCache<T> {
     }
     fn v_row(&self, b: usize, g: usize, j: usize) -> &[T] {
         KvCache::v_row(self, b, g, j)
-    }
-    fn k_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
-        // rows of one (b, g) are contiguous in the cache: [b][g][pos][d]
-        Some(self.k_contiguous(b, g, j, n * KvCache::head_dim(self)))
-    }
-    fn v_block(&self, b: usize, g: usize, j: usize, n: usize) -> Option<&[T]> {
-        Some(self.v_contiguous(b, g, j, n * KvCache::v_dim(self)))
     }
 }
 
@@ -229,7 +217,7 @@ impl SplitKvWorkspace {
 /// [`SplitKvWorkspace::check_fits`] the call); `write(b, h, t, out_row,
 /// lse)` receives every output row exactly once, in a fixed order.
 /// Validation is the caller's; runs on `par`'s threads.
-pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
+pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
     kv: &S,
     q: &TensorView<'_, Tq>,
     params: &AttnParams,
@@ -295,48 +283,59 @@ pub(crate) fn split_kv<T: Element, Tq: Element, S: KvSource<T>>(
 }
 
 /// Per-worker buffers of the split-KV kernel, sized by a [`SplitKvPlan`]
-/// up front (a few KiB for typical shapes); reused for every item.
+/// up front (a few KiB for typical shapes); reused for every item. Rows
+/// are padded to whole quads ([`QUAD`]), head dims to whole vectors; the
+/// padding stays zero.
 #[derive(Debug)]
 pub(crate) struct DecodeScratch {
-    qs: Vec<f32>,                // rows × d, pre-scaled queries
-    acc: Vec<f32>,               // rows × dvp
-    m: Vec<f32>,                 // rows
-    l: Vec<f32>,                 // rows
-    kbuf: Vec<f32>,              // KB × d
-    vbuf: Vec<f32>,              // KB × dvp
+    qs: Vec<f32>,                // quad rows × dp, pre-scaled queries
+    acc: Vec<f32>,               // quad rows × dvp
+    m: Vec<f32>,                 // quad rows
+    l: Vec<f32>,                 // quad rows
+    kbuf: Vec<f32>,              // KB × dp, a widened K block
+    vbuf: Vec<f32>,              // KB × dvp, a widened V block
     ranges: Vec<(usize, usize)>, // visible keys of each row within the chunk
-    sc: Vec<f32>,                // rows × KB scores of the current block
+}
+
+/// `(quad rows, dp, dvp)` of a plan.
+fn padded(p: &SplitKvPlan) -> (usize, usize, usize) {
+    (p.rows.next_multiple_of(QUAD), p.d.next_multiple_of(LANES), p.dvp())
 }
 
 impl DecodeScratch {
     fn new(p: &SplitKvPlan) -> DecodeScratch {
-        let (rows, d, dvp) = (p.rows, p.d, p.dvp());
+        let (rows, dp, dvp) = padded(p);
         DecodeScratch {
-            qs: vec![0.0; rows * d],
+            qs: vec![0.0; rows * dp],
             acc: vec![0.0; rows * dvp],
             m: vec![0.0; rows],
             l: vec![0.0; rows],
-            kbuf: vec![0.0; KB * d],
+            kbuf: vec![0.0; KB * dp],
             vbuf: vec![0.0; KB * dvp],
             ranges: Vec::with_capacity(rows),
-            sc: vec![0.0; rows * KB],
         }
     }
 
     /// Bytes one scratch holds, with its slot in the workspace.
     fn bytes(p: &SplitKvPlan) -> usize {
-        let (rows, d, dvp) = (p.rows, p.d, p.dvp());
-        let floats = rows * (d + dvp + 2 + KB) + KB * (d + dvp);
+        let (rows, dp, dvp) = padded(p);
+        let floats = rows * (dp + dvp + 2) + KB * (dp + dvp);
         4 * floats
             + rows * std::mem::size_of::<(usize, usize)>()
             + std::mem::size_of::<Mutex<DecodeScratch>>()
     }
 }
 
-/// One item: rows of (b, g) against keys `c0..c1` (one chunk); writes the normalized
-/// partial output and LSE of each row.
+/// One item: rows of (b, g) against keys `c0..c1` (one chunk); writes the
+/// normalized partial output and the (max, sum) of each row.
+///
+/// K and V rows are read in place when whole vectors of them can be
+/// (f32, f16, bf16 with head dims a multiple of 16; q8_0 always) and
+/// either they are f32 or one quad of rows uses them; otherwise each
+/// block is widened once into f32 scratch, so a large group (MQA) does
+/// not convert every value once per quad.
 #[allow(clippy::too_many_arguments)]
-fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
+fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     cache: &S,
     q: &TensorView<'_, Tq>,
     params: &AttnParams,
@@ -348,129 +347,73 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
     s: &mut DecodeScratch,
 ) {
     let (d, dv) = (cache.head_dim(), cache.v_dim());
-    let dvp = dv.next_multiple_of(16);
+    let (dp, dvp) = (d.next_multiple_of(LANES), dv.next_multiple_of(LANES));
     let [_, q_heads, q_len, _] = q.dims();
     let group = q_heads / cache.kv_heads();
     let rows = group * q_len;
+    let quads = rows.div_ceil(QUAD);
     let len = cache.len(b);
     let (c0, c1) = (c0.min(len), c1.min(len));
 
-    s.acc.fill(0.0);
+    s.acc[..quads * QUAD * dvp].fill(0.0);
     s.m.fill(f32::NEG_INFINITY);
     s.l.fill(0.0);
-    s.vbuf.fill(0.0);
-
     s.ranges.clear();
-    for r in 0..rows {
+    for r in 0..quads * QUAD {
+        let dst = &mut s.qs[r * dp..(r + 1) * dp];
+        if r >= rows {
+            dst.fill(0.0);
+            s.ranges.push((c1, c1));
+            continue;
+        }
         let (hg, t) = (r / q_len, r % q_len);
-        let h = g * group + hg;
-        let dst = &mut s.qs[r * d..(r + 1) * d];
-        Tq::widen_slice(q.row(b, h, t), dst);
-        dst.iter_mut().for_each(|x| *x *= scale);
+        Tq::widen_slice(q.row(b, g * group + hg, t), &mut dst[..d]);
+        dst[..d].iter_mut().for_each(|x| *x *= scale);
+        dst[d..].fill(0.0);
         let kr = params.mask.key_range(t, q_len, len);
         s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
     }
+    let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
+    let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
+    let k_in_place = T::whole_vectors(d) && (quads == 1 || T::is_f32());
+    let v_in_place = T::whole_vectors(dv) && (quads == 1 || T::is_f32());
+
     // `s·0` summed over every score: 0 when all are finite. Otherwise (a
     // non-finite input, or |q·k| beyond f32) the exp2 clamp could turn a
     // NaN score into a finite weight: the chunk's rows are marked for
     // exact recomputation instead.
-    let mut sentinel = 0f32;
-    let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
-    let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
-
+    let mut sentinel = f32x16::ZERO;
     let mut j = lo;
     while j < hi {
         let jb = KB.min(hi - j);
-        // Widen the block's K/V rows when the cache is f16/bf16 (f32 rows,
-        // and V rows of a multiple of 16, are read in place).
-        let k_in_place = T::as_f32_slice(cache.k_row(b, g, j)).is_some();
-        let v_in_place = T::as_f32_slice(cache.v_row(b, g, j)).is_some() && dv == dvp;
+        // Rows past the block's end repeat its last row (masked below).
+        let row = |jj: usize| j + jj.min(jb - 1);
+        let kt: [&[T]; KB] = std::array::from_fn(|jj| cache.k_row(b, g, row(jj)));
+        let vt: [&[T]; KB] = std::array::from_fn(|jj| cache.v_row(b, g, row(jj)));
         if !k_in_place {
-            match cache.k_block(b, g, j, jb) {
-                // one conversion call for the whole block when rows are contiguous
-                Some(blk) => T::widen_slice(blk, &mut s.kbuf[..jb * d]),
-                None => {
-                    for jj in 0..jb {
-                        T::widen_slice(
-                            cache.k_row(b, g, j + jj),
-                            &mut s.kbuf[jj * d..(jj + 1) * d],
-                        );
-                    }
-                }
+            for (jj, k) in kt.iter().enumerate().take(jb) {
+                T::widen(k, &mut s.kbuf[jj * dp..jj * dp + d]);
             }
         }
         if !v_in_place {
-            match cache.v_block(b, g, j, jb) {
-                Some(blk) if dv == dvp => T::widen_slice(blk, &mut s.vbuf[..jb * dvp]),
-                _ => {
-                    for jj in 0..jb {
-                        let dst = &mut s.vbuf[jj * dvp..jj * dvp + dv];
-                        T::widen_slice(cache.v_row(b, g, j + jj), dst);
-                    }
-                }
+            for (jj, v) in vt.iter().enumerate().take(jb) {
+                T::widen(v, &mut s.vbuf[jj * dvp..jj * dvp + dv]);
             }
         }
-        let krow = |jj: usize| -> &[f32] {
-            match T::as_f32_slice(cache.k_row(b, g, j + jj)) {
-                Some(r) => r,
-                None => &s.kbuf[jj * d..(jj + 1) * d],
-            }
+        let kf: [&[f32]; KB] = std::array::from_fn(|jj| &s.kbuf[jj.min(jb - 1) * dp..][..dp]);
+        let vf: [&[f32]; KB] = std::array::from_fn(|jj| &s.vbuf[jj.min(jb - 1) * dvp..][..dvp]);
+        let blk = Block { j, jb, dp, dvp, ranges: &s.ranges };
+        let st = State { qs: &s.qs, m: &mut s.m, l: &mut s.l, acc: &mut s.acc };
+        sentinel += match (k_in_place, v_in_place) {
+            (true, true) => blk.run(&kt, &vt, st),
+            (true, false) => blk.run(&kt, &vf, st),
+            (false, true) => blk.run(&kf, &vt, st),
+            (false, false) => blk.run(&kf, &vf, st),
         };
-        let vrows: [&[f32]; KB] = std::array::from_fn(|jj| {
-            let jj = jj.min(jb - 1);
-            match T::as_f32_slice(cache.v_row(b, g, j + jj)) {
-                Some(r) if v_in_place => r,
-                _ => &s.vbuf[jj * dvp..(jj + 1) * dvp],
-            }
-        });
-        // Scores of every row against every key of the block: each K row
-        // is loaded once for 4 rows at a time (4 independent FMA chains).
-        s.sc.fill(f32::NEG_INFINITY);
-        for jj in 0..jb {
-            let kr = &krow(jj)[..d];
-            for r0 in (0..rows).step_by(4) {
-                let q4: [&[f32]; 4] = std::array::from_fn(|t| {
-                    let r = (r0 + t).min(rows - 1);
-                    &s.qs[r * d..(r + 1) * d]
-                });
-                let d4 = dot4(q4, kr);
-                for (t, x) in d4.into_iter().enumerate().take(rows - r0) {
-                    s.sc[(r0 + t) * KB + jj] = x;
-                    sentinel += x * 0.0;
-                }
-            }
-        }
-        for r in 0..rows {
-            let (rlo, rhi) = s.ranges[r];
-            if !(rlo < rhi && rlo < j + jb && rhi > j) {
-                continue; // no visible key of this block
-            }
-            // Mask, then the online-softmax update.
-            let sc = &mut s.sc[r * KB..(r + 1) * KB];
-            if !(rlo <= j && j + KB <= rhi) {
-                for (jj, x) in sc.iter_mut().enumerate() {
-                    let key = j + jj;
-                    if jj >= jb || key < rlo || key >= rhi {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let scv = f32x16::new(sc[..KB].try_into().unwrap());
-            let mblk = hmax(scv);
-            let mnew = s.m[r].max(mblk);
-            let alpha = (s.m[r] - mnew).exp2();
-            let p = exp2(scv - f32x16::splat(mnew));
-            s.l[r] = s.l[r] * alpha + p.reduce_add();
-            s.m[r] = mnew;
-            // acc = alpha·acc + Σ_jj p[jj]·V[jj], 4 vectors of dv at a time
-            // kept in registers across the block.
-            let pa = p.to_array();
-            let acc = &mut s.acc[r * dvp..(r + 1) * dvp];
-            pv_rows(&pa[..jb], &vrows[..jb], alpha, acc);
-        }
         j += jb;
     }
 
+    let sentinel = sentinel.reduce_add();
     for r in 0..rows {
         let o = &mut pout[r * dv..(r + 1) * dv];
         let visible = s.ranges[r].0 < s.ranges[r].1;
@@ -494,53 +437,77 @@ fn chunk_partial<T: Element, Tq: Element, S: KvSource<T>>(
     }
 }
 
-/// Four dot products against one key row, sharing its loads.
-#[inline]
-fn dot4(q: [&[f32]; 4], k: &[f32]) -> [f32; 4] {
-    let (kc, kt) = k.as_chunks::<16>();
-    let qc = q.map(|r| r.as_chunks::<16>());
-    let mut acc = [f32x16::ZERO; 4];
-    for (i, kv) in kc.iter().enumerate() {
-        let kv = f32x16::new(*kv);
-        for t in 0..4 {
-            acc[t] = f32x16::new(qc[t].0[i]).mul_add(kv, acc[t]);
-        }
-    }
-    std::array::from_fn(|t| {
-        acc[t].reduce_add() + qc[t].1.iter().zip(kt).map(|(x, y)| x * y).sum::<f32>()
-    })
+/// One block of keys `j .. j + jb` of a chunk.
+struct Block<'a> {
+    j: usize,
+    jb: usize,
+    dp: usize,
+    dvp: usize,
+    ranges: &'a [(usize, usize)],
 }
 
-/// `acc = alpha·acc + Σ_j p[j]·v[j]` over `acc.len()` (a multiple of 16)
-/// columns: 4 vectors of accumulators at a time stay in registers while
-/// the block's rows stream past (4 independent FMA chains).
-#[inline]
-fn pv_rows(p: &[f32], v: &[&[f32]], alpha: f32, acc: &mut [f32]) {
-    let a = f32x16::splat(alpha);
-    let (chunks, _) = acc.as_chunks_mut::<64>();
-    let mut c0 = 0;
-    for ch in chunks {
-        let mut x: [f32x16; 4] =
-            std::array::from_fn(|t| f32x16::new(ch[t * 16..(t + 1) * 16].try_into().unwrap()) * a);
-        for (pj, vj) in p.iter().zip(v) {
-            let vj = &vj[c0..c0 + 64];
-            let pv = f32x16::splat(*pj);
-            for t in 0..4 {
-                x[t] = pv.mul_add(load(&vj[t * 16..]), x[t]);
+/// The running state of an item's rows (quad-padded).
+struct State<'a> {
+    qs: &'a [f32],
+    m: &'a mut [f32],
+    l: &'a mut [f32],
+    acc: &'a mut [f32],
+}
+
+impl Block<'_> {
+    /// Scores, online softmax and `P·V` of every quad of rows that sees a
+    /// key of the block; returns the sentinel `Σ s·0` of its scores.
+    #[inline(always)]
+    fn run<UK: Load16, UV: Load16>(
+        &self,
+        k: &[&[UK]; KB],
+        v: &[&[UV]; KB],
+        st: State<'_>,
+    ) -> f32x16 {
+        let (j, jb, dp, dvp) = (self.j, self.jb, self.dp, self.dvp);
+        let mut sentinel = f32x16::ZERO;
+        for (qd, ranges) in self.ranges.chunks_exact(QUAD).enumerate() {
+            let r0 = qd * QUAD;
+            let sees = |&(lo, hi): &(usize, usize)| lo < hi && lo < j + jb && hi > j;
+            if !ranges.iter().any(sees) {
+                continue;
             }
+            let sc = quad_scores(&st.qs[r0 * dp..], dp, k);
+            let mut p = [[0f32; KB]; QUAD];
+            let (mut m_old, mut m_new) = ([0f32; LANES], [0f32; LANES]);
+            let mut lsum = [0f32; QUAD];
+            for r in 0..QUAD {
+                sentinel = sc[r].mul_add(f32x16::ZERO, sentinel);
+                let (lo, hi) = ranges[r];
+                if !sees(&ranges[r]) {
+                    continue; // p = 0, alpha = 2^0 = 1
+                }
+                let mut x = sc[r];
+                if !(lo <= j && j + KB <= hi) {
+                    let mut a = x.to_array();
+                    for (jj, s) in a.iter_mut().enumerate() {
+                        if jj >= jb || j + jj < lo || j + jj >= hi {
+                            *s = f32::NEG_INFINITY;
+                        }
+                    }
+                    x = f32x16::new(a);
+                }
+                let m = st.m[r0 + r].max(hmax(x));
+                (m_old[r], m_new[r]) = (st.m[r0 + r], m);
+                let e = exp2(x - f32x16::splat(m));
+                lsum[r] = e.reduce_add();
+                p[r] = e.to_array();
+                st.m[r0 + r] = m;
+            }
+            // One vector exp2 for the 4 rescale factors (exp2(-inf) = 0
+            // for a row's first visible block).
+            let alpha = exp2(f32x16::new(m_old) - f32x16::new(m_new)).to_array();
+            let alpha: [f32; QUAD] = std::array::from_fn(|r| alpha[r]);
+            for r in 0..QUAD {
+                st.l[r0 + r] = st.l[r0 + r] * alpha[r] + lsum[r];
+            }
+            quad_pv(&p, alpha, v, jb, &mut st.acc[r0 * dvp..(r0 + QUAD) * dvp], dvp);
         }
-        for t in 0..4 {
-            ch[t * 16..(t + 1) * 16].copy_from_slice(x[t].as_array());
-        }
-        c0 += 64;
-    }
-    let (tail, _) = acc[c0..].as_chunks_mut::<16>();
-    for ch in tail {
-        let mut x = f32x16::new(*ch) * a;
-        for (pj, vj) in p.iter().zip(v) {
-            x = f32x16::splat(*pj).mul_add(load(&vj[c0..]), x);
-        }
-        *ch = x.to_array();
-        c0 += 16;
+        sentinel
     }
 }

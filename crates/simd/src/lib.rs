@@ -12,8 +12,12 @@
 
 #![warn(missing_docs)]
 
+pub mod convert;
 pub mod cpu;
 pub mod isa;
+mod transpose;
+
+pub use transpose::{sums16, transpose_quarters};
 
 pub use wide::f32x16;
 
@@ -58,7 +62,21 @@ pub fn load(s: &[f32]) -> f32x16 {
 /// Largest lane (no NaN handling: callers pass finite values or -inf).
 #[inline(always)]
 pub fn hmax(v: f32x16) -> f32 {
-    v.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        // SAFETY: with avx512f, f32x16 is one __m512 (see convert.rs); the
+        // build targets AVX-512F (this cfg), so the reduction can run.
+        unsafe {
+            std::arch::x86_64::_mm512_reduce_max_ps(std::mem::transmute::<
+                f32x16,
+                std::arch::x86_64::__m512,
+            >(v))
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        v.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    }
 }
 
 /// Sum of the lanes.

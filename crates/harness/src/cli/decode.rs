@@ -38,7 +38,7 @@ pub struct DecodeArgs {
     /// Head dim d (also dv).
     #[arg(long, default_value_t = 128)]
     pub head_dim: usize,
-    /// Storage type of the cache: f32, f16 or bf16.
+    /// Storage type of the cache: f32, f16, bf16 or q8_0 (ggml blocks of 32 int8 values and an f16 scale).
     #[arg(long, default_value = "f32")]
     pub cache_dtype: String,
     /// Sliding window LEFT,RIGHT instead of causal; `inf`, -1, `-` or

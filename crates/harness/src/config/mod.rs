@@ -236,12 +236,14 @@ impl Config {
     /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32); decode:
     /// the K/V cache, f32 queries, O and LSE.
     pub fn io_bytes(&self) -> u64 {
-        let e = self.dtype.size() as u64;
+        let dt = self.dtype;
         let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
         let (nq, nk, d, dv) =
             (self.q_len as u64, self.kv_len as u64, self.head_dim as u64, self.v_dim as u64);
-        let q_bytes = if self.kind == Kind::Decode { 4 } else { e };
-        q_bytes * b * hq * nq * d + e * b * hkv * nk * (d + dv) + 4 * b * hq * nq * (dv + 1)
+        let q_row = if self.kind == Kind::Decode { 4 * d } else { dt.row_bytes(d) };
+        q_row * b * hq * nq
+            + b * hkv * nk * (dt.row_bytes(d) + dt.row_bytes(dv))
+            + 4 * b * hq * nq * (dv + 1)
     }
 
     /// The kernel's `workspace_bytes` for this configuration (decode: the
@@ -273,8 +275,9 @@ impl Config {
     /// prefill.
     pub fn kv_bytes(&self) -> Option<u64> {
         (self.kind == Kind::Decode).then(|| {
-            (self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.v_dim)) as u64
-                * self.dtype.size() as u64
+            let row = self.dtype.row_bytes(self.head_dim as u64)
+                + self.dtype.row_bytes(self.v_dim as u64);
+            (self.batch * self.kv_heads * self.kv_len) as u64 * row
         })
     }
 }

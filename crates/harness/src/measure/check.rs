@@ -4,7 +4,7 @@
 //! every test of the workspace trusts. A NaN or inf output is an error of
 //! +inf ([`row_error`]), never 0.
 
-use attnlab::flash::KvCache;
+use attnlab::flash::{KvCache, KvElement};
 use attnlab::naive::{reference_row, reference_rows};
 use attnlab::{AttnInputs, AttnParams, AttnShape, Element, Layout};
 use rayon::prelude::*;
@@ -61,23 +61,40 @@ pub fn prefill_error<T: Element>(
     (err, picks.len())
 }
 
+/// The K and V rows (`[len, d]`, `[len, dv]`, f32) of K/V head `g` of
+/// batch entry `b` that a decode step is checked against.
+pub type KvRows<'a> = dyn Fn(usize, usize) -> (Vec<f32>, Vec<f32>) + Sync + 'a;
+
+/// [`KvRows`] of a cache as it stores them, widened to f32 (exactly the
+/// values the kernel reads).
+pub fn stored_rows<T: KvElement>(cache: &KvCache<T>, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
+    let (d, dv, len) = (cache.head_dim(), cache.v_dim(), cache.lens()[b]);
+    let (mut k, mut v) = (vec![0f32; len * d], vec![0f32; len * dv]);
+    for j in 0..len {
+        T::widen(cache.k_row(b, g, j), &mut k[j * d..(j + 1) * d]);
+        T::widen(cache.v_row(b, g, j), &mut v[j * dv..(j + 1) * dv]);
+    }
+    (k, v)
+}
+
 /// Max |O − O_f64| of a decode step over `rows` query rows evenly spaced
 /// over `[B, Hq, nq]` (first and last included, so that several K/V heads
-/// are exercised), against the oracle over the cache as stored; `q` and
-/// `out` are `[B, Hq, nq, d|dv]` contiguous. Returns the error and the rows
-/// checked.
-pub fn decode_error<T: Element>(
-    cache: &KvCache<T>,
+/// are exercised), against the oracle over the K/V rows `kv` gives;
+/// `shape` is `(B, Hq, Hkv, nq)`, `lens` the cached positions of each
+/// batch entry, `q` and `out` `[B, Hq, nq, d|dv]` contiguous. Returns the
+/// error and the rows checked.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_error(
+    kv: &KvRows<'_>,
+    (bsz, hq, hkv, nq): (usize, usize, usize, usize),
+    lens: &[usize],
+    (d, dv): (usize, usize),
     q: &[f32],
-    q_heads: usize,
-    q_len: usize,
     params: &AttnParams,
     out: &[f32],
     rows: usize,
 ) -> (f64, usize) {
-    let (hq, nq, hkv) = (q_heads, q_len, cache.kv_heads());
-    let (d, dv) = (cache.head_dim(), cache.v_dim());
-    let total = cache.batch() * hq * nq;
+    let total = bsz * hq * nq;
     let n = rows.min(total);
     if n == 0 {
         return (0.0, 0);
@@ -92,14 +109,15 @@ pub fn decode_error<T: Element>(
         .map(|&r| {
             let (b, h, t) = (r / (hq * nq), (r / nq) % hq, r % nq);
             let g = h / (hq / hkv);
-            let keys = params.mask.key_range(t, nq, cache.lens()[b]);
+            let keys = params.mask.key_range(t, nq, lens[b]);
+            let (k, v) = kv(b, g);
             let mut o = vec![0f64; dv];
             reference_row(
                 &q[r * d..][..d],
                 keys,
                 scale,
-                |j| cache.k_row(b, g, j),
-                |j| cache.v_row(b, g, j),
+                |j| &k[j * d..(j + 1) * d],
+                |j| &v[j * dv..(j + 1) * dv],
                 &mut Vec::new(),
                 &mut o,
             );

@@ -139,6 +139,7 @@ pub fn measure_with_warmup(cfg: &Config, opts: &MeasureOpts, warmup: usize) -> R
     if opts.err_rows > 0 {
         let (e, n) = runner.sampled_error(opts.err_rows);
         row.max_abs_err = Some(e);
+        row.storage_err = runner.storage_error(opts.err_rows);
         row.err_rows = n;
         if !e.is_finite() {
             // JSON has no infinity: the status says it where the number cannot.

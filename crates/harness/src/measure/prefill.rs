@@ -29,6 +29,9 @@ pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
         Dtype::F32 => Ok(Box::new(PrefillRunner::<f32>::new(cfg, seed)?)),
         Dtype::F16 => Ok(Box::new(PrefillRunner::<f16>::new(cfg, seed)?)),
         Dtype::Bf16 => Ok(Box::new(PrefillRunner::<bf16>::new(cfg, seed)?)),
+        Dtype::Q8_0 => Err("q8_0 is a KV-cache format (attn decode): prefill inputs are \
+                            f32, f16 or bf16"
+            .into()),
     }
 }
 

@@ -10,6 +10,12 @@ pub trait Runner {
     /// Max abs error of the last output over at most `rows` sampled query
     /// rows (which ones: [`super::check`]), and the rows checked.
     fn sampled_error(&self, rows: usize) -> (f64, usize);
+    /// Decode with a cache that rounds or quantises: the max abs error of
+    /// the same rows against the f32 values before storing (`None` where
+    /// inputs are used as given).
+    fn storage_error(&self, _rows: usize) -> Option<f64> {
+        None
+    }
 }
 
 /// A started pool of `threads` workers, or `None` for one thread (the

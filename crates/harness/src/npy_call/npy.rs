@@ -144,7 +144,7 @@ pub fn read(path: &Path) -> Result<NpyArray, FileError> {
         )));
     }
     let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let item = kind.size() as u64;
+    let item = kind.row_bytes(1);
     // A corrupt header could promise more elements than the file holds:
     // never reserve more than the file could contain.
     let len = len.ok_or_else(|| err("element count overflows usize".into()))?;
@@ -159,7 +159,9 @@ pub fn read(path: &Path) -> Result<NpyArray, FileError> {
     let data = match kind {
         Dtype::F32 => NpyData::F32(collect(npy, len, cap).map_err(truncated)?),
         Dtype::F16 => NpyData::F16(collect(npy, len, cap).map_err(truncated)?),
-        Dtype::Bf16 => unreachable!(".npy has no bfloat16: only f32 and f16 are read"),
+        Dtype::Bf16 | Dtype::Q8_0 => {
+            unreachable!(".npy has no bfloat16 or q8_0: only f32 and f16 are read")
+        }
     };
     Ok(NpyArray { shape, data })
 }
@@ -307,7 +309,7 @@ mod tests {
             std::fs::write(&p, npy_bytes(&header, &vec![0x3fu8; body])).unwrap();
             if let Ok(a) = read(&p) {
                 let n: usize = a.shape.iter().product();
-                let bytes = n * a.dtype().size();
+                let bytes = a.dtype().row_bytes(n as u64) as usize;
                 proptest::prop_assert!(bytes <= body, "read {bytes} bytes from a {body}-byte body");
             }
         }

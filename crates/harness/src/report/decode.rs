@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-const DECODE_DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+const DECODE_DTYPES: [Dtype; 4] = Dtype::CACHES;
 
 /// One decode table: a grouping and everything but L and the cache dtype.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,8 @@ pub(super) fn decode_section(s: &mut String, run: &RunFile) {
         "- **Problem**: one decode step, `attn_flash::decode` (split-KV: per K/V head at most \
          {} chunks of at least {} positions, fixed-order LSE merge): B = 1, Hq = 32 query heads, one new query (nq = 1; \
          causal, so it sees the whole cache), d = dv = 128, against a KV cache of L positions \
-         stored as f32, f16 or bf16; queries, outputs, the LSE and all arithmetic are f32. MHA \
+         stored as f32, f16, bf16 or q8_0 (ggml's blocks of 32 int8 values with an f16 \
+         scale, quantised on append); queries, outputs, the LSE and all arithmetic are f32. MHA \
          has Hkv = 32, GQA Hkv = 8, MQA Hkv = 1. Cache values are seeded uniform on (−√3, √3) \
          (unit variance), queries standard-normal.",
         attnlab::flash::decode::chunk_limits().1,
@@ -183,8 +184,9 @@ pub(super) fn decode_section(s: &mut String, run: &RunFile) {
     let _ = writeln!(
         s,
         "- **GB/s** = bytes of K and V one step reads, B·Hkv·L·(d + dv)·(4 for f32, 2 for \
-         f16/bf16), over the time; queries, outputs and partials are not counted. **K+V** is \
-         that size for an f32 cache (half of it for f16/bf16). **% bw** divides by the read \
+         f16/bf16, 34/32 for q8_0), over the time; queries, outputs and partials are not \
+         counted. **K+V** is that size for an f32 cache (half of it for f16/bf16, 0.27× for \
+         q8_0). **% bw** divides by the read \
          bandwidth measured in this run for the same thread count ({} GB/s on 1 thread, {} \
          GB/s on {} threads; {}): above 100% means the cache was served from the CPU caches.",
         fmt_num(p.read_gbs_1t),
@@ -194,8 +196,9 @@ pub(super) fn decode_section(s: &mut String, run: &RunFile) {
     );
     let _ = writeln!(
         s,
-        "- **f16 ×**, **bf16 ×** = f32 time / f16 (bf16) time: at most about 2× for a step \
-         bound by memory bandwidth (half the bytes), less where the widening to f32 costs.\n"
+        "- **f16 ×**, **bf16 ×**, **q8_0 ×** = f32 time / f16 (bf16, q8_0) time: at most \
+         about 2× (3.8× for q8_0) for a step bound by memory bandwidth, less where the \
+         widening to f32 costs.\n"
     );
     let _ = writeln!(s, "![decode GB/s vs L](img/decode_gbs_vs_l.svg)\n");
 
@@ -235,6 +238,58 @@ pub(super) fn decode_section(s: &mut String, run: &RunFile) {
         }
         table(s, &head, &body);
     }
+    storage_error_table(s, &rows);
+}
+
+/// What storing the cache as f16, bf16 or q8_0 costs in accuracy: per
+/// grouping and L (at the most threads measured), the max |O − O_f64|
+/// of the sampled rows against the f32 values before storing, next to the
+/// f32 cache's (the kernel's own error).
+fn storage_error_table(s: &mut String, rows: &[&Row]) {
+    let threads = rows.iter().map(|r| r.config.threads).max().unwrap_or(1);
+    let sel: Vec<&Row> = rows.iter().copied().filter(|r| r.config.threads == threads).collect();
+    let dts: Vec<Dtype> = DECODE_DTYPES
+        .iter()
+        .copied()
+        .filter(|d| sel.iter().any(|r| r.config.dtype == *d))
+        .collect();
+    if !dts.iter().any(|d| *d != Dtype::F32) {
+        return;
+    }
+    let _ = writeln!(s, "### Decode, error of the stored cache\n");
+    let _ = writeln!(
+        s,
+        "Max |O − O_f64| over the sampled rows, {threads} thread{}: for f32 the kernel's \
+         error; for the others the oracle reads the f32 values the cache was filled with, \
+         so the figure is what rounding (f16, bf16) or quantising (q8_0) K and V costs, the \
+         kernel's own error included.\n",
+        plural(threads)
+    );
+    let mut keys: Vec<(DecodeGroup, usize)> = Vec::new();
+    for g in decode_groups(&sel) {
+        let mut ls: Vec<usize> = sel.iter().filter(|r| g.has(r)).map(|r| r.config.kv_len).collect();
+        ls.sort_unstable();
+        ls.dedup();
+        keys.extend(ls.into_iter().map(|l| (g.clone(), l)));
+    }
+    let mut head = vec!["grouping".to_string(), "L".to_string()];
+    head.extend(dts.iter().map(|d| d.name().to_string()));
+    let body: Vec<Vec<String>> = keys
+        .iter()
+        .map(|(g, l)| {
+            let mut row = vec![g.grouping.to_uppercase(), n_label(*l)];
+            row.extend(dts.iter().map(|&d| {
+                let r = sel
+                    .iter()
+                    .copied()
+                    .find(|r| g.has(r) && r.config.kv_len == *l && r.config.dtype == d);
+                let e = |r: &Row| if d == Dtype::F32 { r.max_abs_err } else { r.storage_err };
+                cell(r, false, |r| e(r).map(|e| format!("{e:.1e}")))
+            }));
+            row
+        })
+        .collect();
+    table(s, &head, &body);
 }
 
 fn dtype_color(d: Dtype) -> RGBColor {
@@ -242,6 +297,7 @@ fn dtype_color(d: Dtype) -> RGBColor {
         Dtype::F32 => FLASH_FULL,
         Dtype::F16 => FLASH_CAUSAL,
         Dtype::Bf16 => NAIVE_CAUSAL,
+        Dtype::Q8_0 => NAIVE_FULL,
     }
 }
 

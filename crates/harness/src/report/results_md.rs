@@ -308,7 +308,7 @@ fn other_table(s: &mut String, rows: &[&Row], ks: &[String]) {
             keys.push(key);
         }
     }
-    keys.sort_by_key(|&(n, d, t, dt)| (n, d, dt.size() != 4, dt.name(), t));
+    keys.sort_by_key(|&(n, d, t, dt)| (n, d, dt != Dtype::F32, dt.name(), t));
     let two = ks.iter().any(|k| k == "naive") && ks.iter().any(|k| k == "flash");
     let mut head: Vec<String> =
         ["N", "d", "dtype", "threads"].iter().map(|x| x.to_string()).collect();

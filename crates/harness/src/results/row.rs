@@ -72,6 +72,11 @@ pub struct Row {
     pub max_abs_err: Option<f64>,
     /// Query rows checked.
     pub err_rows: usize,
+    /// Decode with an f16, bf16 or q8_0 cache: max |O − O_f64| over the
+    /// same rows with the oracle reading the f32 values before the cache
+    /// stored them (`max_abs_err` reads them as stored).
+    #[serde(default)]
+    pub storage_err: Option<f64>,
     /// Compiled with avx512f.
     pub avx512f: bool,
     /// Compiled with fma.
@@ -151,6 +156,7 @@ impl Row {
             peak_rss_bytes: None,
             rss_increase_bytes: None,
             max_abs_err: None,
+            storage_err: None,
             err_rows: 0,
             avx512f: cfg!(target_feature = "avx512f"),
             fma: cfg!(target_feature = "fma"),

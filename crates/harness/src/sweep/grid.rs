@@ -57,9 +57,9 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     v.sort_by_key(|c| {
         let decode = c.kind == Kind::Decode;
         let dtype_key = if decode {
-            [Dtype::F32, Dtype::F16, Dtype::Bf16].iter().position(|d| *d == c.dtype).unwrap_or(3)
+            Dtype::CACHES.iter().position(|d| *d == c.dtype).unwrap_or(Dtype::CACHES.len())
         } else {
-            usize::from(c.dtype.size() == 4)
+            usize::from(c.dtype == Dtype::F32)
         };
         (
             decode,
@@ -80,7 +80,7 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
 fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     use Grouping::*;
     let all = all.max(1);
-    let dtypes = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+    let dtypes = Dtype::CACHES;
     let mut v: Vec<Config> = Vec::new();
     let mut desc: Vec<String> = Vec::new();
     let mut at = |gs: &[Grouping], dts: &[Dtype], ts: &[usize], ls: &[usize]| {
@@ -104,19 +104,22 @@ fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
         }
         Profile::Quick => {
             at(&[Gqa], &dtypes, &[all], &[1024, 4096]);
-            desc.push(format!("{head}: GQA x f32/f16/bf16 cache, L = 1024, 4096, {all} threads"));
+            desc.push(format!(
+                "{head}: GQA x f32/f16/bf16/q8_0 cache, L = 1024, 4096, {all} threads"
+            ));
         }
         Profile::Default => {
             at(&[Gqa, Mqa], &dtypes, &[all], &DECODE_LENS);
             at(&[Mha], &dtypes, &[all], &DECODE_LENS[..5]);
             desc.push(format!(
-                "{head}: GQA and MQA x f32/f16/bf16 cache x L = 1k ... 128k, MHA x the same \
+                "{head}: GQA and MQA x f32/f16/bf16/q8_0 cache x L = 1k ... 128k, MHA x the same \
                  dtypes x L = 1k ... 64k (2 GiB of f32 cache), {all} threads"
             ));
             if all > 1 {
                 at(&[Gqa], &dtypes, &[1], &[1024, 4096, 32768, 131072]);
                 desc.push(
-                    "decode: GQA x f32/f16/bf16 cache x L = 1k, 4k, 32k, 128k on 1 thread".into(),
+                    "decode: GQA x f32/f16/bf16/q8_0 cache x L = 1k, 4k, 32k, 128k on 1 thread"
+                        .into(),
                 );
             }
         }
@@ -124,7 +127,7 @@ fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             at(&Grouping::ALL, &dtypes, &threads, &DECODE_LENS);
             let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
             desc.push(format!(
-                "{head}: MHA/GQA/MQA x f32/f16/bf16 cache x L = 1k ... 128k x threads {ts}"
+                "{head}: MHA/GQA/MQA x f32/f16/bf16/q8_0 cache x L = 1k ... 128k x threads {ts}"
             ));
         }
     }

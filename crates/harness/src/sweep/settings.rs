@@ -124,7 +124,9 @@ pub fn estimated_cost_s(cfg: &Config, s: &SweepSettings) -> f64 {
     }
     if let Some(kv) = cfg.kv_bytes() {
         // filling the cache (~1 GB/s of f32 values), steps at ~8 GB/s
-        let fill = (kv / cfg.dtype.size() as u64 * 4) as f64 / 1e9;
+        let f32_kv =
+            (cfg.batch * cfg.kv_heads * cfg.kv_len * (cfg.head_dim + cfg.v_dim) * 4) as f64;
+        let fill = f32_kv / 1e9;
         let step = kv as f64 / 8e9;
         let (fills, timing) = if step * 1e3 < s.criterion_max_ms {
             let t = s.criterion_warm_up.as_secs_f64()
