@@ -39,7 +39,7 @@ pub use attn_core::{element, error, kernel, mask, par, params, shape, view};
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
 pub use attn_simd as simd;
-pub use attn_simd::isa;
+pub use attn_simd::{cpu, isa};
 
 use std::fmt;
 use std::str::FromStr;

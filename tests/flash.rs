@@ -1,6 +1,7 @@
 //! Guarantees specific to the tiled kernel.
 
 use crate::common::*;
+use attnlab::cpu::{Caches, CpuFacts, Datapath, Vendor};
 use attnlab::flash::TileConfig;
 use attnlab::{
     AttentionKernel, AttnInputs, AttnParams, Element, Flash, Layout, Mask, Par, bf16, f16,
@@ -112,4 +113,85 @@ fn workspace_is_independent_of_sequence_length() {
     let naive = attnlab::Naive.workspace_bytes(&s, &p, Par::Seq);
     let scores = 8 * 4096 * 4096 * 4;
     assert!((scores..scores + (8 << 20)).contains(&naive), "naive workspace {naive}");
+}
+
+/// The CPUs the tile rules distinguish: Zen 4 and Zen 5 (measured), an
+/// Intel Xeon with a 2 MiB L2 (reasoned), one reporting no caches, and a
+/// small core (16 KiB L1d, 256 KiB L2).
+fn cpus() -> Vec<CpuFacts> {
+    let cpu = |vendor, family, model, l1d: Option<u64>, l2: Option<u64>, datapath| CpuFacts {
+        vendor,
+        family,
+        model,
+        brand: String::new(),
+        caches: Caches { l1d, l2, l3: None, l3_shared_by: None },
+        cache_source: "test",
+        datapath,
+        features: vec![],
+    };
+    let k = |n: u64| Some(n << 10);
+    vec![
+        cpu(Vendor::Amd, 25, 0x11, k(32), k(1024), Datapath::Avx512Halves),
+        cpu(Vendor::Amd, 26, 2, k(48), k(1024), Datapath::Avx512TwoPorts),
+        cpu(Vendor::Intel, 6, 207, k(48), k(2048), Datapath::Avx512TwoPorts),
+        cpu(Vendor::Other, 0, 0, None, None, Datapath::Narrow),
+        cpu(Vendor::Other, 0, 0, k(16), k(256), Datapath::Narrow),
+    ]
+}
+
+#[test]
+fn every_tile_choice_the_cpu_detection_can_make_matches_the_oracle() {
+    let choices = TileConfig::cpu_choices();
+    // What the rules pick stays inside `cpu_choices`, for every CPU above
+    // and the shapes the harness runs (and some it does not).
+    let mut picked = std::collections::BTreeSet::new();
+    for cpu in cpus() {
+        for nq in [1, 17, 32, 100, 128, 256, 481, 512, 4096, 1 << 17] {
+            for (d, dv) in [(8, 8), (64, 64), (128, 128), (256, 256), (512, 512), (96, 40)] {
+                let shape = shape_of([1, 8, 2, nq, nq, d, dv]);
+                let t = TileConfig::for_cpu(&shape, &cpu);
+                assert!(choices.contains(&t), "{t:?} for {cpu:?} {nq} {d}");
+                t.validate().unwrap();
+                picked.insert((t.br, t.bc));
+            }
+        }
+        // Long sequences at d = 64 and 128: the measured best (Zen 4, Zen
+        // 5), and what the rules give the Xeon and an unknown CPU.
+        if cpu.caches.l1d.is_none_or(|l| l >= 32 << 10) {
+            for d in [64, 128] {
+                let t = TileConfig::for_cpu(&shape_of([1, 8, 8, 4096, 4096, d, d]), &cpu);
+                assert_eq!((t.br, t.bc), (256, 64), "{cpu:?}");
+            }
+        }
+    }
+    // Any reported cache sizes, 4 KiB .. 64 MiB: still inside the list.
+    let mut any = cpus().remove(0);
+    for l1d in (2..=16).map(|p| 1u64 << p) {
+        for l2 in (12..=26).map(|p| Some(1u64 << p)).chain([None]) {
+            any.caches = Caches { l1d: Some(l1d << 10), l2, ..any.caches };
+            for (nq, d) in [(1, 1), (300, 40), (4096, 128), (4096, 1000)] {
+                let t = TileConfig::for_cpu(&shape_of([1, 4, 4, nq, nq, d, d]), &any);
+                assert!(choices.contains(&t), "{t:?} for {:?}", any.caches);
+            }
+        }
+    }
+    // The small core's tiles and a large head dim's shorter query tile.
+    assert!(picked.contains(&(256, 32)) && picked.contains(&(128, 64)), "{picked:?}");
+    // Every choice, forced, against the oracle: partial query and key
+    // tiles, GQA, causal and not.
+    for (dims, mask) in
+        [([1, 4, 2, 300, 200, 40, 24], Mask::Causal), ([1, 2, 1, 70, 150, 64, 64], Mask::None)]
+    {
+        let shape = shape_of(dims);
+        let (q, k, v) = make_inputs(&shape, 1.0, 5);
+        let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+        let params = AttnParams::with_mask(mask);
+        let r = attnlab::naive::reference(&inputs, &params);
+        let tol = tolerance(&inputs, &params);
+        for &t in &choices {
+            let got = Under::FlashTiles(t).run(&inputs, Layout::Bhnd, &params, Par::Seq);
+            let what = format!("{dims:?} {mask:?} {t:?}");
+            assert_matches(&what, &shape, Layout::Bhnd, (&got.0, &got.1), &r, &tol);
+        }
+    }
 }

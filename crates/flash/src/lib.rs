@@ -46,7 +46,7 @@ use attn_core::{
     RowFaults, TensorViewMut,
 };
 
-pub use attn_simd::isa;
+pub use attn_simd::{cpu, isa};
 pub use cache::KvCache;
 pub use decode::{decode, decode_in};
 pub use kv_element::{KvElement, Q8_0};
@@ -60,9 +60,10 @@ use forward::Job;
 use rows::{LseWriter, RowWriter};
 use split_kv::{ViewKv, split_kv};
 
-/// The tiled kernel. [`Flash::default`] picks the measured tiles per shape
-/// (and split-KV for decode-like calls); [`Flash::with_tiles`] forces tile
-/// sizes (for experiments and tile sweeps; always the tiled path).
+/// The tiled kernel. [`Flash::default`] picks the tiles per shape for the
+/// CPU running it ([`TileConfig::for_shape`], from its caches; split-KV for
+/// decode-like calls); [`Flash::with_tiles`] forces tile sizes (for
+/// experiments, tile sweeps and tests; always the tiled path).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flash {
     tiles: Option<TileConfig>,
@@ -276,6 +277,59 @@ mod tests {
                 assert!(e < 1e-5, "{shape:?} {mask:?}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn plans_for_other_cpus_match_oracle() {
+        // The whole plan the CPU detection makes — tiles and query heads per
+        // item, from the L1d and L2 — for CPUs other than this one: a Zen 4
+        // or Zen 5 (1 MiB L2: 3 heads of 160x64 at d = 128), a Xeon (2 MiB:
+        // 6 heads), a small core (256 KiB: Br = 128, one head per item).
+        use attn_simd::cpu::{Caches, CpuFacts, Datapath, Vendor};
+        let cpu = |l1d: u64, l2: u64| CpuFacts {
+            vendor: Vendor::Other,
+            family: 0,
+            model: 0,
+            brand: String::new(),
+            caches: Caches {
+                l1d: Some(l1d << 10),
+                l2: Some(l2 << 10),
+                l3: None,
+                l3_shared_by: None,
+            },
+            cache_source: "test",
+            datapath: Datapath::Narrow,
+            features: vec![],
+        };
+        let s = shape(1, 8, 1, 300, 90, 128, 128);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut gen_ =
+            |n: usize| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
+        let q = gen_(s.q_dims().iter().product());
+        let k = gen_(s.k_dims().iter().product());
+        let v = gen_(s.v_dims().iter().product());
+        let inp = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        let params = AttnParams::causal();
+        let r = attn_naive::reference(&inp, &params);
+        let mut heads = vec![];
+        for (l1d, l2) in [(32, 1024), (48, 2048), (16, 256)] {
+            let cpu = cpu(l1d, l2);
+            let plan = Plan::for_cpu(&s, TileConfig::for_cpu(&s, &cpu), &cpu);
+            heads.push((plan.tiles.br, plan.tiles.bc, plan.heads_per_item));
+            for par in [Par::Seq, Par::rayon(2).unwrap()] {
+                let mut o = vec![f32::NAN; r.out.len()];
+                let mut ov = TensorViewMut::new("out", &mut o, s.out_dims(), Layout::Bhnd).unwrap();
+                let call = CheckedCall::new(&inp, &mut ov, None, &params, par).unwrap();
+                let mut ws = Workspace::new(&s, Path::Tiled(plan), par).unwrap();
+                Flash::default().run_in(call, Path::Tiled(plan), &mut ws).unwrap();
+                let bad = o.iter().zip(&r.out).position(|(a, b)| {
+                    let e = (*a as f64 - b).abs();
+                    e.is_nan() || e >= 1e-5
+                });
+                assert_eq!(bad, None, "{plan:?} {par:?}");
+            }
+        }
+        assert_eq!(heads, [(160, 64, 3), (160, 64, 6), (128, 32, 1)]);
     }
 
     #[test]

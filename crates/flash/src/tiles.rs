@@ -1,9 +1,17 @@
 //! Tile sizes and register blocking, in one place, with the reason for
 //! each value: the prefill loop nest's here, split-KV decode's in
-//! [`decode`]. Measured on Zen 4 (32 KiB L1d and 1 MiB L2 per core, 32
-//! zmm registers, one 512-bit FMA per cycle); see `docs/design.md`.
-
+//! [`decode`]. The prefill tiles are chosen at run time from the caches of
+//! the CPU that runs them ([`attn_simd::cpu::facts`], read once per
+//! process); [`TileConfig::for_cpu`] has the rules and the measurements
+//! behind them, `docs/design.md` the picture.
+//!
+//! Measured: AMD Zen 4 (32 KiB L1d, 1 MiB L2 per core, AVX-512 on 256-bit
+//! halves) and AMD Zen 5 (EPYC family 26 model 2: 48 KiB L1d, 1 MiB L2,
+//! two full 512-bit FMA pipes). Intel Xeon Sapphire/Emerald Rapids (48 KiB
+//! L1d, 2 MiB L2, two 512-bit FMA ports) gets tiles reasoned from its
+//! caches and is **not measured** by this code (see [`TileConfig::for_cpu`]).
 use attn_core::AttnShape;
+use attn_simd::cpu::CpuFacts;
 
 /// Lanes of an `f32x16`.
 pub(crate) use attn_simd::LANES;
@@ -11,8 +19,16 @@ pub(crate) use attn_simd::LANES;
 /// Broadcast side of both micro-kernels: 8 keys per `Sᵀ` micro-tile and 8
 /// queries per `O` micro-tile. With [`NV`] = 2 that is 16 accumulators + 2
 /// loaded vectors + 1 broadcast = 19 of the 32 zmm registers, so nothing
-/// spills; 8×32 measured 98–99% of peak in isolation on Zen 4
+/// spills; 8×32 measured 98–99% of peak in isolation on Zen 4 and 250–257
+/// GFLOP/s (~93% of the 272 measured peak) on Zen 5
 /// (`cargo bench --bench kernels -- micro/`).
+///
+/// This is the only register blocking compiled, so it is not chosen per
+/// CPU. Where it is tight: with two 512-bit FMA ports (Intel Xeon, Zen 5)
+/// its 16 FMAs per 8 broadcasts + 2 loads leave the load side busier than
+/// the FMAs; blockings with more FMAs per load (14×32, 6×64) are the
+/// candidates there, unmeasured. Without AVX-512 an `f32x16` is two ymm
+/// registers and the 16 accumulators alone fill the 16 of AVX2.
 pub(crate) const MR: usize = 8;
 
 /// Vectors per micro-tile on the vector side (2 × 16 lanes = 32 columns).
@@ -22,10 +38,20 @@ pub(crate) const NV: usize = 2;
 /// (so `Br` is a multiple of this), `dv` columns in `O += P·V`.
 pub(crate) const NR: usize = NV * LANES;
 
+/// L1d assumed where the CPU reports none (a Zen 4 core's, the smallest
+/// of the measured CPUs).
+pub(crate) const ASSUMED_L1D: u64 = 32 << 10;
+
+/// L2 per core assumed where the CPU reports none (Zen 4's and Zen 5's).
+pub(crate) const ASSUMED_L2: u64 = 1 << 20;
+
 /// Budget for the per-head state a worker keeps for one group chunk
-/// (packed `Qᵀ` + `O` accumulator): half the L2, so K/V tiles and `Sᵀ`
-/// stay resident next to it.
-pub(crate) const GROUP_STATE_BYTES: usize = 512 * 1024;
+/// (packed `Qᵀ` + `O` accumulator): half the core's L2, so K/V tiles and
+/// `Sᵀ` stay resident next to it. 512 KiB on Zen 4/Zen 5 (measured there,
+/// as the former fixed budget); 1 MiB on a 2 MiB-L2 Xeon (unmeasured).
+pub(crate) fn group_state_bytes(cpu: &CpuFacts) -> usize {
+    (cpu.caches.l2.unwrap_or(ASSUMED_L2) / 2) as usize
+}
 
 /// Largest `Br`: 256 query rows. The online-softmax statistics of one tile
 /// live in `BR_MAX / LANES` = 16 vectors; a taller tile measured no faster
@@ -57,19 +83,69 @@ pub struct TileConfig {
 }
 
 impl TileConfig {
-    /// The measured default for a shape (see `docs/design.md`).
-    ///
-    /// `Br = 256, Bc = 64`: on one core at N = 4096 (`examples/tile_sweep.rs`,
-    /// all sizes side by side in one process) 256×64 and 256×128 were the
-    /// fastest at d = 64 and d = 128, causal or not, 3–6% ahead of 128×128
-    /// and 10–20% ahead of 64×128: a taller query tile re-reads K and V
-    /// (from L3 once a head's K/V outgrow the L2) fewer times. Shorter
-    /// query sequences get `Br` ≈ `Nq/2` (a multiple of 32): at least two
-    /// query tiles per head keep both cores busy and no tile is mostly
-    /// padding (N = 128, 2 threads: 64×64 measured 12% faster than 128×64).
+    /// The tiles for `shape` on the CPU running this process
+    /// ([`TileConfig::for_cpu`] with [`attn_simd::cpu::facts`]).
     pub fn for_shape(shape: &AttnShape) -> TileConfig {
-        let br = (shape.q_len() / 2).next_multiple_of(NR).clamp(NR, BR_MAX);
-        TileConfig { br, bc: 64 }
+        TileConfig::for_cpu(shape, attn_simd::cpu::facts())
+    }
+
+    /// The tiles for `shape` on a CPU with `cpu`'s caches and datapath.
+    ///
+    /// **`Br`** (query rows): `Nq/2` rounded up to a multiple of 32, at most
+    /// [`BR_MAX`] = 256, and at most what keeps one head's `Qᵀ` panel and
+    /// `O` accumulators (`Br·(d + dv)·4` bytes) within half the L2.
+    /// - Taller is better for long sequences: a taller query tile re-reads
+    ///   K and V (from L3 once a head's K/V outgrow the L2) fewer times. On
+    ///   one core at N = 4096 (`examples/tile_sweep.rs`, all sizes side by
+    ///   side in one process) 256×64 and 256×128 were the fastest at d = 64
+    ///   and 128, causal or not: on Zen 4 3–6% ahead of 128×128 and 10–20%
+    ///   ahead of 64×128; on Zen 5 (d = 128) 256×64 205 GFLOP/s, 256×128
+    ///   196, 192×128 188.
+    /// - `Nq/2`: at least two query tiles per head keep both cores busy
+    ///   and no tile is mostly padding (N = 128, 2 threads, Zen 4: 64×64
+    ///   12% faster than 128×64).
+    /// - Half the L2: every K/V tile of an item reads that head's `Qᵀ` and
+    ///   reads and writes its `O`, so they must stay L2-resident. This binds
+    ///   only for `d + dv` above 512 on a 1 MiB L2 (e.g. d = dv = 512 gets
+    ///   `Br` = 128) and above 1024 on a 2 MiB L2 — a reasoned limit, not
+    ///   a measured one: no measured shape reached it.
+    ///
+    /// **`Bc`** (key rows): 64, or 32 on a core with under 24 KiB of L1d.
+    /// The `P·V` loop keeps one V column chunk (`Bc` keys × 32 floats =
+    /// `Bc`·128 bytes) in L1 while the `Pᵀ` strips of 8 queries (one 64-byte
+    /// line per key) stream past: `Bc`·192 bytes, which should take at most
+    /// half the L1d — 12 KiB at `Bc` = 64. A 48 KiB L1d would hold
+    /// `Bc` = 128 as well, but on Zen 5 (48 KiB) 256×64 measured ahead of
+    /// 256×128 (205 vs 196 GFLOP/s, above) — likely because the larger `Sᵀ`
+    /// tile (128 KiB) leaves the L2 less room, while the rescale of `O` is already only
+    /// `1/(2·Bc)` of the work. No x86 core with AVX-512 has less than
+    /// 32 KiB of L1d, so 32 is for unknown, small cores.
+    ///
+    /// **Datapath**: Zen 4 (AVX-512 on 256-bit halves) and Zen 5 (two
+    /// full 512-bit FMA pipes, as on Intel Xeon) measured the same best
+    /// tiles, so the tiles do not depend on it; what it changes — the
+    /// register blocking — is discussed at `MR` in this module.
+    ///
+    /// **Intel Xeon Sapphire/Emerald Rapids** (48 KiB L1d, 2 MiB L2): the
+    /// rules give 256×64, with up to 1 MiB of query-head state per item
+    /// (more heads of a GQA group share each K/V tile). Not measured by this
+    /// code; an earlier tile sweep on a family 6 model 207 Xeon, recorded in
+    /// the project's kernel notes, found 256×64 the best of 64×128 …
+    /// 256×128 (104–125 GFLOP/s at d = 128, 1 thread).
+    pub fn for_cpu(shape: &AttnShape, cpu: &CpuFacts) -> TileConfig {
+        let per_row = (shape.head_dim() + shape.v_dim().div_ceil(LANES) * LANES) * 4;
+        let br_cap = (group_state_bytes(cpu) / per_row / NR * NR).clamp(NR, BR_MAX);
+        let br = (shape.q_len() / 2).next_multiple_of(NR).clamp(NR, br_cap);
+        let l1d = cpu.caches.l1d.unwrap_or(ASSUMED_L1D) as usize;
+        let bc = if 64 * (NR * 4 + 64) <= l1d / 2 { 64 } else { 32 };
+        TileConfig { br, bc }
+    }
+
+    /// Every tile size [`TileConfig::for_cpu`] can return, whatever the CPU
+    /// and shape: `Br` in 32, 64, …, 256 and `Bc` in {32, 64}. Tests run
+    /// each against the oracle.
+    pub fn cpu_choices() -> Vec<TileConfig> {
+        (NR..=BR_MAX).step_by(NR).flat_map(|br| [32, 64].map(|bc| TileConfig { br, bc })).collect()
     }
 
     /// Checks the constraints above.
@@ -104,17 +180,23 @@ pub struct Plan {
     pub(crate) dvv: usize,
     /// Query heads of one GQA group processed together against one packed
     /// K/V tile (all of the group unless its state would outgrow
-    /// `GROUP_STATE_BYTES`, half the L2).
+    /// `group_state_bytes`, half the L2).
     pub(crate) heads_per_item: usize,
 }
 
 impl Plan {
-    /// The plan for `shape` with `tiles` (validated by the caller).
+    /// The plan for `shape` with `tiles` (validated by the caller) on the
+    /// CPU running this process.
     pub(crate) fn new(shape: &AttnShape, tiles: TileConfig) -> Plan {
+        Plan::for_cpu(shape, tiles, attn_simd::cpu::facts())
+    }
+
+    /// The plan for `shape` with `tiles` on a CPU with `cpu`'s L2.
+    pub(crate) fn for_cpu(shape: &AttnShape, tiles: TileConfig, cpu: &CpuFacts) -> Plan {
         let (d, dv) = (shape.head_dim(), shape.v_dim());
         let dvv = dv.div_ceil(LANES);
         let per_head = tiles.br * (d + dvv * LANES) * 4;
-        let heads_per_item = (GROUP_STATE_BYTES / per_head).clamp(1, shape.group_size());
+        let heads_per_item = (group_state_bytes(cpu) / per_head).clamp(1, shape.group_size());
         Plan { tiles, d, dv, dvv, heads_per_item }
     }
 
@@ -138,7 +220,7 @@ impl Plan {
             + bc * self.d                 // packed K tile
             + bc * self.dvv * LANES       // packed V tile
             + br                          // per-query rescale factors
-            + self.d.max(self.dv); // one converted input row (f16/bf16)
+            + crate::forward::QT_ROWS * self.d; // query rows widened (f16/bf16)
         floats * 4 + 2 * br * std::mem::size_of::<usize>()
     }
 }

@@ -186,3 +186,34 @@ fn outputs_too_large_for_memory_are_an_error() {
     assert!(stderr(&o).contains("out: needs 372.53 GiB"), "{}", stderr(&o));
     assert!(!files.out.exists());
 }
+
+#[test]
+fn bench_json_records_the_cpu_and_the_tiles() {
+    // d = 64, N = 128: the tiled path with Br = Nq/2 = 64 on any CPU.
+    let args = ["bench", "--q-len", "128", "--head-dim", "64", "--threads", "1", "--json"];
+    let o = attn()
+        .args(args)
+        .args(["--reps", "2", "--err-rows", "2", "--peak-gflops", "100"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let row: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tiles = attnlab::flash::TileConfig::for_shape(
+        &attnlab::AttnShape::builder()
+            .batch(1)
+            .q_heads(8)
+            .kv_heads(8)
+            .q_len(128)
+            .kv_len(128)
+            .head_dim(64)
+            .v_dim(64)
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(tiles.br, 64);
+    assert_eq!(row["tiles"], format!("{}x{}", tiles.br, tiles.bc), "{row}");
+    assert_eq!(row["cpu"], attnlab::cpu::facts().summary(), "{row}");
+    let naive = attn().args(args).args(["--kernel", "naive", "--reps", "1"]).output().unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&naive.stdout).unwrap();
+    assert!(row["tiles"].is_null() && row["cpu"].is_string(), "{row}");
+}

@@ -27,6 +27,7 @@ fn machine() -> MachineInfo {
     MachineInfo {
         cpu_model: "Test CPU 9000".into(),
         cpu_id: "TestVendor family 1 model 2".into(),
+        cpu_facts: "Test CPU 9000, TestVendor family 1 model 2; L1d 32 KiB, L2 1 MiB".into(),
         compiled_isa: "sse4.2 avx2 fma avx512f".into(),
         logical_cpus: 2,
         caches: vec![
@@ -180,6 +181,8 @@ fn tables_per_grouping_and_mask() {
         "| N | naive ms | flash ms | speedup | naive GFLOP/s | flash GFLOP/s | naive % peak | flash % peak |",
         "| N | naive extra | naive workspace | naive RSS + | flash extra | flash workspace | flash RSS + | naive err | flash err |",
         "Test CPU 9000, 2 logical CPUs",
+        "| tiles chosen from | Test CPU 9000, TestVendor family 1 model 2; L1d 32 KiB, L2 1 MiB |",
+        "| flash tiles (Br×Bc) | ",
         "100 GFLOP/s (1 thread), 200 GFLOP/s (2 threads)",
         "synthetic grid line",
         "synthetic timing",

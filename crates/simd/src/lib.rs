@@ -1,7 +1,8 @@
 //! # attn-simd
 //!
 //! Vector math shared by the kernels (not a kernel itself): a fast `exp2`,
-//! loads and horizontal reductions over `wide::f32x16`, and [`isa`]: which
+//! loads and horizontal reductions over `wide::f32x16`, [`cpu`]: what the
+//! running CPU is (caches, vector datapath), and [`isa`]: which
 //! instruction set this build uses, next to what the running CPU offers.
 //!
 //! With `-C target-cpu=native` on an AVX-512 machine an `f32x16` is one
@@ -12,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod cpu;
 pub mod isa;
 mod transpose;
 

@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print one JSON object (`median_ms`, `gflops`, `pct_peak`,
-    /// `extra_bytes`, `peak_rss_bytes`, `max_abs_err`, ...).
+    /// `extra_bytes`, `peak_rss_bytes`, `max_abs_err`, `tiles`, `cpu`, ...).
     #[arg(long)]
     pub json: bool,
     /// Most timed calls (the first, memory-measured call included).

@@ -4,6 +4,7 @@
 
 use super::{clock::utc_now, procfs::meminfo};
 use crate::units::fmt_bytes;
+use attnlab::cpu::{Vendor, core_name, cpu_list_len, parse_size};
 use serde::{Deserialize, Serialize};
 use std::process::Command;
 
@@ -35,6 +36,11 @@ pub struct MachineInfo {
     /// name alone ("AMD EPYC") does not say which core runs the kernels.
     #[serde(default)]
     pub cpu_id: String,
+    /// What the kernels read of the CPU to choose their tiles
+    /// ([`attnlab::cpu::CpuFacts::summary`]: caches, vector datapath);
+    /// empty in files from before it was recorded.
+    #[serde(default)]
+    pub cpu_facts: String,
     /// Logical CPUs available to the process ("all cores" in the sweep).
     pub logical_cpus: usize,
     /// Caches of CPU 0.
@@ -73,14 +79,13 @@ pub fn cpu_id(cpuinfo: &str) -> String {
             .unwrap_or_default()
     };
     let (vendor, family, model) = (field("vendor_id"), field("cpu family"), field("model"));
-    let core = match (vendor.as_str(), family.parse::<u32>(), model.parse::<u32>()) {
-        ("AuthenticAMD", Ok(25), Ok(m)) if m >= 0x10 => Some("Zen 4"),
-        ("AuthenticAMD", Ok(25), Ok(_)) => Some("Zen 3"),
-        ("AuthenticAMD", Ok(26), Ok(_)) => Some("Zen 5"),
-        ("GenuineIntel", Ok(6), Ok(143)) => Some("Sapphire Rapids"),
-        ("GenuineIntel", Ok(6), Ok(207)) => Some("Emerald Rapids"),
-        ("GenuineIntel", Ok(6), Ok(173 | 174)) => Some("Granite Rapids"),
-        ("GenuineIntel", Ok(6), Ok(106 | 108)) => Some("Ice Lake"),
+    let v = match vendor.as_str() {
+        "AuthenticAMD" => Vendor::Amd,
+        "GenuineIntel" => Vendor::Intel,
+        _ => Vendor::Other,
+    };
+    let core = match (family.parse::<u32>(), model.parse::<u32>()) {
+        (Ok(f), Ok(m)) => core_name(v, f, m),
         _ => None,
     };
     let mut s = format!("{vendor} family {family} model {model}");
@@ -103,6 +108,7 @@ impl MachineInfo {
         MachineInfo {
             cpu_model,
             cpu_id: cpu_id(&cpuinfo),
+            cpu_facts: attnlab::cpu::facts().summary(),
             compiled_isa: attnlab::isa::compiled(),
             logical_cpus: logical_cpus(),
             caches: caches(),
@@ -167,15 +173,8 @@ pub(crate) fn caches() -> Vec<CacheInfo> {
         else {
             break;
         };
-        let size = size.trim();
-        let bytes = if let Some(k) = size.strip_suffix('K') {
-            k.parse::<u64>().unwrap_or(0) << 10
-        } else if let Some(m) = size.strip_suffix('M') {
-            m.parse::<u64>().unwrap_or(0) << 20
-        } else {
-            size.parse().unwrap_or(0)
-        };
-        let shared_by = read("shared_cpu_list").map(|s| cpu_list_len(s.trim())).unwrap_or(1);
+        let bytes = parse_size(&size).unwrap_or(0);
+        let shared_by = read("shared_cpu_list").and_then(|s| cpu_list_len(&s)).unwrap_or(1);
         out.push(CacheInfo {
             level: level.trim().parse().unwrap_or(0),
             kind: kind.trim().to_string(),
@@ -184,20 +183,6 @@ pub(crate) fn caches() -> Vec<CacheInfo> {
         });
     }
     out
-}
-
-/// Number of CPUs in a sysfs list such as `0-3,8`.
-fn cpu_list_len(s: &str) -> u32 {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => {
-                b.parse::<u32>().unwrap_or(0).saturating_sub(a.parse().unwrap_or(0)) + 1
-            }
-            None => 1,
-        })
-        .sum::<u32>()
-        .max(1)
 }
 
 fn cpu_features() -> Vec<String> {
@@ -246,9 +231,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_lists() {
-        assert_eq!(cpu_list_len("0-1"), 2);
-        assert_eq!(cpu_list_len("0"), 1);
-        assert_eq!(cpu_list_len("0-3,8"), 5);
+    fn cpu_ids_name_the_core() {
+        let info = |v: &str, f: u32, m: u32| {
+            format!("vendor_id\t: {v}\ncpu family\t: {f}\nmodel\t\t: {m}\nmodel name\t: X\n")
+        };
+        assert_eq!(cpu_id(&info("AuthenticAMD", 26, 2)), "AuthenticAMD family 26 model 2 (Zen 5)");
+        assert_eq!(
+            cpu_id(&info("GenuineIntel", 6, 207)),
+            "GenuineIntel family 6 model 207 (Emerald Rapids)"
+        );
+        assert_eq!(cpu_id(&info("Other", 1, 2)), "Other family 1 model 2");
     }
 }

@@ -30,6 +30,9 @@ pub fn summary(r: &Row) -> String {
                 opt_bytes(r.peak_rss_bytes),
                 opt_bytes(r.rss_increase_bytes)
             ));
+            if let Some(t) = &r.tiles {
+                lines.push(format!("  tiles     {t} on {}", r.cpu));
+            }
             if let Some(e) = r.max_abs_err {
                 lines.push(format!(
                     "  accuracy  max abs err {e:.2e} over {} sampled rows (f64)",

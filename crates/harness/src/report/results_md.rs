@@ -12,6 +12,24 @@ use crate::units::{fmt_bytes, fmt_duration};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+/// The tiles the flash rows ran with, most used first with their counts
+/// (`256x64 (40 rows), 128x64 (6 rows)`); `None` when no row records them.
+fn tiles_used(rows: &[Row]) -> Option<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for t in rows.iter().filter_map(|r| r.tiles.as_deref()) {
+        match counts.iter_mut().find(|(n, _)| *n == t) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((t, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(t, c)| format!("{t} ({c} row{})", if *c == 1 { "" } else { "s" }))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// `docs/results.md`.
 pub fn render_results_md(all: &RunFile, source: &str) -> String {
     let pre = prefill_only(all);
@@ -75,6 +93,15 @@ pub fn render_results_md(all: &RunFile, source: &str) -> String {
         vec!["OS".into(), m.os.clone()],
         vec!["date".into(), m.date_utc.clone()],
     ];
+    let mut facts = facts;
+    // Recorded since the tiles are chosen per CPU; absent from older files,
+    // whose pages stay as they were.
+    if !m.cpu_facts.is_empty() {
+        facts.insert(2, vec!["tiles chosen from".into(), m.cpu_facts.clone()]);
+    }
+    if let Some(t) = tiles_used(&run.rows) {
+        facts.insert(3, vec!["flash tiles (Br×Bc)".into(), t]);
+    }
     let _ = writeln!(s, "| | |\n|---|---|");
     for f in facts {
         let _ = writeln!(s, "| {} | {} |", f[0], f[1]);

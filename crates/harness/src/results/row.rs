@@ -3,6 +3,8 @@
 
 use crate::config::{Config, Dtype, Kind};
 use crate::machine::{MachineInfo, Peak};
+use attnlab::Kernel;
+use attnlab::flash::{Flash, Path};
 use serde::{Deserialize, Serialize};
 
 /// Version of the results file format. 2 added decode rows (`kind`,
@@ -99,6 +101,33 @@ pub struct Row {
     /// Decode: `gbs / read_gbs`, percent.
     #[serde(default)]
     pub pct_bandwidth: Option<f64>,
+    /// The CPU that ran the row and the facts its tiles were chosen from
+    /// ([`attnlab::cpu::CpuFacts::summary`]: brand, vendor/family/
+    /// model, caches, vector datapath); empty in rows from before it was
+    /// recorded.
+    #[serde(default)]
+    pub cpu: String,
+    /// What the flash kernel ran with ([`tiles_of`]): `Br×Bc` tiles of the
+    /// tiled path (`256x64`), or `split-kv`; `None` for other kernels and
+    /// in rows from before it was recorded.
+    #[serde(default)]
+    pub tiles: Option<String>,
+}
+
+/// The tiles `Flash` chooses for `cfg` on this CPU: `BrxBc` on the tiled
+/// path, `split-kv` for decode and decode-like calls, `None` for other
+/// kernels or a shape that does not build.
+pub fn tiles_of(cfg: &Config) -> Option<String> {
+    if cfg.kernel != Kernel::Flash.name() {
+        return None;
+    }
+    if cfg.kind == Kind::Decode {
+        return Some("split-kv".into());
+    }
+    match Flash::default().path(&cfg.shape().ok()?) {
+        Path::Tiled(plan) => Some(format!("{}x{}", plan.tiles().br, plan.tiles().bc)),
+        Path::SplitKv => Some("split-kv".into()),
+    }
 }
 
 impl Row {
@@ -137,6 +166,8 @@ impl Row {
             gbs: None,
             read_gbs: None,
             pct_bandwidth: None,
+            cpu: attnlab::cpu::facts().summary(),
+            tiles: tiles_of(cfg),
         }
     }
 
@@ -223,5 +254,26 @@ mod tests {
             (c.kv_bytes(), Some(Dtype::F16), "gqa")
         );
         assert!(r.needs_bytes > c.kv_bytes().unwrap() && r.workspace_bytes > 0);
+        assert_eq!(r.tiles.as_deref(), Some("split-kv"));
+    }
+
+    #[test]
+    fn rows_record_the_cpu_and_the_tiles() {
+        use crate::config::MaskSpec;
+        let c = Config::prefill("flash", Grouping::Mha, MaskSpec::Full, 64, Dtype::F32, 1, 4096);
+        let r = Row::new(&c);
+        let t = attnlab::flash::TileConfig::for_shape(&c.shape().unwrap());
+        assert_eq!(r.tiles, Some(format!("{}x{}", t.br, t.bc)));
+        assert_eq!(r.cpu, attnlab::cpu::facts().summary());
+        assert!(!r.cpu.is_empty());
+        let naive = Config { kernel: "naive".into(), ..c };
+        assert_eq!(Row::new(&naive).tiles, None);
+        // Rows written before these fields existed still load.
+        let mut v = serde_json::to_value(&r).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("cpu").unwrap();
+        o.remove("tiles").unwrap();
+        let old: Row = serde_json::from_value(v).unwrap();
+        assert_eq!((old.cpu.as_str(), old.tiles), ("", None));
     }
 }
