@@ -5,7 +5,7 @@
 //! one value a unit) and for [`Q8_0`], ggml's 8-bit block format (32
 //! values a unit). A [`crate::KvCache`] stores any of them; the kernel
 //! widens 16 values to one `f32x16` right where it uses them
-//! ([`sealed::Load16`]), with the hardware conversion for f16 and q8_0.
+//! (the sealed `Load16`), with the hardware conversion for f16 and q8_0.
 
 use attn_core::Element;
 use attn_simd::{LANES, convert, f32x16, load};
