@@ -225,9 +225,12 @@ pub struct Grads {
 /// let fwd = attention(&shape, &q, &kv, &kv, &p)?;
 /// let d_out = vec![1.0f32; fwd.out.len()];
 /// let g = attention_backward(&shape, &q, &kv, &kv, &fwd.out, &fwd.lse, &d_out, &p)?;
-/// // every weight is equal (constant keys), so dV of key j sums 1/(rows that see it)
 /// assert_eq!((g.dq.len(), g.dk.len(), g.dv.len()), (q.len(), kv.len(), kv.len()));
-/// assert!(g.dq.iter().all(|x| x.abs() < 1e-6));
+/// // Constant keys: row i weighs its i + 1 visible keys equally, so dS = 0
+/// // (dQ = dK = 0), and dV of the last key is 1/16 from each of the two
+/// // query heads of its group (only row 15 sees it).
+/// assert!(g.dq.iter().chain(&g.dk).all(|x| x.abs() < 1e-6));
+/// assert!((g.dv[15 * 8] - 2.0 / 16.0).abs() < 1e-6);
 /// # Ok::<(), attnlab::AttnError>(())
 /// ```
 #[allow(clippy::too_many_arguments)]

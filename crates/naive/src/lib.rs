@@ -28,4 +28,4 @@ pub mod oracle_backward;
 
 pub use naive::Naive;
 pub use oracle::{Oracle, Reference, reference, reference_row, reference_rows};
-pub use oracle_backward::{ReferenceGrads, reference_backward};
+pub use oracle_backward::{ReferenceGrads, reference_backward, reference_dq_rows};

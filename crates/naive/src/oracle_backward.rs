@@ -86,6 +86,26 @@ fn backward_on<T: Element>(
     ReferenceGrads { dq, dk, dv: dvv }
 }
 
+/// The f64 dQ of query rows `(b, h, i)` only (each O(Nk·d)): what the
+/// harness checks sampled rows of a large backward run against. Same
+/// arithmetic as [`reference_backward`].
+pub fn reference_dq_rows<T: Element>(
+    inputs: &BackwardInputs<'_, T>,
+    params: &attn_core::AttnParams,
+    rows: &[(usize, usize, usize)],
+) -> Vec<Vec<f64>> {
+    let s = *inputs.shape();
+    rows.par_iter()
+        .map(|&at| {
+            let mut dq = vec![0f64; s.head_dim()];
+            let mut dk = vec![0f64; s.kv_len() * s.head_dim()];
+            let mut dv = vec![0f64; s.kv_len() * s.v_dim()];
+            row_grads(inputs, params, &s, at, &mut dq, &mut dk, &mut dv);
+            dq
+        })
+        .collect()
+}
+
 /// One query row `(b, h, i)`: its dq into `dq`, its contributions to the
 /// head's `dk` `[Nk][d]` and `dv` `[Nk][dv]`.
 fn row_grads<T: Element>(

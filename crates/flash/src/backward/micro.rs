@@ -11,15 +11,22 @@ use crate::tiles::{LANES, MR};
 /// `MR` rows × `W` vectors, reduced over `k`.
 /// `a`: `MR` rows of the broadcast operand, all the same length.
 /// `b`: rows `bstride` floats apart, each at least `16·W` long.
+/// The accumulators come in and go out by value: held in a local array,
+/// they stay in registers (through a `&mut` the compiler spilled half of
+/// them to the stack on every step).
 #[inline(always)]
 pub(crate) fn rows_micro<const W: usize>(
     a: [&[f32]; MR],
     b: &[f32],
     bstride: usize,
-    c: &mut [[f32x16; W]; MR],
-) {
+    mut c: [[f32x16; W]; MR],
+) -> [[f32x16; W]; MR] {
     let n = a[0].len();
     let a = a.map(|r| &r[..n]);
+    if n == 0 {
+        return c;
+    }
+    let b = &b[..(n - 1) * bstride + W * LANES];
     for k in 0..n {
         let brow = &b[k * bstride..][..W * LANES];
         let bv: [f32x16; W] = std::array::from_fn(|t| load(&brow[t * LANES..]));
@@ -30,6 +37,7 @@ pub(crate) fn rows_micro<const W: usize>(
             }
         }
     }
+    c
 }
 
 #[cfg(test)]
@@ -42,8 +50,8 @@ mod tests {
         let rows: Vec<Vec<f32>> =
             (0..MR).map(|r| (0..n).map(|k| (r * 7 + k) as f32 * 0.25 - 3.0).collect()).collect();
         let b: Vec<f32> = (0..n * bstride).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
-        let mut c = [[f32x16::splat(0.5); 2]; MR];
-        rows_micro::<2>(std::array::from_fn(|r| &rows[r][..]), &b, bstride, &mut c);
+        let c = [[f32x16::splat(0.5); 2]; MR];
+        let c = rows_micro::<2>(std::array::from_fn(|r| &rows[r][..]), &b, bstride, c);
         for r in 0..MR {
             for t in 0..2 {
                 for l in 0..LANES {

@@ -68,7 +68,7 @@ struct Rows<'x> {
 
 impl<'x> Rows<'x> {
     #[inline(always)]
-    fn from(&self, r: usize) -> &'x [f32] {
+    fn at(&self, r: usize) -> &'x [f32] {
         &self.data[self.base + r * self.stride..]
     }
 }
@@ -258,7 +258,7 @@ impl<T: Element> BwdJob<'_, '_, T> {
                     && last == q0 + MR - 1
                     && (0..MR).all(|r| s.lo[q0 + r] <= ka && s.hi[q0 + r] >= kz);
                 let sc =
-                    qk_micro(std::array::from_fn(|r| qr.from(arow(r))), &s.ktp[pn * p.d..][..p.d]);
+                    qk_micro(std::array::from_fn(|r| qr.at(arow(r))), &s.ktp[pn * p.d..][..p.d]);
                 for (r, cr) in sc.iter().enumerate() {
                     let l2 = f32x16::splat(lse2[(q0 + r).min(nqv - 1)]);
                     let (lo, hi) =
@@ -274,10 +274,8 @@ impl<T: Element> BwdJob<'_, '_, T> {
                         dst[t * LANES..(t + 1) * LANES].copy_from_slice(e.as_array());
                     }
                 }
-                let dpc = qk_micro(
-                    std::array::from_fn(|r| dor.from(arow(r))),
-                    &s.vtp[pn * p.dv..][..p.dv],
-                );
+                let dpc =
+                    qk_micro(std::array::from_fn(|r| dor.at(arow(r))), &s.vtp[pn * p.dv..][..p.dv]);
                 for (r, cr) in dpc.iter().enumerate() {
                     let dd = f32x16::splat(dsc[(q0 + r).min(nqv - 1)]);
                     for (t, x) in cr.iter().enumerate() {
@@ -320,13 +318,11 @@ impl<T: Element> BwdJob<'_, '_, T> {
             while cv < p.dpad {
                 let kr = &s.krow[ka * p.dpad + cv..];
                 if cv + NR <= p.dpad {
-                    let mut c = [[f32x16::ZERO; NV]; MR];
-                    rows_micro::<NV>(a, kr, p.dpad, &mut c);
+                    let c = rows_micro::<NV>(a, kr, p.dpad, [[f32x16::ZERO; NV]; MR]);
                     add_rows(&c, dq, (tb, h, i0 + q0), nr, cv, p.d);
                     cv += NR;
                 } else {
-                    let mut c = [[f32x16::ZERO; 1]; MR];
-                    rows_micro::<1>(a, kr, p.dpad, &mut c);
+                    let c = rows_micro::<1>(a, kr, p.dpad, [[f32x16::ZERO; 1]; MR]);
                     add_rows(&c, dq, (tb, h, i0 + q0), nr, cv, p.d);
                     cv += LANES;
                 }

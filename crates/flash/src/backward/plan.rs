@@ -193,9 +193,17 @@ mod tests {
         assert_eq!(&p.bounds[..5], &[0, 16, 32, 48, 64]);
         let p = BwdPlan::new(&s(1, 4096), &Mask::Causal);
         assert_eq!(p.chunks, 8);
-        // causal: early key tiles see more queries, so early chunks are shorter
+        // causal: early key tiles see more queries, so early chunks are
+        // shorter; each chunk's work is its share to within one tile's
         let len: Vec<usize> = (0..8).map(|c| p.bounds[c + 1] - p.bounds[c]).collect();
-        assert!(len.windows(2).all(|w| w[0] <= w[1]), "{len:?}");
+        assert!(len[0] < len[7], "{len:?}");
+        let work = |t: usize| (4096 - t * BC) as u128 * BC as u128; // span × keys
+        let total: u128 = (0..64).map(work).sum();
+        for c in 0..8 {
+            let w: u128 = (p.bounds[c]..p.bounds[c + 1]).map(work).sum();
+            let share = total / 8;
+            assert!(w.abs_diff(share) <= work(0), "chunk {c}: {w} vs {share} ({len:?})");
+        }
         assert_eq!(p.bounds[8], 64);
         // fewer tiles than chunks: one tile each
         let p = BwdPlan::new(&s(1, 100), &Mask::None);
