@@ -124,7 +124,7 @@ fn run<T: Element>(
         };
         job.run(&mut workers[..n]);
         if plan.chunks > 1 {
-            reduce_partials(&shape, &plan, job.dq, job.partial);
+            reduce_partials(&shape, &plan, job.dq, job.partial, par.threads() > 1);
         }
     })
 }
@@ -162,10 +162,17 @@ fn row_values<T: Element>(
 }
 
 /// `dQ += partial_1 + … + partial_{C−1}` in chunk order, per query row
-/// (rows in parallel on the current pool; the order within a row is fixed).
-fn reduce_partials(shape: &AttnShape, plan: &BwdPlan, dq: RowWriter<'_>, partial: RowWriter<'_>) {
+/// (heads in parallel on the current pool when `parallel`, else on the
+/// calling thread; the order within a row is fixed either way).
+fn reduce_partials(
+    shape: &AttnShape,
+    plan: &BwdPlan,
+    dq: RowWriter<'_>,
+    partial: RowWriter<'_>,
+    parallel: bool,
+) {
     let (nb, hq, nq) = (shape.batch(), shape.q_heads(), shape.q_len());
-    (0..nb * hq).into_par_iter().for_each(|bh| {
+    let head = |bh: usize| {
         let (b, h) = (bh / hq, bh % hq);
         for i in 0..nq {
             // SAFETY: each (b, h) is reduced by one task; the loop nest has
@@ -177,5 +184,10 @@ fn reduce_partials(shape: &AttnShape, plan: &BwdPlan, dq: RowWriter<'_>, partial
                 row.iter_mut().zip(&*p).for_each(|(x, y)| *x += y);
             }
         }
-    });
+    };
+    if parallel {
+        (0..nb * hq).into_par_iter().for_each(head);
+    } else {
+        (0..nb * hq).for_each(head);
+    }
 }
