@@ -69,11 +69,12 @@ impl<T: Element> Problem<T> {
 
 /// Tolerances of dQ, dK, dV against the oracle, from the f32 error model:
 ///
-/// - `P = 2^(S − LSE)` is off by a relative `δ = 64·eps·L + 4·eps·(1 +
-///   max|LSE|) + 2e-6`: `L` bounds the score magnitude (see
-///   [`tolerance`]), its f32 error enters once in the backward's score and
-///   once in the forward's LSE; the LSE's own rounding is `eps·|LSE|`; the
-///   fast exp2 is ~3e-7 relative.
+/// - `P = 2^(S − LSE)` is off by a relative `δ = 16·eps·L + 2·eps·(1 +
+///   max|LSE|) + 1e-6`: `L` bounds the score magnitude (see
+///   [`tolerance`]); the score's f32 error enters once in the backward and
+///   once through the forward's LSE (each ~`sqrt(d)·eps·L`, bounded by
+///   `8·eps·L` up to d = 64 and in practice beyond); the LSE's own rounding
+///   is `eps·|LSE|`; the fast exp2 is ~3e-7 relative.
 /// - `dS = P∘(dP − D)` is then off by `P·(δ·A + E)`, where `A = max(|dP| +
 ///   |D|)` (an f64 pass over the problem) and `E = dv·eps·A + dv·max|dO|·
 ///   tol_out` covers the f32 sums of `dP` and the forward output's error in
@@ -82,8 +83,13 @@ impl<T: Element> Problem<T> {
 ///   `tol_dq = scale·max|K|·(δ·A + E)`; `dK_j` and `dV_j` sum columns of
 ///   `P` over every query of the group (at most `C` = the largest column
 ///   sum): `tol_dk = scale·max|Q|·(δ·A + E)·C`, `tol_dv = δ·max|dO|·C`.
-/// - Each gets `1e-5·(1 + max|grad|)` more for the f32 accumulations over
-///   up to a few hundred terms (about 80 ulps).
+/// - Each gets `1e-6·(1 + max|grad|)` more (8 ulps of the largest
+///   gradient) for the f32 accumulations.
+///
+/// Measured over ~1000 random problems (`PROPTEST_CASES=1000`): the worst
+/// error was 0.06 of the tolerance for dV, 0.003 for dQ and 0.001 for dK
+/// (the bounds on dQ and dK are worst-case sums); a 0.1% error in `D`
+/// fails the named cases and the property test.
 pub fn grad_tolerance<T: Element>(
     p: &BackwardInputs<'_, T>,
     params: &AttnParams,
@@ -296,7 +302,6 @@ fn random_problem() -> impl Strategy<Value = Random> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn kernels_match_oracle_backward(p in random_problem()) {
         match p.dtype {
