@@ -12,7 +12,9 @@
 //! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel.
 //!
 //! [`Kernel`] names every kernel so that tools and tests can pick any of
-//! them; [`attention`] is the one-call entry point.
+//! them; [`attention`] is the one-call entry point, and
+//! [`attention_backward`] its gradient (dQ, dK, dV from the forward's
+//! output and LSE and the upstream gradient; see `docs/semantics.md`).
 //!
 //! ```
 //! use attnlab::{AttnParams, AttnShape, attention};
@@ -35,7 +37,9 @@ pub use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
     HeadRowsMut, Layout, Mask, Par, ShapeBuilder, TensorView, TensorViewMut, bf16, f16,
 };
+pub use attn_core::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut, backward};
 pub use attn_core::{element, error, kernel, mask, par, params, shape, view};
+pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
 pub use attn_simd as simd;
@@ -91,6 +95,38 @@ impl Kernel {
             Kernel::Oracle => Oracle.forward(inputs, out, lse, params, par),
             Kernel::Naive => Naive.forward(inputs, out, lse, params, par),
             Kernel::Flash => Flash::default().forward(inputs, out, lse, params, par),
+        }
+    }
+}
+
+impl Kernel {
+    /// Scratch bytes one backward call needs beyond its inputs and the
+    /// gradients.
+    pub fn backward_workspace_bytes(
+        &self,
+        shape: &AttnShape,
+        params: &AttnParams,
+        par: Par,
+    ) -> usize {
+        match self {
+            Kernel::Oracle => Oracle.backward_workspace_bytes(shape, params, par),
+            Kernel::Naive => Naive.backward_workspace_bytes(shape, params, par),
+            Kernel::Flash => Flash::default().backward_workspace_bytes(shape, params, par),
+        }
+    }
+
+    /// Runs this kernel's backward pass (see [`BackwardKernel::backward`]).
+    pub fn backward<T: Element>(
+        &self,
+        inputs: &BackwardInputs<'_, T>,
+        grads: &mut GradsMut<'_>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<(), AttnError> {
+        match self {
+            Kernel::Oracle => Oracle.backward(inputs, grads, params, par),
+            Kernel::Naive => Naive.backward(inputs, grads, params, par),
+            Kernel::Flash => Flash::default().backward(inputs, grads, params, par),
         }
     }
 }
@@ -163,4 +199,77 @@ pub fn attention_with<T: Element>(
     let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
     kernel.forward(&inputs, &mut view, Some(&mut lse), params, par)?;
     Ok(Output { out, lse })
+}
+
+/// The gradients of one backward call, in the layout of the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads {
+    /// `dQ`, `[B, Hq, Nq, d]`.
+    pub dq: Vec<f32>,
+    /// `dK`, `[B, Hkv, Nk, d]` (summed over each GQA group).
+    pub dk: Vec<f32>,
+    /// `dV`, `[B, Hkv, Nk, dv]` (summed over each GQA group).
+    pub dv: Vec<f32>,
+}
+
+/// Gradients of [`attention`] over contiguous `[B, H, N, D]` f32 buffers
+/// with the flash kernel on the current rayon pool: given Q, K, V, the
+/// forward's `out` and `lse` ([`Output`]) and the upstream gradient
+/// `d_out` (shape of `out`), returns dQ, dK, dV.
+///
+/// ```
+/// use attnlab::{AttnParams, AttnShape, attention, attention_backward};
+/// let shape = AttnShape::builder().q_heads(4).kv_heads(2).seq_len(16).head_dim(8).build()?;
+/// let (q, kv) = (vec![0.5f32; 4 * 16 * 8], vec![0.25f32; 2 * 16 * 8]);
+/// let p = AttnParams::causal();
+/// let fwd = attention(&shape, &q, &kv, &kv, &p)?;
+/// let d_out = vec![1.0f32; fwd.out.len()];
+/// let g = attention_backward(&shape, &q, &kv, &kv, &fwd.out, &fwd.lse, &d_out, &p)?;
+/// assert_eq!((g.dq.len(), g.dk.len(), g.dv.len()), (q.len(), kv.len(), kv.len()));
+/// // Constant keys: row i weighs its i + 1 visible keys equally, so dS = 0
+/// // (dQ = dK = 0), and dV of the last key is 1/16 from each of the two
+/// // query heads of its group (only row 15 sees it).
+/// assert!(g.dq.iter().chain(&g.dk).all(|x| x.abs() < 1e-6));
+/// assert!((g.dv[15 * 8] - 2.0 / 16.0).abs() < 1e-6);
+/// # Ok::<(), attnlab::AttnError>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    shape: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    params: &AttnParams,
+) -> Result<Grads, AttnError> {
+    attention_backward_with(shape, q, k, v, out, lse, d_out, params, &Options::default())
+}
+
+/// [`attention_backward`] with an explicit kernel, layout and parallelism
+/// ([`Options`]), on f32, f16 or bf16 Q, K, V (O, LSE, dO and the
+/// gradients are f32). The gradient buffers are allocated here. Errors
+/// name the tensor and dimension (`out`, `lse`, `d_out` mismatches too).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with<T: Element>(
+    shape: &AttnShape,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    params: &AttnParams,
+    options: &Options,
+) -> Result<Grads, AttnError> {
+    let Options { kernel, layout, par } = *options;
+    let inputs = BackwardInputs::from_slices(*shape, layout, q, k, v, out, lse, d_out)?;
+    let n = |dims: [usize; 4]| dims.iter().product::<usize>();
+    let mut dq = error::try_zeroed("dq", n(shape.q_dims()))?;
+    let mut dk = error::try_zeroed("dk", n(shape.k_dims()))?;
+    let mut dv = error::try_zeroed("dv", n(shape.v_dims()))?;
+    let mut grads = GradsMut::from_slices(shape, layout, &mut dq, &mut dk, &mut dv)?;
+    kernel.backward(&inputs, &mut grads, params, par)?;
+    Ok(Grads { dq, dk, dv })
 }

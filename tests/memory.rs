@@ -217,3 +217,49 @@ fn par_rayon_n_runs_every_path_on_n_threads() {
     }
     let _ = Flash::default().name();
 }
+
+#[test]
+fn backward_workspace_is_exact_and_a_caller_workspace_run_allocates_nothing() {
+    use attnlab::{BackwardInputs, BackwardKernel, GradsMut};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track(2);
+    let flash = Flash::default();
+    // MHA (one chunk per head) and MQA (8 chunks: dQ partials), causal
+    for s in [shape(8, 8, 300, 300, 64), shape(4, 1, 200, 260, 24)] {
+        let p = AttnParams::causal();
+        for par in [Par::Seq, two()] {
+            let (ws, bytes) = allocated_here(|| flash.backward_workspace(&s, &p, par).unwrap());
+            assert_eq!(bytes, flash.backward_workspace_bytes(&s, &p, par), "{s:?} {par:?}");
+            assert_eq!(bytes, ws.bytes(), "{s:?} {par:?}");
+        }
+        let (q, k, v) = make_inputs(&s, 1.0, 4);
+        let inputs = AttnInputs::from_slices(s, Layout::Bhnd, &q, &k, &v).unwrap();
+        let fwd = attnlab::attention(&s, &q, &k, &v, &p).unwrap();
+        let d_out = random(fwd.out.len(), 1.0, &mut rng(5));
+        let bwd = BackwardInputs::new(
+            inputs,
+            attnlab::TensorView::new("out", &fwd.out, s.out_dims(), Layout::Bhnd).unwrap(),
+            &fwd.lse,
+            attnlab::TensorView::new("d_out", &d_out, s.out_dims(), Layout::Bhnd).unwrap(),
+        )
+        .unwrap();
+        let n = |d: [usize; 4]| d.iter().product::<usize>();
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; n(s.q_dims())], vec![0f32; n(s.k_dims())], vec![0f32; n(s.v_dims())]);
+        let mut ws = flash.backward_workspace(&s, &p, Par::Seq).unwrap();
+        let mut g = GradsMut::from_slices(&s, Layout::Bhnd, &mut dq, &mut dk, &mut dv).unwrap();
+        // Sequential: the parallel scheduler spawns rayon tasks, which allocate.
+        flash.backward_in(&bwd, &mut g, &p, Par::Seq, &mut ws).unwrap();
+        let (r, bytes) = allocated(|| flash.backward_in(&bwd, &mut g, &p, Par::Seq, &mut ws));
+        r.unwrap();
+        assert_eq!(bytes, 0, "{s:?}: the backward allocated {bytes} bytes");
+        // and it computed the same as a call that allocates its own
+        let mut want =
+            [vec![0f32; n(s.q_dims())], vec![0f32; n(s.k_dims())], vec![0f32; n(s.v_dims())]];
+        let [a, b, c] = &mut want;
+        let mut gw = GradsMut::from_slices(&s, Layout::Bhnd, a, b, c).unwrap();
+        flash.backward(&bwd, &mut gw, &p, Par::Seq).unwrap();
+        assert!(dq == want[0] && dk == want[1] && dv == want[2], "{s:?}");
+        assert!(dq.iter().any(|x| *x != 0.0));
+    }
+}

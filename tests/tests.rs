@@ -12,3 +12,5 @@ mod flash;
 mod decode;
 // Hostile inputs: non-finite values named, huge finite values exact, no panics.
 mod hardening;
+// Gradients: naive and flash backward against the f64 oracle backward, GQA, masked rows, determinism.
+mod backward;

@@ -20,12 +20,16 @@ pub struct AttnInputs<'a, T> {
     pub v: TensorView<'a, T>,
 }
 
-const Q_DIMS: [&str; 4] = ["batch entries", "q heads", "query positions", "features (head_dim)"];
-const K_DIMS: [&str; 4] = ["batch entries", "kv heads", "key positions", "features (head_dim)"];
-const V_DIMS: [&str; 4] = ["batch entries", "kv heads", "key positions", "features (v_dim)"];
-const O_DIMS: [&str; 4] = ["batch entries", "q heads", "query positions", "features (v_dim)"];
+pub(crate) const Q_DIMS: [&str; 4] =
+    ["batch entries", "q heads", "query positions", "features (head_dim)"];
+pub(crate) const K_DIMS: [&str; 4] =
+    ["batch entries", "kv heads", "key positions", "features (head_dim)"];
+pub(crate) const V_DIMS: [&str; 4] =
+    ["batch entries", "kv heads", "key positions", "features (v_dim)"];
+pub(crate) const O_DIMS: [&str; 4] =
+    ["batch entries", "q heads", "query positions", "features (v_dim)"];
 
-fn check_dims(
+pub(crate) fn check_dims(
     tensor: &'static str,
     names: [&'static str; 4],
     expected: [usize; 4],

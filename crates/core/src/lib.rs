@@ -22,10 +22,13 @@
 //! ([`Par`]: how many threads a call runs on), [`element`]
 //! (f32/f16/bf16), [`kernel`] (the [`AttentionKernel`] trait and
 //! [`CheckedCall`], the one validation of a call), [`faults`] (rows a
-//! kernel could not evaluate in f32, recomputed exactly), [`error`].
+//! kernel could not evaluate in f32, recomputed exactly), [`backward`]
+//! (the gradient call: [`BackwardKernel`] and [`CheckedBackward`]),
+//! [`error`].
 
 #![warn(missing_docs)]
 
+pub mod backward;
 pub mod element;
 pub mod error;
 pub mod faults;
@@ -36,6 +39,7 @@ pub mod params;
 pub mod shape;
 pub mod view;
 
+pub use backward::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut};
 pub use element::Element;
 pub use error::{AttnError, try_zeroed};
 pub use faults::RowFaults;

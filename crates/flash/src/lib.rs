@@ -20,6 +20,12 @@
 //! with at most [`SPLIT_KV_MAX_Q`] queries per head take the split-KV path
 //! too.
 //!
+//! Gradients: `Flash` is also an [`attn_core::BackwardKernel`] — the
+//! FlashAttention-2 backward (`backward`: K/V tiles outer, `P` recomputed
+//! from the LSE, deterministic dQ without atomics, `O(B·Hq·Nq)` extra
+//! memory), with [`Flash::backward_in`] on a caller's
+//! [`BackwardWorkspace`].
+//!
 //! Modules: [`tiles`] (tile sizes, register blocking and decode chunking,
 //! with reasons), `micro` (the two micro-kernels), `forward` (the tiled
 //! loop nest, packing, online softmax, scheduler), `split_kv` (the
@@ -28,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod backward;
 pub mod cache;
 pub mod decode;
 mod forward;
@@ -47,6 +54,7 @@ use attn_core::{
 };
 
 pub use attn_simd::{cpu, isa};
+pub use backward::BackwardWorkspace;
 pub use cache::KvCache;
 pub use decode::{decode, decode_in};
 pub use kv_element::{KvElement, Q8_0};

@@ -1,7 +1,7 @@
 //! The report generator on a small synthetic result set: tables per
 //! grouping and mask, "needs X GiB" where naive stops, speedups, the
 //! headline, the decode section (tables per grouping and threads, the GB/s
-//! plot), the SVG plots, `attn report`'s round trip through a results
+//! plot), the backward section and plot, the SVG plots, `attn report`'s round trip through a results
 //! file, and that the committed docs are what the committed results give.
 
 use harness::cli::report::ReportArgs;
@@ -393,4 +393,69 @@ fn committed_docs_match_committed_results() {
         let got = std::fs::read_to_string(root.join("docs").join(f)).unwrap_or_default();
         assert!(got == want, "docs/{f} is not what `attn report` makes of results/latest.json");
     }
+}
+
+#[test]
+fn backward_section_and_plot_from_backward_rows() {
+    let mut run = synthetic();
+    // no backward rows: no section, no plot (the committed docs stay as they are)
+    let md = report::render_results_md(&run, "results/test.json");
+    assert!(!md.contains("## Backward"), "{md}");
+    for n in [1024, 4096] {
+        for m in [MaskSpec::Full, MaskSpec::Causal] {
+            for k in ["naive", "flash"] {
+                run.rows.push(measured(Config::backward(
+                    k,
+                    Grouping::Mha,
+                    m,
+                    64,
+                    Dtype::F32,
+                    2,
+                    n,
+                )));
+            }
+        }
+    }
+    let mut over = Row::new(&Config::backward(
+        "naive",
+        Grouping::Mha,
+        MaskSpec::Causal,
+        64,
+        Dtype::F32,
+        2,
+        16384,
+    ));
+    over.status = Status::Skipped;
+    over.needs_bytes = 24 * GIB;
+    run.rows.push(over);
+    run.rows.push(measured(Config::backward(
+        "flash",
+        Grouping::Mha,
+        MaskSpec::Causal,
+        64,
+        Dtype::F32,
+        2,
+        16384,
+    )));
+    let md = report::render_results_md(&run, "results/test.json");
+    let (fwd, bwd) = md.split_once("## Backward (gradients)").expect("a backward section");
+    // backward rows stay out of the forward tables (16k causal flash exists only there)
+    assert!(!fwd.contains("Backward, MHA"), "{fwd}");
+    for want in [
+        "### Backward, MHA (Hq = 8, Hkv = 8), d = 64, f32, 2 threads",
+        "| N | mask | naive ms | flash ms | speedup | flash GFLOP/s | flash % peak | naive extra | flash extra | flash err |",
+        "2.5 × the forward's FLOPs",
+        "![backward time and memory vs N](img/backward_vs_n.svg)",
+        "| 16k | causal | needs 24.0 GiB |",
+    ] {
+        assert!(bwd.contains(want), "missing {want:?} in\n{bwd}");
+    }
+    // flash at 160 GFLOP/s on 2 threads is 80% of the synthetic 200 GFLOP/s peak;
+    // naive at 40: a 4x speedup; no mask before causal
+    let first = bwd.lines().find(|l| l.starts_with("| 1k |")).unwrap();
+    assert!(first.contains("| no mask |") && first.contains("| 4.00× | 160 | 80% |"), "{first}");
+    let svg = report::plot_backward_vs_n(&run).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("flash, causal") && svg.contains("naive, no mask")
+    );
 }

@@ -11,14 +11,21 @@
 //!   and a vectorized softmax in between, parallel over (batch, head). A fair
 //!   baseline, not a strawman; its workspace grows as `B·Hq·Nq·Nk·4` bytes.
 //!
+//! Gradients ([`attn_core::BackwardKernel`]): [`oracle_backward`] (f64,
+//! the ground truth of every gradient test) and [`backward`] (the O(N²)
+//! baseline that materialises `P`, `dP` and `dS`).
+//!
 //! [`exact`] recomputes, with the oracle, the rows a fast kernel could not
 //! evaluate in f32 (non-finite inputs, logits or sums beyond f32).
 
 #![warn(missing_docs)]
 
+pub mod backward;
 pub mod exact;
 pub mod naive;
 pub mod oracle;
+pub mod oracle_backward;
 
 pub use naive::Naive;
 pub use oracle::{Oracle, Reference, reference, reference_row, reference_rows};
+pub use oracle_backward::{ReferenceGrads, reference_backward, reference_dq_rows};

@@ -35,6 +35,14 @@ fn widen<T: Element>(v: &TensorView<'_, T>) -> Vec<f32> {
     out
 }
 
+/// A view's buffer as f32: borrowed when it is f32, widened otherwise.
+pub(crate) fn widened<'a, T: Element>(v: &TensorView<'a, T>) -> std::borrow::Cow<'a, [f32]> {
+    match T::as_f32_slice(v.data()) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(widen(v)),
+    }
+}
+
 impl AttentionKernel for Naive {
     fn name(&self) -> &'static str {
         "naive"

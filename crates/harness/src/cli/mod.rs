@@ -3,6 +3,8 @@
 //!
 //! - `attn run`: attention on `.npy` files, timed ([`run`], work in
 //!   [`crate::npy_call`]);
+//! - `attn grad`: gradients dQ, dK, dV on `.npy` files, timed ([`grad`],
+//!   work in [`crate::npy_call::grad`]);
 //! - `attn bench`: one prefill configuration ([`mod@bench`], work in
 //!   [`crate::measure`]);
 //! - `attn decode`: one KV-cache decode configuration ([`decode`], the
@@ -13,6 +15,7 @@
 
 pub mod bench;
 pub mod decode;
+pub mod grad;
 pub mod peak;
 pub mod report;
 pub mod run;
@@ -34,6 +37,10 @@ enum Command {
     /// Attention on .npy files: read Q, K, V, run a kernel, write O (and the
     /// LSE); prints `time_ms=` per timed call
     Run(run::RunArgs),
+    /// Gradients on .npy files: read Q, K, V and dO, run the forward
+    /// (untimed), then the backward; write dQ, dK, dV; prints `time_ms=` per
+    /// timed backward call
+    Grad(grad::GradArgs),
     /// Benchmark one prefill configuration (the long-context sweep is
     /// `cargo bench -p harness`)
     Bench(bench::BenchArgs),
@@ -57,6 +64,7 @@ pub fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run(args) => run::main(&args),
+        Command::Grad(args) => grad::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::Peak(args) => peak::main(&args),
         Command::Report(args) => report::main(&args),

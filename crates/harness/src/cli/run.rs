@@ -33,7 +33,7 @@ impl LayoutArg {
     }
 }
 
-fn parse_01(s: &str) -> Result<bool, String> {
+pub(crate) fn parse_01(s: &str) -> Result<bool, String> {
     match s {
         "0" | "false" => Ok(false),
         "1" | "true" => Ok(true),
@@ -41,7 +41,7 @@ fn parse_01(s: &str) -> Result<bool, String> {
     }
 }
 
-fn kernel_parser() -> impl TypedValueParser<Value = Kernel> {
+pub(crate) fn kernel_parser() -> impl TypedValueParser<Value = Kernel> {
     PossibleValuesParser::new(Kernel::ALL.map(|k| k.name()))
         .map(|s| s.parse::<Kernel>().expect("possible values are kernel names"))
 }

@@ -24,6 +24,9 @@ pub enum Kind {
     /// One step of `attnlab::flash::decode`: `q_len` new queries against a KV
     /// cache of `kv_len` positions stored as `dtype` (queries are f32).
     Decode,
+    /// One backward call (`attnlab::Kernel::backward`): dQ, dK, dV from Q,
+    /// K, V, the forward's O and LSE (computed before, untimed) and dO.
+    Backward,
 }
 
 impl Kind {
@@ -32,6 +35,7 @@ impl Kind {
         match self {
             Kind::Prefill => "prefill",
             Kind::Decode => "decode",
+            Kind::Backward => "backward",
         }
     }
 }
@@ -93,6 +97,21 @@ impl Config {
             dtype,
             threads,
         }
+    }
+
+    /// A backward configuration of the sweep: the prefill problem of the
+    /// same arguments, timed as one gradient call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        kernel: &str,
+        g: Grouping,
+        mask: MaskSpec,
+        d: usize,
+        dtype: Dtype,
+        threads: usize,
+        n: usize,
+    ) -> Config {
+        Config { kind: Kind::Backward, ..Config::prefill(kernel, g, mask, d, dtype, threads, n) }
     }
 
     /// A decode configuration of the sweep: B = 1, Hq = 32, Hkv = 32, 8
@@ -224,26 +243,36 @@ impl Config {
     /// with Nq = Nk ([`AttnShape::flops_conventional`]).
     /// Sliding windows are credited their visible pairs only
     /// ([`AttnShape::flops`]): the N² convention would overstate them.
+    /// Backward rows: 2.5 × that (the FlashAttention-2 convention: five
+    /// products of the forward's two sizes, with `P` recomputation not
+    /// credited).
     pub fn flops(&self) -> f64 {
         let m = self.mask.mask();
-        match (self.shape(), self.mask) {
+        let fwd = match (self.shape(), self.mask) {
             (Ok(s), MaskSpec::Window(..)) => s.flops(&m),
             (Ok(s), _) => s.flops_conventional(&m),
             (Err(_), _) => 0.0,
-        }
+        };
+        if self.kind == Kind::Backward { 2.5 * fwd } else { fwd }
     }
 
     /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32); decode:
-    /// the K/V cache, f32 queries, O and LSE.
+    /// the K/V cache, f32 queries, O and LSE; backward: also dO and the
+    /// f32 gradients dQ, dK, dV.
     pub fn io_bytes(&self) -> u64 {
         let dt = self.dtype;
         let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
         let (nq, nk, d, dv) =
             (self.q_len as u64, self.kv_len as u64, self.head_dim as u64, self.v_dim as u64);
         let q_row = if self.kind == Kind::Decode { 4 * d } else { dt.row_bytes(d) };
-        q_row * b * hq * nq
+        let fwd = q_row * b * hq * nq
             + b * hkv * nk * (dt.row_bytes(d) + dt.row_bytes(dv))
-            + 4 * b * hq * nq * (dv + 1)
+            + 4 * b * hq * nq * (dv + 1);
+        if self.kind == Kind::Backward {
+            fwd + 4 * b * hq * nq * (dv + d) + 4 * b * hkv * nk * (d + dv)
+        } else {
+            fwd
+        }
     }
 
     /// The kernel's `workspace_bytes` for this configuration (decode: the
@@ -254,6 +283,9 @@ impl Config {
             return self.decode_workspace_bytes();
         }
         match (self.kernel.parse::<Kernel>(), self.shape()) {
+            (Ok(k), Ok(s)) if self.kind == Kind::Backward => {
+                k.backward_workspace_bytes(&s, &self.params(), self.par()) as u64
+            }
             (Ok(k), Ok(s)) => k.workspace_bytes(&s, &self.params(), self.par()) as u64,
             _ => 0,
         }
@@ -319,5 +351,9 @@ mod tests {
         assert_eq!(c.flops(), 4.0 * 8.0 * 1024.0 * 1024.0 * 64.0);
         let c = Config { mask: MaskSpec::Causal, ..c };
         assert_eq!(c.flops(), 2.0 * 8.0 * 1024.0 * 1024.0 * 64.0);
+        let b = Config::backward("flash", Grouping::Mha, MaskSpec::Causal, 64, Dtype::F32, 1, 1024);
+        assert_eq!(b.id(), "backward/flash/mha/causal/d64/f32/t1/1024");
+        assert_eq!(b.flops(), 2.5 * c.flops());
+        assert!(b.io_bytes() > c.io_bytes());
     }
 }

@@ -25,9 +25,14 @@
 //! (and `pct_bandwidth` once the read bandwidth is known,
 //! [`Row::set_read_gbs`]).
 //!
+//! Backward rows (`backward/flash/mha/causal/d64/f32/t2/4096`) time one
+//! gradient call ([`backward`]): the forward runs once while preparing,
+//! untimed, and the error is that of sampled dQ rows.
+//!
 //! [`child`] runs the same in a fresh process, so that peak RSS is that
 //! of one configuration.
 
+pub mod backward;
 pub mod check;
 pub mod child;
 pub mod decode;
@@ -72,6 +77,7 @@ pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
     match cfg.kind {
         Kind::Prefill => prefill::prepare(cfg, seed),
         Kind::Decode => decode::prepare(cfg, seed),
+        Kind::Backward => backward::prepare(cfg, seed),
     }
 }
 

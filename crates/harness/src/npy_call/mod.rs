@@ -8,6 +8,7 @@
 //! (float32 `[B, Hq, Nq]`). Any error is one [`RunError`] naming the file
 //! and the problem, and no output file is left behind.
 
+pub mod grad;
 pub mod npy;
 pub mod outputs;
 
@@ -90,31 +91,45 @@ impl From<FileError> for RunError {
 
 /// The files of one run, for naming them in errors.
 struct Files<'a> {
-    spec: &'a RunSpec,
-    /// Memory-order shapes of q, k, v, once read.
-    shapes: [Vec<usize>; 3],
+    /// Each tensor's name as attnlab's errors spell it ("q", "out",
+    /// "d_out", …), and its file; "q" first.
+    paths: Vec<(&'static str, &'a Path)>,
+    layout: Layout,
+    kernel: Kernel,
+    /// Memory-order shapes of q, k, v (and d_out for `attn grad`), once read.
+    shapes: Vec<Vec<usize>>,
 }
 
-impl Files<'_> {
+impl<'a> Files<'a> {
+    fn of_run(spec: &'a RunSpec, shapes: Vec<Vec<usize>>) -> Self {
+        let mut paths = vec![("q", spec.q.as_path()), ("k", &spec.k), ("v", &spec.v)];
+        paths.push(("out", &spec.out));
+        paths.push(("lse", spec.lse.as_deref().unwrap_or(&spec.out)));
+        Files { paths, layout: spec.layout, kernel: spec.kernel, shapes }
+    }
+
     fn path_of(&self, tensor: &str) -> &Path {
-        match tensor {
-            "k" | "kv_heads" => &self.spec.k,
-            "v" | "v_dim" => &self.spec.v,
-            "out" => &self.spec.out,
-            "lse" => self.spec.lse.as_deref().unwrap_or(&self.spec.out),
-            // "q", "scores", and the dims that come from Q
-            _ => &self.spec.q,
-        }
+        let tensor = match tensor {
+            "kv_heads" => "k",
+            "v_dim" => "v",
+            t => t,
+        };
+        // "q", "scores", and the dims that come from Q: the q file
+        self.paths.iter().find(|(t, _)| *t == tensor).unwrap_or(&self.paths[0]).1
     }
 
     fn shapes_note(&self) -> String {
-        let [q, k, v] = &self.shapes;
+        let (q, k, v) = (&self.shapes[0], &self.shapes[1], &self.shapes[2]);
+        let d_out = match self.shapes.get(3) {
+            Some(s) => format!(", do {}", shape_str(s)),
+            None => String::new(),
+        };
         format!(
-            "(q {}, k {}, v {}, layout {})",
+            "(q {}, k {}, v {}{d_out}, layout {})",
             shape_str(q),
             shape_str(k),
             shape_str(v),
-            layout_name(self.spec.layout)
+            layout_name(self.layout)
         )
     }
 
@@ -128,6 +143,7 @@ impl Files<'_> {
                 let shape = &self.shapes[match tensor {
                     "k" => 1,
                     "v" => 2,
+                    "d_out" if self.shapes.len() > 3 => 3,
                     _ => 0,
                 }];
                 file(
@@ -148,7 +164,7 @@ impl Files<'_> {
             AttnError::Param { .. }
             | AttnError::Unsupported { .. }
             | AttnError::OutOfMemory { .. }
-            | AttnError::ScoreOverflow { .. } => RunError::Kernel(self.spec.kernel, e),
+            | AttnError::ScoreOverflow { .. } => RunError::Kernel(self.kernel, e),
         }
     }
 }
@@ -184,25 +200,17 @@ fn dims4(shape: &[usize]) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// Everything `attn run` does; timings go to `timings`.
-pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
-    // Outputs first: aliases refused and directories proven writable
-    // before anything is read or computed (see `outputs`).
-    let mut targets = vec![("--out", spec.out.as_path())];
-    if let Some(lse) = &spec.lse {
-        targets.push(("--lse", lse.as_path()));
-    }
-    let inputs = [("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
-    let outputs = outputs::Outputs::prepare(&targets, &inputs)?;
-
-    let (qd, kd, vd) = match spec.layout {
+/// Reads Q, K, V (`paths`, in that order) and checks that each is 4-d and
+/// that they share one dtype.
+fn read_qkv(paths: [&Path; 3], layout: Layout) -> Result<[NpyArray; 3], RunError> {
+    let (qd, kd, vd) = match layout {
         Layout::Bhnd => ("[B, Hq, Nq, d]", "[B, Hkv, Nk, d]", "[B, Hkv, Nk, dv]"),
         Layout::Bnhd => ("[B, Nq, Hq, d]", "[B, Nk, Hkv, d]", "[B, Nk, Hkv, dv]"),
     };
-    let q = read_input(&spec.q, qd, spec.layout)?;
-    let k = read_input(&spec.k, kd, spec.layout)?;
-    let v = read_input(&spec.v, vd, spec.layout)?;
-    for (path, a) in [(&spec.k, &k), (&spec.v, &v)] {
+    let q = read_input(paths[0], qd, layout)?;
+    let k = read_input(paths[1], kd, layout)?;
+    let v = read_input(paths[2], vd, layout)?;
+    for (path, a) in [(paths[1], &k), (paths[2], &v)] {
         if a.dtype() != q.dtype() {
             let problem = format!(
                 "dtype {} does not match q's {} (q, k and v must share one dtype)",
@@ -212,10 +220,16 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
             return Err(FileError::new(path, problem).into());
         }
     }
-    let files = Files { spec, shapes: [q.shape.clone(), k.shape.clone(), v.shape.clone()] };
+    Ok([q, k, v])
+}
 
-    let layout = spec.layout;
-    let dims = [&q, &k, &v].map(|a| layout.logical_dims(dims4(&a.shape)));
+/// The problem's shape from the arrays Q, K, V, and their logical dims.
+fn shape_of(
+    [q, k, v]: [&NpyArray; 3],
+    layout: Layout,
+    files: &Files<'_>,
+) -> Result<(AttnShape, [[usize; 4]; 3]), RunError> {
+    let dims = [q, k, v].map(|a| layout.logical_dims(dims4(&a.shape)));
     let [[b, hq, nq, d], [_, hkv, nk, _], [.., dv]] = dims;
     let shape = AttnShape::builder()
         .batch(b)
@@ -227,6 +241,24 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         .v_dim(dv)
         .build()
         .map_err(|e| files.attn_error(e))?;
+    Ok((shape, dims))
+}
+
+/// Everything `attn run` does; timings go to `timings`.
+pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
+    // Outputs first: aliases refused and directories proven writable
+    // before anything is read or computed (see `outputs`).
+    let mut targets = vec![("--out", spec.out.as_path())];
+    if let Some(lse) = &spec.lse {
+        targets.push(("--lse", lse.as_path()));
+    }
+    let inputs = [("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
+    let outputs = outputs::Outputs::prepare(&targets, &inputs)?;
+
+    let [q, k, v] = read_qkv([&spec.q, &spec.k, &spec.v], spec.layout)?;
+    let files = Files::of_run(spec, vec![q.shape.clone(), k.shape.clone(), v.shape.clone()]);
+    let layout = spec.layout;
+    let (shape, dims) = shape_of([&q, &k, &v], layout, &files)?;
 
     let threads = spec.threads;
     let pool = rayon::ThreadPoolBuilder::new()

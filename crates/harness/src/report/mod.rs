@@ -15,12 +15,18 @@
 //! over f32) and `img/decode_gbs_vs_l.svg`. Everything else is computed
 //! from the prefill rows only, so a prefill-only run renders as before.
 //!
+//! Backward rows get their own section too (tables per grouping, head dim
+//! and thread count: naive and flash time, GFLOP/s at 2.5 × the forward's
+//! FLOPs, % of peak, extra memory) and `img/backward_vs_n.svg`.
+//!
 //! Files: [`select`] (which rows), [`cells`] (number formats, tables),
 //! [`results_md`], [`headline`], [`chart`] (the drawing kit), [`plots`]
-//! (prefill plots), [`decode`] (decode section and plot), and [`console`]
+//! (prefill plots), [`decode`] (decode section and plot), [`backward`]
+//! (backward section and plot), and [`console`]
 //! (a row on the terminal, for `attn bench`, `attn decode` and the sweep's
 //! progress).
 
+pub mod backward;
 pub mod cells;
 pub mod chart;
 pub mod console;
@@ -30,6 +36,7 @@ pub mod plots;
 pub mod results_md;
 pub mod select;
 
+pub use backward::plot_backward_vs_n;
 pub use decode::plot_decode_gbs_vs_l;
 pub use headline::{headline_rows, render_headline_md};
 pub use plots::{plot_gflops_vs_n, plot_memory_vs_n, plot_time_vs_n};
@@ -61,6 +68,9 @@ pub fn generate(run: &RunFile, docs: &Path, source: &str) -> std::io::Result<Vec
     ];
     if !decode_rows(run).is_empty() {
         plots.push(("decode_gbs_vs_l.svg", plot_decode_gbs_vs_l(run)));
+    }
+    if !backward::backward_rows(run).is_empty() {
+        plots.push(("backward_vs_n.svg", plot_backward_vs_n(run)));
     }
     for (name, svg) in plots {
         let path = img.join(name);

@@ -207,6 +207,7 @@ pub fn render_results_md(all: &RunFile, source: &str) -> String {
     }
 
     decode_section(&mut s, all);
+    super::backward::backward_section(&mut s, all);
 
     let failed: Vec<&Row> = all.rows.iter().filter(|r| r.status == Status::Error).collect();
     if !failed.is_empty() {

@@ -51,6 +51,9 @@ pub const DECODE_LENS: [usize; 6] = [1024, 4096, 16384, 32768, 65536, 131072];
 /// a description of the grid, one line per part.
 pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     let (mut v, mut desc) = prefill_grid(profile, all);
+    let (b, bd) = backward_grid(profile, all);
+    v.extend(b);
+    desc.extend(bd);
     let (d, dd) = decode_grid(profile, all);
     v.extend(d);
     desc.extend(dd);
@@ -128,6 +131,79 @@ fn decode_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             let ts = threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" and ");
             desc.push(format!(
                 "{head}: MHA/GQA/MQA x f32/f16/bf16/q8_0 cache x L = 1k ... 128k x threads {ts}"
+            ));
+        }
+    }
+    (v, desc)
+}
+
+/// The backward part of [`grid`] (unsorted): gradients of the prefill
+/// problem, naive and flash.
+fn backward_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    use Grouping::*;
+    use MaskSpec::{Causal, Full};
+    let all = all.max(1);
+    let (mut v, mut desc) = (Vec::new(), Vec::new());
+    let masks = [Full, Causal];
+    let mut at = |k: &str, gs: &[Grouping], d: usize, t: usize, ns: &[usize]| {
+        for &n in ns {
+            for &g in gs {
+                for m in masks {
+                    v.push(Config::backward(k, g, m, d, Dtype::F32, t, n));
+                }
+            }
+        }
+    };
+    let head = "backward (dQ, dK, dV; the prefill problem)";
+    match profile {
+        Profile::Smoke => {
+            at("flash", &[Gqa], 16, 1, &[64]);
+            desc.push("smoke: backward flash, GQA full/causal d=16, N=64, 1 thread".into());
+        }
+        Profile::Quick => {
+            at("naive", &Grouping::ALL, 64, all, &[256, 1024]);
+            at("flash", &Grouping::ALL, 64, all, &[256, 1024]);
+            desc.push(format!(
+                "{head}: N = 256, 1024, naive and flash x MHA/GQA/MQA x full/causal, d = 64, {all} threads"
+            ));
+        }
+        Profile::Default => {
+            // About 1.5 minutes on the 2-core Zen 5: naive GQA/MQA stop at
+            // 1024 and naive MHA at 4096 (1.5 GiB of P, dP, dS), the
+            // larger N being flash's; naive at 16384 is recorded as "needs".
+            at("flash", &Grouping::ALL, 64, all, &[256, 1024, 4096]);
+            at("flash", &[Mha], 64, all, &[16384]);
+            at("naive", &Grouping::ALL, 64, all, &[256, 1024, 16384]);
+            at("naive", &[Mha], 64, all, &[4096]);
+            desc.push(format!(
+                "{head}: N = 256, 1024, 4096: flash x MHA/GQA/MQA x full/causal, d = 64, {all} \
+                 threads, and at 16384 MHA full/causal and GQA/MQA causal (GQA/MQA without a \
+                 mask left out for time); naive the same at 256 and 1024, MHA at 4096, and \
+                 recorded with the memory it would need at 16384 (3 N² tensors per head)"
+            ));
+            at("flash", &[Mha], 128, all, &[4096]);
+            if all > 1 {
+                at("flash", &[Mha], 64, 1, &[1024, 4096]);
+            }
+            for g in [Gqa, Mqa] {
+                v.push(Config::backward("flash", g, Causal, 64, Dtype::F32, all, 16384));
+            }
+            desc.push(format!(
+                "{head}: also flash MHA full/causal at N = 4096 with d = 128 ({all} threads), and \
+                 with d = 64 on 1 thread at N = 1024 and 4096"
+            ));
+        }
+        Profile::Full => {
+            let threads: Vec<usize> = if all > 1 { vec![1, all] } else { vec![1] };
+            for &t in &threads {
+                for d in [64, 128] {
+                    at("flash", &Grouping::ALL, d, t, &[256, 1024, 4096, 16384]);
+                    at("naive", &Grouping::ALL, d, t, &[256, 1024, 4096, 16384]);
+                }
+            }
+            desc.push(format!(
+                "{head}: N = 256 ... 16384, naive and flash x MHA/GQA/MQA x full/causal x d = 64, \
+                 128 x threads 1 and {all}"
             ));
         }
     }

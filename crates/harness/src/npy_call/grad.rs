@@ -1,0 +1,198 @@
+//! What `attn grad` does: the gradients of attention on `.npy` files,
+//! timed.
+//!
+//! Reads Q, K, V (float32 or float16, one dtype) and dO (float32 or
+//! float16, the shape of O) with the same checks as `attn run`, runs the
+//! forward once, untimed, for O and the LSE (the flash kernel, or the
+//! oracle when the oracle is asked for), then `warmup` untimed and `reps`
+//! timed backward calls of the chosen kernel, printing `time_ms=<float>`
+//! per timed call; only then writes dQ, dK, dV as float32 in the input
+//! layout, all or nothing (see [`super::outputs`]).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use attnlab::{
+    AttnInputs, AttnParams, AttnShape, BackwardInputs, Element, GradsMut, Kernel, Layout, Par,
+    TensorView, TensorViewMut, f16,
+};
+
+use super::npy::NpyData;
+use super::{Files, RunError, dims4, read_input, read_qkv, shape_of};
+
+/// One `attn grad`: the files, the kernel and how to call it.
+#[derive(Debug, Clone)]
+pub struct GradSpec {
+    /// Queries, keys, values.
+    pub q: PathBuf,
+    /// Keys.
+    pub k: PathBuf,
+    /// Values.
+    pub v: PathBuf,
+    /// Upstream gradient dO (shape of O).
+    pub d_out: PathBuf,
+    /// Outputs dQ, dK, dV.
+    pub dq: PathBuf,
+    /// Output dK.
+    pub dk: PathBuf,
+    /// Output dV.
+    pub dv: PathBuf,
+    /// The backward kernel.
+    pub kernel: Kernel,
+    /// Scale, mask, finiteness check (validated).
+    pub params: AttnParams,
+    /// Memory layout of every tensor.
+    pub layout: Layout,
+    /// Workers of the rayon pool.
+    pub threads: usize,
+    /// Untimed backward calls first.
+    pub warmup: u32,
+    /// Timed backward calls.
+    pub reps: u32,
+}
+
+impl GradSpec {
+    fn files(&self, shapes: Vec<Vec<usize>>) -> Files<'_> {
+        let paths = vec![
+            ("q", self.q.as_path()),
+            ("k", &self.k),
+            ("v", &self.v),
+            ("d_out", &self.d_out),
+            ("dq", &self.dq),
+            ("dk", &self.dk),
+            ("dv", &self.dv),
+        ];
+        Files { paths, layout: self.layout, kernel: self.kernel, shapes }
+    }
+}
+
+/// Everything `attn grad` does; timings go to `timings`.
+pub fn grad(spec: &GradSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunError> {
+    let targets = [("--dq", spec.dq.as_path()), ("--dk", &spec.dk), ("--dv", &spec.dv)];
+    let inputs =
+        [("--q", spec.q.as_path()), ("--k", &spec.k), ("--v", &spec.v), ("--do", &spec.d_out)];
+    let outputs = super::outputs::Outputs::prepare(&targets, &inputs)?;
+
+    let layout = spec.layout;
+    let [q, k, v] = read_qkv([&spec.q, &spec.k, &spec.v], layout)?;
+    let do_dims = match layout {
+        Layout::Bhnd => "[B, Hq, Nq, dv]",
+        Layout::Bnhd => "[B, Nq, Hq, dv]",
+    };
+    let d_out = read_input(&spec.d_out, do_dims, layout)?;
+    let shapes = vec![q.shape.clone(), k.shape.clone(), v.shape.clone(), d_out.shape.clone()];
+    let files = spec.files(shapes);
+    let (shape, dims) = shape_of([&q, &k, &v], layout, &files)?;
+    let do_logical = layout.logical_dims(dims4(&d_out.shape));
+    let d_out: Vec<f32> = match d_out.data {
+        NpyData::F32(x) => x,
+        NpyData::F16(x) => x.iter().map(|h| h.to_f32()).collect(),
+    };
+
+    let threads = spec.threads;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| RunError::Args(format!("cannot start {threads} threads: {e}")))?;
+    let err = |e| files.attn_error(e);
+    let n = |d: [usize; 4]| d.iter().product::<usize>();
+    let zeros = |t, len| attnlab::error::try_zeroed::<f32>(t, len).map_err(err);
+    let mut out = zeros("out", n(shape.out_dims()))?;
+    let mut lse = zeros("lse", shape.lse_len())?;
+    let mut g = [
+        zeros("dq", n(shape.q_dims()))?,
+        zeros("dk", n(shape.k_dims()))?,
+        zeros("dv", n(shape.v_dims()))?,
+    ];
+    let call = GradCall {
+        kernel: spec.kernel,
+        shape,
+        dims,
+        do_dims: do_logical,
+        layout,
+        params: spec.params,
+        par: Par::rayon(threads).map_err(|e| RunError::Args(format!("--threads: {e}")))?,
+        warmup: spec.warmup,
+        reps: spec.reps,
+    };
+    pool.install(|| match (&q.data, &k.data, &v.data) {
+        (NpyData::F32(q), NpyData::F32(k), NpyData::F32(v)) => {
+            call.timed::<f32>(&files, [q, k, v], &d_out, (&mut out, &mut lse), &mut g, timings)
+        }
+        (NpyData::F16(q), NpyData::F16(k), NpyData::F16(v)) => {
+            call.timed::<f16>(&files, [q, k, v], &d_out, (&mut out, &mut lse), &mut g, timings)
+        }
+        _ => unreachable!("dtypes were checked to match"),
+    })?;
+    drop((q, k, v, d_out, out, lse));
+
+    let mem = [shape.q_dims(), shape.k_dims(), shape.v_dims()].map(|d| layout.memory_dims(d));
+    for (i, (dims, data)) in mem.iter().zip(&g).enumerate() {
+        outputs.write(i, dims, data)?;
+    }
+    Ok(outputs.commit()?)
+}
+
+/// One configured backward call, repeated.
+struct GradCall {
+    kernel: Kernel,
+    shape: AttnShape,
+    /// Logical dims of q, k, v and of dO as read.
+    dims: [[usize; 4]; 3],
+    do_dims: [usize; 4],
+    layout: Layout,
+    params: AttnParams,
+    par: Par,
+    warmup: u32,
+    reps: u32,
+}
+
+impl GradCall {
+    /// The forward once (untimed), then `warmup` untimed and `reps` timed
+    /// backward calls, printing `time_ms=` per timed call.
+    #[allow(clippy::too_many_arguments)]
+    fn timed<T: Element>(
+        &self,
+        files: &Files<'_>,
+        [q, k, v]: [&[T]; 3],
+        d_out: &[f32],
+        (out, lse): (&mut [f32], &mut [f32]),
+        [dq, dk, dv]: &mut [Vec<f32>; 3],
+        timings: &mut (dyn Write + Send),
+    ) -> Result<(), RunError> {
+        let err = |e| files.attn_error(e);
+        let [qd, kd, vd] = self.dims;
+        let l = self.layout;
+        let inputs = AttnInputs::new(
+            self.shape,
+            TensorView::new("q", q, qd, l).map_err(err)?,
+            TensorView::new("k", k, kd, l).map_err(err)?,
+            TensorView::new("v", v, vd, l).map_err(err)?,
+        )
+        .map_err(err)?;
+        let shape = *inputs.shape();
+        let fwd = if self.kernel == Kernel::Oracle { Kernel::Oracle } else { Kernel::Flash };
+        let mut view = TensorViewMut::new("out", out, shape.out_dims(), l).map_err(err)?;
+        fwd.forward(&inputs, &mut view, Some(lse), &self.params, self.par).map_err(err)?;
+        let bwd = BackwardInputs::new(
+            inputs,
+            TensorView::new("out", out, shape.out_dims(), l).map_err(err)?,
+            lse,
+            TensorView::new("d_out", d_out, self.do_dims, l).map_err(err)?,
+        )
+        .map_err(err)?;
+        let mut grads = GradsMut::from_slices(&shape, l, dq, dk, dv).map_err(err)?;
+        for i in 0..self.warmup + self.reps {
+            let start = Instant::now();
+            self.kernel.backward(&bwd, &mut grads, &self.params, self.par).map_err(err)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if i >= self.warmup {
+                writeln!(timings, "time_ms={ms:.6}")
+                    .and_then(|()| timings.flush())
+                    .map_err(|e| RunError::Args(format!("cannot write to stdout: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
