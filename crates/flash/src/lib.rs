@@ -54,7 +54,7 @@ use attn_core::{
 };
 
 pub use attn_simd::{cpu, isa};
-pub use backward::BackwardWorkspace;
+pub use backward::{BackwardWorkspace, tiles as backward_tiles};
 pub use cache::KvCache;
 pub use decode::{decode, decode_in};
 pub use kv_element::{KvElement, Q8_0};

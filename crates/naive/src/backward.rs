@@ -116,8 +116,18 @@ impl BackwardKernel for Naive {
             lse: inputs.lse,
         };
         let grp = shape.group_size();
-        let chunk = (grp * shape.q_len() * shape.kv_len()).max(1);
-        let n = shape.batch() * shape.kv_heads() * chunk;
+        // The three score-sized buffers: sizes checked, since the GEMMs
+        // below write them through raw pointers.
+        let overflow = AttnError::Overflow { tensor: "P" };
+        let chunk = [grp, shape.q_len(), shape.kv_len()]
+            .iter()
+            .try_fold(1usize, |a, &x| a.checked_mul(x))
+            .ok_or(overflow.clone())?
+            .max(1);
+        let n = [shape.batch(), shape.kv_heads(), chunk]
+            .iter()
+            .try_fold(1usize, |a, &x| a.checked_mul(x))
+            .ok_or(overflow)?;
         let mut p = try_zeroed::<f32>("P", n)?;
         let mut dp = try_zeroed::<f32>("dP", n)?;
         let mut ds = try_zeroed::<f32>("dS", n)?;

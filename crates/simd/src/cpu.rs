@@ -218,10 +218,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 pub fn cpu_list_len(s: &str) -> Option<u32> {
     let mut n = 0u32;
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        n += match part.split_once('-') {
-            Some((a, b)) => b.parse::<u32>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+        let k = match part.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().ok()?.checked_sub(a.parse().ok()?)?.checked_add(1)?,
             None => part.parse::<u32>().map(|_| 1).ok()?,
         };
+        n = n.checked_add(k)?;
     }
     (n > 0).then_some(n)
 }
@@ -406,6 +407,8 @@ mod tests {
         assert_eq!(cpu_list_len("0-1\n"), Some(2));
         assert_eq!(cpu_list_len("0-3,8"), Some(5));
         assert_eq!(cpu_list_len("3-1"), None);
+        assert_eq!(cpu_list_len("0-4294967295"), None); // overflows, no panic
+        assert_eq!(cpu_list_len("0-4294967294,5"), None);
         assert_eq!(cpu_list_len(""), None);
     }
 

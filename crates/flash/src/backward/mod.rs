@@ -191,3 +191,9 @@ fn reduce_partials(
         (0..nb * hq).for_each(head);
     }
 }
+
+/// The backward's tiles `(Br, Bc)`: query rows and key rows per tile,
+/// fixed (see `plan.rs`), for reports.
+pub fn tiles() -> (usize, usize) {
+    (plan::BR, plan::BC)
+}

@@ -115,14 +115,19 @@ pub struct Row {
 }
 
 /// The tiles `Flash` chooses for `cfg` on this CPU: `BrxBc` on the tiled
-/// path, `split-kv` for decode and decode-like calls, `None` for other
-/// kernels or a shape that does not build.
+/// path, `split-kv` for decode and decode-like calls, `bwd BrxBc` for the
+/// backward's fixed tiles, `None` for other kernels or a shape that does
+/// not build.
 pub fn tiles_of(cfg: &Config) -> Option<String> {
     if cfg.kernel != Kernel::Flash.name() {
         return None;
     }
     if cfg.kind == Kind::Decode {
         return Some("split-kv".into());
+    }
+    if cfg.kind == Kind::Backward {
+        let (br, bc) = attnlab::flash::backward_tiles();
+        return Some(format!("bwd {br}x{bc}"));
     }
     match Flash::default().path(&cfg.shape().ok()?) {
         Path::Tiled(plan) => Some(format!("{}x{}", plan.tiles().br, plan.tiles().bc)),
@@ -266,6 +271,10 @@ mod tests {
         assert_eq!(r.tiles, Some(format!("{}x{}", t.br, t.bc)));
         assert_eq!(r.cpu, attnlab::cpu::facts().summary());
         assert!(!r.cpu.is_empty());
+        // the backward runs its own fixed tiles, also for short sequences
+        let bwd = Config::backward("flash", Grouping::Mha, MaskSpec::Causal, 64, Dtype::F32, 1, 8);
+        let (br, bc) = attnlab::flash::backward_tiles();
+        assert_eq!(Row::new(&bwd).tiles, Some(format!("bwd {br}x{bc}")));
         let naive = Config { kernel: "naive".into(), ..c };
         assert_eq!(Row::new(&naive).tiles, None);
         // Rows written before these fields existed still load.
