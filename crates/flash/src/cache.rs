@@ -129,7 +129,11 @@ impl<T: KvElement> KvCache<T> {
     }
 
     /// Appends `n` positions to batch entry `b`: `k` is `[Hkv, n, d]` and
-    /// `v` `[Hkv, n, dv]`, f32, C order. Checks everything first: on error
+    /// `v` `[Hkv, n, dv]`, f32, C order. Checks shapes and capacity first; values are stored
+    /// straight into the positions past the entry's length, so on error
+    /// (also a value not finite once stored) the lengths are unchanged and
+    /// nothing visible changed, though those free positions may have been
+    /// overwritten. On error
     /// nothing is written.
     pub fn append(&mut self, b: usize, k: &[f32], v: &[f32]) -> Result<(), AttnError> {
         if b >= self.batch {

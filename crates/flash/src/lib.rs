@@ -14,7 +14,7 @@
 //! - Masks: causal and sliding windows skip invisible K/V tiles entirely
 //!   and mask partial tiles in registers.
 //!
-//! Decode: [`KvCache`] (f32/f16/bf16 storage, ragged lengths) and
+//! Decode: [`KvCache`] (f32/f16/bf16/[`Q8_0`] storage, ragged lengths) and
 //! [`decode()`], split-KV across threads with the fixed-order log-sum-exp
 //! merge [`merge_partials`], also public for sequence-parallel use. Calls
 //! with at most [`SPLIT_KV_MAX_Q`] queries per head take the split-KV path
@@ -22,15 +22,19 @@
 //!
 //! Gradients: `Flash` is also an [`attn_core::BackwardKernel`] — the
 //! FlashAttention-2 backward (`backward`: K/V tiles outer, `P` recomputed
-//! from the LSE, deterministic dQ without atomics, `O(B·Hq·Nq)` extra
-//! memory), with [`Flash::backward_in`] on a caller's
+//! from the LSE, deterministic dQ without atomics; extra memory `O(N)`:
+//! row statistics and, when `B·Hkv` is small, dQ partials per key chunk), with [`Flash::backward_in`] on a caller's
 //! [`BackwardWorkspace`].
 //!
 //! Modules: [`tiles`] (tile sizes, register blocking and decode chunking,
 //! with reasons), `micro` (the two micro-kernels), `forward` (the tiled
 //! loop nest, packing, online softmax, scheduler), `split_kv` (the
-//! split-KV loop), [`workspace`] (the scratch of either path), `rows`
-//! (disjoint-row writers), [`hooks`] (micro-kernels for benchmarks). `docs/design.md` has the diagram.
+//! split-KV loop), `kv_block` (its quad-of-rows micro-kernels),
+//! [`kv_element`] (how a cache stores values: f32, f16, bf16, q8_0),
+//! [`cache`], [`decode`], [`merge`], `backward` (the FlashAttention-2
+//! backward), [`workspace`] (the scratch of either forward path), `rows`
+//! (disjoint-row writers), [`hooks`] (micro-kernels for benchmarks).
+//! `docs/design.md` has the diagrams.
 
 #![warn(missing_docs)]
 

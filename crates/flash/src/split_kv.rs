@@ -5,10 +5,13 @@
 //! ```text
 //! item = (batch b, kv head g, KV chunk c)       chunking: see tiles::decode
 //!   rows = the G query heads of group g × the nq queries (GQA-packed:
-//!          every K/V element of the chunk is loaded once for all of them)
-//!   for each block of KB keys: widen K/V rows (f16/bf16) once for all rows,
-//!       s = q·k (visible keys only), online softmax per row, acc += p·v
-//!   partial (out, lse) per row → slot (b, g, c)
+//!          every K/V element of the chunk is loaded once for all of them),
+//!          in quads of 4 (`kv_block`)
+//!   for each block of KB = 16 keys (prefetching the next block's rows):
+//!       K/V read in place (f32; f16/bf16/q8_0 when one quad uses them),
+//!       else widened once into f32 scratch; per quad: scores, online
+//!       softmax, acc = α·acc + P·V
+//!   partial (out normalized, max, sum) per row → slot (b, g, c)
 //! then per (b, g, row): merge the partials over c = 0, 1, … in order
 //! ```
 //!

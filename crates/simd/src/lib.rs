@@ -1,9 +1,12 @@
 //! # attn-simd
 //!
 //! Vector math shared by the kernels (not a kernel itself): a fast `exp2`,
-//! loads and horizontal reductions over `wide::f32x16`, [`cpu`]: what the
-//! running CPU is (caches, vector datapath), and [`isa`]: which
-//! instruction set this build uses, next to what the running CPU offers.
+//! loads and horizontal reductions over `wide::f32x16`, [`sums16`] and
+//! [`transpose_quarters`] (16 dot products' sums at once), [`convert`]
+//! (f16, bf16 and q8_0's int8 widened 16 at a time), [`Ahead`] (prefetch
+//! spread over a loop), [`cpu`]: what the running CPU is (caches, vector
+//! datapath), and [`isa`]: which instruction set this build uses, next to
+//! what the running CPU offers.
 //!
 //! With `-C target-cpu=native` on an AVX-512 machine an `f32x16` is one
 //! zmm register; elsewhere `wide` emulates it with narrower vectors.

@@ -1,6 +1,8 @@
 //! The FlashAttention-2 backward pass: dQ, dK, dV from Q, K, V, the
 //! forward's O and LSE, and dO, recomputing `P` tile by tile from the LSE
-//! in `O(B·Hq·Nq)` extra memory.
+//! in `O(N)` extra memory: per-row statistics (`O(B·Hq·Nq)`), the per-worker
+//! tiles and, when `B·Hkv` is under 8, `C − 1` dQ partials of
+//! `B·Hq·Nq·d` floats for its `C` key chunks (see `docs/design.md`).
 //!
 //! A call runs in three steps:
 //!
@@ -53,8 +55,10 @@ impl Flash {
 
     /// Like [`BackwardKernel::backward`], on a caller-provided workspace
     /// (from [`Flash::backward_workspace`] for a shape with the same head
-    /// dims and at most as many rows, and at least as many threads): the
-    /// call allocates nothing on the calling thread.
+    /// dims, at most as many rows and no more dQ partials — the key
+    /// chunking depends on `B·Hkv` — and at least as many threads; a
+    /// workspace that does not fit is an error): the call allocates
+    /// nothing on the calling thread.
     pub fn backward_in<T: Element>(
         &self,
         inputs: &BackwardInputs<'_, T>,
