@@ -31,7 +31,7 @@
 //! loop nest, packing, online softmax, scheduler), `split_kv` (the
 //! split-KV loop), `kv_block` (its quad-of-rows micro-kernels),
 //! [`kv_element`] (how a cache stores values: f32, f16, bf16, q8_0),
-//! [`cache`], [`decode`], [`merge`], `backward` (the FlashAttention-2
+//! [`cache`], [`decode`](mod@decode), [`merge`], `backward` (the FlashAttention-2
 //! backward), [`workspace`] (the scratch of either forward path), `rows`
 //! (disjoint-row writers), [`hooks`] (micro-kernels for benchmarks).
 //! `docs/design.md` has the diagrams.
