@@ -4,7 +4,7 @@
 //! `attn_naive::exact`, on every kernel and path.
 
 use crate::common::*;
-use attnlab::flash::{KvCache, decode};
+use attnlab::flash::{KvCache, KvElement, Q8_0, decode};
 use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Kernel, Layout, Mask, Par, f16};
 use proptest::prelude::*;
 use rand::RngExt;
@@ -181,6 +181,65 @@ fn decode_names_a_non_finite_query_and_survives_huge_logits() {
     q[9] = f32::NAN;
     let e = decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap_err();
     assert!(matches!(e, AttnError::NonFinite { tensor: "q", index: 9, .. }), "{e}");
+}
+
+/// Huge logits on f16 and q8_0 caches under a window: the overflowing
+/// rows are recomputed exactly from the widened cache rows (keys starting
+/// past 0), and a NaN query is still named.
+#[test]
+fn decode_repairs_rows_on_rounded_and_quantised_caches() {
+    fn check<T: KvElement>(k: f32) {
+        let mut cache = KvCache::<T>::new(1, 2, 800, 40, 40).unwrap();
+        cache.append(0, &vec![k; 2 * 700 * 40], &vec![1.0; 2 * 700 * 40]).unwrap();
+        let qs = cache.query_shape(4, 2).unwrap();
+        let mut q = vec![1e30f32; 4 * 2 * 40];
+        let mut out = vec![0f32; 4 * 2 * 40];
+        let p = AttnParams::with_mask(Mask::Window { left: Some(100), right: Some(0) });
+        decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap();
+        // every V value is 1 as stored (q8_0: 127 · f16(1/127) = 0.99994)
+        let mut one = [0f32; 40];
+        T::widen(cache.v_row(0, 1, 0), &mut one);
+        let want = one[0];
+        let ok = out.iter().all(|&o| (o - want).abs() <= 4.0 * f32::EPSILON);
+        assert!(ok, "{}: {out:?} vs {want}", T::NAME);
+        q[41] = f32::NAN;
+        let e = decode(&cache, &qs, &q, &mut out, None, &p, Par::Seq).unwrap_err();
+        assert!(matches!(e, AttnError::NonFinite { tensor: "q", index: 41, .. }), "{e}");
+    }
+    check::<f16>(6e4);
+    check::<Q8_0>(8e6);
+}
+
+/// A refused append (a value not finite once stored, in the second K/V
+/// head, after the first head's rows were stored) changes nothing
+/// visible: the next append and decode give the bits of a cache that
+/// never saw it.
+#[test]
+fn a_refused_append_changes_nothing_visible() {
+    let (hkv, d, n) = (2, 40, 5);
+    let k: Vec<f32> = (0..hkv * n * d).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+    let v: Vec<f32> = (0..hkv * n * d).map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0).collect();
+    let mut bad = k.clone();
+    bad[n * d + 3] = 1e7; // head 1: the q8_0 scale would overflow f16
+    let mut cache = KvCache::<Q8_0>::new(1, hkv, 16, d, d).unwrap();
+    let mut clean = cache.clone();
+    cache.append(0, &k, &v).unwrap();
+    clean.append(0, &k, &v).unwrap();
+    let e = cache.append(0, &bad, &v).unwrap_err();
+    assert!(e.to_string().contains("overflows the cache's q8_0 storage"), "{e}");
+    assert!(e.to_string().contains(&format!("flat index {}", n * d + 3)), "{e}");
+    assert_eq!(cache.lens(), &[n]);
+    let k2: Vec<f32> = k.iter().map(|x| -x).collect();
+    cache.append(0, &k2, &v).unwrap();
+    clean.append(0, &k2, &v).unwrap();
+    let qs = cache.query_shape(4, 3).unwrap();
+    let q: Vec<f32> = (0..4 * 3 * d).map(|i| ((i * 3) % 7) as f32 * 0.3 - 1.0).collect();
+    let run = |c: &KvCache<Q8_0>| {
+        let mut out = vec![0f32; 4 * 3 * d];
+        decode(c, &qs, &q, &mut out, None, &AttnParams::causal(), Par::Seq).unwrap();
+        out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(&cache), run(&clean));
 }
 
 #[test]
