@@ -44,12 +44,13 @@ pub(crate) fn quad_scores<U: Load16>(
     let nv = dp / LANES;
     let (q, _) = q[..QUAD * dp].as_chunks::<LANES>();
     let q: [&[[f32; LANES]]; QUAD] = std::array::from_fn(|r| &q[r * nv..(r + 1) * nv]);
+    let ahead = ahead.split(4 * nv);
     let mut quads = [f32x16::ZERO; 4];
     for (kq, out) in quads.iter_mut().enumerate() {
         let kr = [k[4 * kq], k[4 * kq + 1], k[4 * kq + 2], k[4 * kq + 3]].map(|r| U::trim(r, nv));
         let mut acc = [f32x16::ZERO; 16];
         for v in 0..nv {
-            ahead.step(kq * nv + v, 4 * nv);
+            ahead.step(kq * nv + v);
             let mut kv = [f32x16::ZERO; 4];
             for kk in 0..4 {
                 kv[kk] = U::load16(kr[kk], v);
@@ -82,22 +83,23 @@ pub(crate) fn quad_pv<U: Load16>(
     let nv = dvp / LANES;
     // column chunks of 4, then 2, then 1 vectors: ahead is split over them
     let chunks = nv / 4 + (nv % 4) / 2 + nv % 2;
+    let ahead = ahead.split(chunks * KB);
     let (mut c, mut i) = (0, 0);
     while c + 4 <= nv {
-        pv_cols::<U, 4>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
+        pv_cols::<U, 4>(p, alpha, v, jb, acc, dvp, c, (ahead, i));
         (c, i) = (c + 4, i + 1);
     }
     if c + 2 <= nv {
-        pv_cols::<U, 2>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
+        pv_cols::<U, 2>(p, alpha, v, jb, acc, dvp, c, (ahead, i));
         (c, i) = (c + 2, i + 1);
     }
     if c < nv {
-        pv_cols::<U, 1>(p, alpha, v, jb, acc, dvp, c, (ahead, i, chunks));
+        pv_cols::<U, 1>(p, alpha, v, jb, acc, dvp, c, (ahead, i));
     }
 }
 
 /// [`quad_pv`] on vectors `c .. c + W` of every row, prefetching share
-/// `i·KB + jj` of `ahead` (in `chunks·KB` shares) at key `jj`.
+/// `i·KB + jj` of `ahead` at key `jj`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register blocks read best as indices
 #[allow(clippy::too_many_arguments)]
@@ -109,7 +111,7 @@ fn pv_cols<U: Load16, const W: usize>(
     acc: &mut [f32],
     dvp: usize,
     c: usize,
-    (ahead, i, chunks): (Ahead<'_>, usize, usize),
+    (ahead, i): (Ahead<'_>, usize),
 ) {
     let at = |r: usize, t: usize| r * dvp + (c + t) * LANES;
     let mut x = [[f32x16::ZERO; W]; QUAD];
@@ -120,7 +122,7 @@ fn pv_cols<U: Load16, const W: usize>(
         }
     }
     for jj in 0..jb {
-        ahead.step(i * KB + jj, chunks * KB);
+        ahead.step(i * KB + jj);
         let mut vv = [f32x16::ZERO; W];
         for t in 0..W {
             vv[t] = U::load16(v[jj], c + t);

@@ -14,29 +14,37 @@ use std::marker::PhantomData;
 pub struct Ahead<'a> {
     addr: usize,
     len: usize,
+    /// Bytes per share: whole 64-byte lines.
+    share: usize,
     _borrow: PhantomData<&'a [u8]>,
 }
 
 impl<'a> Ahead<'a> {
     /// Nothing to prefetch.
-    pub const NONE: Ahead<'static> = Ahead { addr: 0, len: 0, _borrow: PhantomData };
+    pub const NONE: Ahead<'static> = Ahead { addr: 0, len: 0, share: 0, _borrow: PhantomData };
 
-    /// The bytes of `s`.
+    /// The bytes of `s`, as one share.
     #[inline(always)]
     pub fn of<T>(s: &'a [T]) -> Ahead<'a> {
-        Ahead { addr: s.as_ptr() as usize, len: std::mem::size_of_val(s), _borrow: PhantomData }
+        let len = std::mem::size_of_val(s);
+        Ahead { addr: s.as_ptr() as usize, len, share: len, _borrow: PhantomData }
     }
 
-    /// Prefetches share `i` of `of` (whole 64-byte lines, the last share
-    /// possibly shorter or empty) into L1: a hint that never faults and
-    /// never changes a result. Nothing off x86-64.
+    /// The same bytes in `n` shares of whole lines (the last possibly
+    /// shorter or empty): one division here, none per [`Ahead::step`].
     #[inline(always)]
-    pub fn step(&self, i: usize, of: usize) {
+    pub fn split(self, n: usize) -> Ahead<'a> {
+        Ahead { share: self.len.div_ceil(n.max(1)).next_multiple_of(64), ..self }
+    }
+
+    /// Prefetches share `i` into L1: a hint that never faults and never
+    /// changes a result. Nothing off x86-64.
+    #[inline(always)]
+    pub fn step(&self, i: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let share = self.len.div_ceil(of.max(1)).next_multiple_of(64);
-            let (mut at, end) = (i * share, ((i + 1) * share).min(self.len));
+            let (mut at, end) = (i * self.share, ((i + 1) * self.share).min(self.len));
             while at < end {
                 // SAFETY: SSE is part of x86-64; a prefetch only hints the
                 // cache and never dereferences (any address is allowed),
@@ -46,7 +54,7 @@ impl<'a> Ahead<'a> {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (i, of);
+        let _ = i;
     }
 }
 
@@ -59,15 +67,15 @@ mod tests {
         // The shares' line ranges tile [0, len): checked through the
         // arithmetic `step` uses (a prefetch itself has no visible effect).
         let v = vec![0u32; 1000]; // 4000 bytes
-        let a = Ahead::of(&v[..]);
         for of in [1, 3, 16, 32, 100] {
-            let share = a.len.div_ceil(of).next_multiple_of(64);
+            let a = Ahead::of(&v[..]).split(of);
+            assert_eq!(a.share % 64, 0);
             let covered: usize = (0..of)
-                .map(|i| ((i + 1) * share).min(a.len).saturating_sub((i * share).min(a.len)))
+                .map(|i| ((i + 1) * a.share).min(a.len).saturating_sub((i * a.share).min(a.len)))
                 .sum();
             assert_eq!(covered, a.len, "{of}");
-            (0..of).for_each(|i| a.step(i, of));
+            (0..of).for_each(|i| a.step(i));
         }
-        Ahead::NONE.step(0, 1);
+        Ahead::NONE.split(7).step(3);
     }
 }
