@@ -161,7 +161,7 @@ def main():
     if not args.report_only:
         subprocess.run(["cargo", "build", "--release", "-p", "harness"], cwd=ROOT, check=True)
         attn = os.path.join(ROOT, "target", "release", "attn")
-        cand = (f"{CANDIDATE}={attn} run --kernel flash --no-check-finite --q {{q}} --k {{k}} --v {{v}} "
+        cand = (f"{CANDIDATE}={attn} run --kernel flash --q {{q}} --k {{k}} --v {{v}} "
                 f"--out {{o}} --causal {{causal}} --threads {{threads}} --warmup {{warmup}} --reps {{reps}}")
         env = dict(os.environ, PASSES=args.passes, PASS2_FAMILIES=args.families)
         cmd = [os.path.join(SHARED, "run.sh"), "--families", args.families, "--threads", args.threads,
