@@ -10,9 +10,10 @@ pub struct AttnParams {
     pub scale: Option<f32>,
     /// Which keys each query sees.
     pub mask: Mask,
-    /// Reject NaN/inf in Q, K, V (default `true`). Benchmarks may turn the
-    /// O(size) scan off; kernels then propagate non-finite values as IEEE
-    /// arithmetic does.
+    /// Reject NaN/inf in Q, K, V that reach a result (default `true`): an
+    /// error naming the tensor and index. It costs no pass over the inputs
+    /// (finished rows are checked, see `docs/semantics.md`); off, kernels
+    /// propagate non-finite values as IEEE arithmetic does.
     pub check_finite: bool,
 }
 
