@@ -11,9 +11,10 @@ pub struct AttnParams {
     /// Which keys each query sees.
     pub mask: Mask,
     /// Reject NaN/inf in Q, K, V that reach a result (default `true`): an
-    /// error naming the tensor and index. It costs no pass over the inputs
-    /// (finished rows are checked, see `docs/semantics.md`); off, kernels
-    /// propagate non-finite values as IEEE arithmetic does.
+    /// error naming the tensor and index. In the forward kernels it costs
+    /// no pass over the inputs (finished rows are checked, see
+    /// `docs/semantics.md`); the backward scans its inputs first. Off,
+    /// kernels propagate non-finite values as IEEE arithmetic does.
     pub check_finite: bool,
 }
 
