@@ -12,18 +12,9 @@ use wide::f32x16;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod avx512 {
+    use crate::m512::f32x16 as vec;
     use std::arch::x86_64::*;
     use wide::f32x16;
-
-    /// `__m512` as `f32x16`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn vec(x: __m512) -> f32x16 {
-        // SAFETY: with avx512f, `f32x16` is `repr(C, align(64))` around a
-        // `repr(transparent)` `__m512` (wide's and safe_arch's layouts):
-        // the same 64 bytes, and every bit pattern is a valid f32x16.
-        unsafe { std::mem::transmute::<__m512, f32x16>(x) }
-    }
 
     #[inline]
     #[target_feature(enable = "avx512f")]

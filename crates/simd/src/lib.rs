@@ -19,6 +19,8 @@ mod ahead;
 pub mod convert;
 pub mod cpu;
 pub mod isa;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod m512;
 mod transpose;
 
 pub use ahead::Ahead;
@@ -69,14 +71,9 @@ pub fn load(s: &[f32]) -> f32x16 {
 pub fn hmax(v: f32x16) -> f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
-        // SAFETY: with avx512f, f32x16 is one __m512 (see convert.rs); the
-        // build targets AVX-512F (this cfg), so the reduction can run.
-        unsafe {
-            std::arch::x86_64::_mm512_reduce_max_ps(std::mem::transmute::<
-                f32x16,
-                std::arch::x86_64::__m512,
-            >(v))
-        }
+        // SAFETY: the build targets AVX-512F (this cfg), so the CPU has
+        // the feature the reduction needs.
+        unsafe { std::arch::x86_64::_mm512_reduce_max_ps(m512::m512(v)) }
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     {

@@ -44,21 +44,9 @@ pub fn transpose_quarters(v: [f32x16; 4]) -> [f32x16; 4] {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod avx512 {
+    use crate::m512::{f32x16 as v, m512 as m};
     use std::arch::x86_64::*;
     use wide::f32x16;
-
-    #[inline(always)]
-    fn m(x: f32x16) -> __m512 {
-        // SAFETY: with avx512f, f32x16 is a repr(C) wrapper of exactly one
-        // __m512 (see convert.rs); any bit pattern is valid.
-        unsafe { std::mem::transmute::<f32x16, __m512>(x) }
-    }
-
-    #[inline(always)]
-    fn v(x: __m512) -> f32x16 {
-        // SAFETY: as above, the other way.
-        unsafe { std::mem::transmute::<__m512, f32x16>(x) }
-    }
 
     /// Two sources' 16 lanes folded to 8 each: `[a: 8 | b: 8]`.
     #[inline]

@@ -3,15 +3,12 @@
 //! work is [`crate::npy_call::grad`].
 
 use std::io;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attnlab::{AttnParams, Kernel};
+use attnlab::Kernel;
 
-use super::run::{LayoutArg, kernel_parser, parse_01};
-use crate::config::MaskSpec;
-use crate::machine::logical_cpus;
+use super::run::{Call, CallArgs, kernel_parser};
 use crate::npy_call::grad::{GradSpec, grad};
 
 /// `attn grad` flags.
@@ -48,32 +45,10 @@ pub struct GradArgs {
     /// P, dP, dS) or `flash` (FlashAttention-2 backward, O(N) memory)
     #[arg(long, default_value = "flash", value_parser = kernel_parser())]
     pub kernel: Kernel,
-    /// Bottom-right causal mask: query i sees keys j <= i + Nk - Nq
-    #[arg(long, value_name = "0|1", default_value = "0", value_parser = parse_01,
-          action = clap::ArgAction::Set)]
-    pub causal: bool,
-    /// Sliding window around the bottom-right diagonal (as `attn run`)
-    #[arg(long, value_name = "LEFT,RIGHT", allow_hyphen_values = true)]
-    pub window: Option<String>,
-    /// Softmax scale [default: 1/sqrt(d)]
-    #[arg(long, value_name = "S", allow_negative_numbers = true)]
-    pub scale: Option<f32>,
-    /// Memory layout of every tensor
-    #[arg(long, value_enum, default_value_t = LayoutArg::Bhnd)]
-    pub layout: LayoutArg,
-    /// Worker threads [default: all cores]
-    #[arg(long, value_name = "N")]
-    pub threads: Option<NonZeroUsize>,
-    /// Untimed backward calls before the timed ones
-    #[arg(long, value_name = "W", default_value_t = 0)]
-    pub warmup: u32,
-    /// Timed backward calls; each prints one line `time_ms=<float>`
-    #[arg(long, value_name = "R", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub reps: u32,
-    /// Do not reject NaN/inf in the inputs
-    #[arg(long)]
-    pub no_check_finite: bool,
+    /// Mask, scale, layout, threads and repetitions (as `attn run`;
+    /// `--warmup`/`--reps` count backward calls).
+    #[command(flatten)]
+    pub call: CallArgs,
 }
 
 const GRAD_AFTER_HELP: &str = "\
@@ -106,9 +81,7 @@ pub fn main(args: &GradArgs) -> ExitCode {
 
 /// The call the flags ask for (parameters validated).
 pub fn spec_of(args: &GradArgs) -> Result<GradSpec, String> {
-    let mask = MaskSpec::from_flags(args.causal, args.window.as_deref())?.mask();
-    let params = AttnParams { scale: args.scale, mask, check_finite: !args.no_check_finite };
-    params.validate().map_err(|e| format!("--{e}"))?;
+    let Call { params, layout, threads, warmup, reps } = args.call.call()?;
     Ok(GradSpec {
         q: args.q.clone(),
         k: args.k.clone(),
@@ -119,9 +92,9 @@ pub fn spec_of(args: &GradArgs) -> Result<GradSpec, String> {
         dv: args.dv.clone(),
         kernel: args.kernel,
         params,
-        layout: args.layout.layout(),
-        threads: args.threads.map_or_else(logical_cpus, NonZeroUsize::get),
-        warmup: args.warmup,
-        reps: args.reps,
+        layout,
+        threads,
+        warmup,
+        reps,
     })
 }

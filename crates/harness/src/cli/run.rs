@@ -73,6 +73,15 @@ pub struct RunArgs {
     /// (tiled online softmax)
     #[arg(long, default_value = "flash", value_parser = kernel_parser())]
     pub kernel: Kernel,
+    /// Mask, scale, layout, threads and repetitions.
+    #[command(flatten)]
+    pub call: CallArgs,
+}
+
+/// The flags `attn run` and `attn grad` share: the problem's mask and
+/// scale, the layout of every tensor, the threads and the timed calls.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CallArgs {
     /// Bottom-right causal mask: query i sees keys j <= i + Nk - Nq
     #[arg(long, value_name = "0|1", default_value = "0", value_parser = parse_01,
           action = clap::ArgAction::Set)]
@@ -86,25 +95,54 @@ pub struct RunArgs {
     /// Softmax scale [default: 1/sqrt(d)]
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub scale: Option<f32>,
-    /// Memory layout of Q, K, V and O
+    /// Memory layout of every tensor (inputs and outputs)
     #[arg(long, value_enum, default_value_t = LayoutArg::Bhnd)]
     pub layout: LayoutArg,
     /// Worker threads: the kernel runs on a rayon pool of this size
     /// [default: all cores]
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
-    /// Untimed kernel calls before the timed ones
+    /// Untimed kernel calls (`attn grad`: backward calls) before the timed
+    /// ones
     #[arg(long, value_name = "W", default_value_t = 0)]
     pub warmup: u32,
-    /// Timed kernel calls; each prints one line `time_ms=<float>`
+    /// Timed kernel calls (`attn grad`: backward calls); each prints one
+    /// line `time_ms=<float>`
     #[arg(long, value_name = "R", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: u32,
-    /// Do not reject NaN/inf in Q, K, V: rows that read one come out NaN
-    /// instead of an error naming it (the check itself costs no pass over
-    /// the inputs: finished rows are checked)
+    /// Do not reject NaN/inf in the inputs: rows that read one come out
+    /// NaN instead of an error naming it (in `attn run` the check costs no
+    /// pass over the inputs, finished rows are checked; `attn grad`'s
+    /// backward scans them)
     #[arg(long)]
     pub no_check_finite: bool,
+}
+
+/// What [`CallArgs`] ask for, validated.
+pub(crate) struct Call {
+    pub params: AttnParams,
+    pub layout: Layout,
+    pub threads: usize,
+    pub warmup: u32,
+    pub reps: u32,
+}
+
+impl CallArgs {
+    /// The parameters, layout, threads and repetitions (mask and scale
+    /// validated).
+    pub(crate) fn call(&self) -> Result<Call, String> {
+        let mask = MaskSpec::from_flags(self.causal, self.window.as_deref())?.mask();
+        let params = AttnParams { scale: self.scale, mask, check_finite: !self.no_check_finite };
+        params.validate().map_err(|e| format!("--{e}"))?;
+        Ok(Call {
+            params,
+            layout: self.layout.layout(),
+            threads: self.threads.map_or_else(logical_cpus, NonZeroUsize::get),
+            warmup: self.warmup,
+            reps: self.reps,
+        })
+    }
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -137,9 +175,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
 
 /// The run the flags ask for (parameters validated).
 pub fn spec_of(args: &RunArgs) -> Result<RunSpec, String> {
-    let mask = MaskSpec::from_flags(args.causal, args.window.as_deref())?.mask();
-    let params = AttnParams { scale: args.scale, mask, check_finite: !args.no_check_finite };
-    params.validate().map_err(|e| format!("--{e}"))?;
+    let Call { params, layout, threads, warmup, reps } = args.call.call()?;
     Ok(RunSpec {
         q: args.q.clone(),
         k: args.k.clone(),
@@ -148,9 +184,9 @@ pub fn spec_of(args: &RunArgs) -> Result<RunSpec, String> {
         lse: args.lse.clone(),
         kernel: args.kernel,
         params,
-        layout: args.layout.layout(),
-        threads: args.threads.map_or_else(logical_cpus, NonZeroUsize::get),
-        warmup: args.warmup,
-        reps: args.reps,
+        layout,
+        threads,
+        warmup,
+        reps,
     })
 }
