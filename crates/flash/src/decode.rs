@@ -129,9 +129,11 @@ pub fn decode_in<T: KvElement>(
 
 /// The exact recomputation of [`attn_naive::exact`] for rows of a decode
 /// call: the cache holds only finite values (checked on append), so a
-/// culprit is a query element. The row's visible K and V rows are widened
-/// to f32 first (exact for every storage type: the values the kernel
-/// read), which takes `O(keys · (d + dv))` memory on this rare path.
+/// culprit is a query element, named without touching the cache. A row
+/// that overflowed f32 with finite inputs is recomputed from its visible
+/// K and V rows widened to f32 (exact for every storage type: the values
+/// the kernel read), which takes `O(keys · (d + dv))` memory on this rare
+/// path.
 fn repair<T: KvElement>(
     cache: &KvCache<T>,
     q: &TensorView<'_, f32>,
@@ -152,6 +154,16 @@ fn repair<T: KvElement>(
         let (b, h, t) = (idx / (hq * nq), (idx / nq) % hq, idx % nq);
         let g = h / group;
         let keys = params.mask.key_range(t, nq, cache.lens()[b]);
+        // The cache holds finite values only, so a non-finite input is in
+        // the query: name it before widening any cache rows.
+        let qr = q.row(b, h, t);
+        if params.check_finite
+            && !keys.is_empty()
+            && let Some(c) = qr.iter().position(|x| !x.is_finite())
+        {
+            let (tensor, index, value) = ("q", q.offset(b, h, t) + c, qr[c]);
+            return Err(AttnError::NonFinite { tensor, index, value });
+        }
         let (kw, vw) =
             (widen_rows(cache, b, g, &keys, d, true)?, widen_rows(cache, b, g, &keys, dv, false)?);
         let k0 = keys.start;
