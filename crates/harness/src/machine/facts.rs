@@ -116,7 +116,7 @@ impl MachineInfo {
             compiled_avx512f: cfg!(target_feature = "avx512f"),
             compiled_fma: cfg!(target_feature = "fma"),
             compiled_avx2: cfg!(target_feature = "avx2"),
-            cpu_features: cpu_features(),
+            cpu_features: attnlab::cpu::facts().features.iter().map(|f| f.to_string()).collect(),
             rustc: command_line("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
             git_commit: git_commit(),
             os: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -183,31 +183,6 @@ pub(crate) fn caches() -> Vec<CacheInfo> {
         });
     }
     out
-}
-
-fn cpu_features() -> Vec<String> {
-    let mut v = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! probe {
-            ($($f:tt),*) => {$(
-                if std::arch::is_x86_feature_detected!($f) {
-                    v.push($f.to_string());
-                }
-            )*};
-        }
-        probe!(
-            "avx2",
-            "fma",
-            "f16c",
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "avx512bf16",
-            "avx512fp16"
-        );
-    }
-    v
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> Option<String> {

@@ -5,12 +5,12 @@
 
 use super::check::row_error;
 use super::inputs::normal;
-use super::runner::{Runner, in_pool, thread_pool};
-use crate::config::{Config, Dtype};
+use super::runner::{Runner, by_input_type, in_pool, thread_pool};
+use crate::config::Config;
 use attnlab::naive::reference_dq_rows;
 use attnlab::{
     AttnError, AttnInputs, AttnParams, AttnShape, BackwardInputs, Element, GradsMut, Kernel,
-    Layout, Par, TensorViewMut, bf16, f16,
+    Layout, Par, TensorViewMut,
 };
 
 /// Inputs, forward results, gradients and thread pool of one backward
@@ -32,14 +32,7 @@ pub struct BackwardRunner<T> {
 
 /// Builds inputs (seeded), runs the forward, allocates the gradients.
 pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
-    match cfg.dtype {
-        Dtype::F32 => Ok(Box::new(BackwardRunner::<f32>::new(cfg, seed)?)),
-        Dtype::F16 => Ok(Box::new(BackwardRunner::<f16>::new(cfg, seed)?)),
-        Dtype::Bf16 => Ok(Box::new(BackwardRunner::<bf16>::new(cfg, seed)?)),
-        Dtype::Q8_0 => Err("q8_0 is a KV-cache format (attn decode): backward inputs are \
-                            f32, f16 or bf16"
-            .into()),
-    }
+    by_input_type!(cfg.dtype, "backward", T => Ok(Box::new(BackwardRunner::<T>::new(cfg, seed)?)))
 }
 
 impl<T: Element> BackwardRunner<T> {
@@ -141,7 +134,7 @@ impl<T: Element> Runner for BackwardRunner<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Grouping, MaskSpec};
+    use crate::config::{Dtype, Grouping, MaskSpec};
 
     #[test]
     fn one_backward_row_runs_and_checks_itself() {

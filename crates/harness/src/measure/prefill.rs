@@ -4,10 +4,10 @@
 
 use super::check;
 use super::inputs::normal;
-use super::runner::{Runner, in_pool, thread_pool};
-use crate::config::{Config, Dtype};
+use super::runner::{Runner, by_input_type, in_pool, thread_pool};
+use crate::config::Config;
+use attnlab::TensorViewMut;
 use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par};
-use attnlab::{TensorViewMut, bf16, f16};
 
 /// Inputs, outputs and thread pool of one prefill configuration.
 pub struct PrefillRunner<T> {
@@ -25,14 +25,7 @@ pub struct PrefillRunner<T> {
 
 /// Builds inputs (seeded), outputs and the thread pool of `cfg`.
 pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
-    match cfg.dtype {
-        Dtype::F32 => Ok(Box::new(PrefillRunner::<f32>::new(cfg, seed)?)),
-        Dtype::F16 => Ok(Box::new(PrefillRunner::<f16>::new(cfg, seed)?)),
-        Dtype::Bf16 => Ok(Box::new(PrefillRunner::<bf16>::new(cfg, seed)?)),
-        Dtype::Q8_0 => Err("q8_0 is a KV-cache format (attn decode): prefill inputs are \
-                            f32, f16 or bf16"
-            .into()),
-    }
+    by_input_type!(cfg.dtype, "prefill", T => Ok(Box::new(PrefillRunner::<T>::new(cfg, seed)?)))
 }
 
 impl<T: Element> PrefillRunner<T> {
@@ -88,7 +81,7 @@ impl<T: Element> Runner for PrefillRunner<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Grouping, MaskSpec};
+    use crate::config::{Dtype, Grouping, MaskSpec};
 
     #[test]
     fn a_nan_output_is_an_infinite_error() {

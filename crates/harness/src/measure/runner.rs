@@ -18,6 +18,36 @@ pub trait Runner {
     }
 }
 
+/// `$body` with `$t` the Rust type of the input dtype `$dtype` (f32, f16
+/// or bf16), an error for q8_0 (a KV-cache format: `attn decode`); `$what`
+/// names the runner in that error. The one dispatch from a configuration's
+/// dtype to a generic runner of Q, K and V.
+macro_rules! by_input_type {
+    ($dtype:expr, $what:literal, $t:ident => $body:expr) => {
+        match $dtype {
+            $crate::config::Dtype::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::config::Dtype::F16 => {
+                type $t = attnlab::f16;
+                $body
+            }
+            $crate::config::Dtype::Bf16 => {
+                type $t = attnlab::bf16;
+                $body
+            }
+            $crate::config::Dtype::Q8_0 => Err(concat!(
+                "q8_0 is a KV-cache format (attn decode): ",
+                $what,
+                " inputs are f32, f16 or bf16"
+            )
+            .into()),
+        }
+    };
+}
+pub(super) use by_input_type;
+
 /// A started pool of `threads` workers, or `None` for one thread (the
 /// call then runs `Par::Seq` on the calling thread).
 pub(super) fn thread_pool(threads: usize) -> Result<Option<rayon::ThreadPool>, String> {
