@@ -27,8 +27,6 @@
 //! only its own output rows and LSE entries; an item's result does not
 //! depend on which worker runs it, so any thread count gives the same bits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
@@ -134,30 +132,7 @@ impl<T: Element> Job<'_, '_, T> {
     /// one, else tasks of the current rayon pool (the caller has entered
     /// the call's [`attn_core::Par`]).
     pub(crate) fn run(&self, workers: &mut [Scratch]) {
-        let next = AtomicUsize::new(0);
-        let n = self.items();
-        let work = |s: &mut Scratch| {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                self.process(self.item(i), s);
-            }
-        };
-        match workers {
-            [first] => work(first),
-            [first, rest @ ..] => {
-                let work = &work;
-                rayon::scope(|sc| {
-                    for s in rest {
-                        sc.spawn(move |_| work(s));
-                    }
-                    work(first);
-                })
-            }
-            [] => unreachable!("at least one worker"),
-        }
+        crate::schedule::run_items(self.items(), workers, |i, s| self.process(self.item(i), s));
     }
 
     fn process(&self, (qt, b, g, hc): (usize, usize, usize, usize), s: &mut Scratch) {

@@ -48,6 +48,7 @@ pub mod kv_element;
 pub mod merge;
 mod micro;
 mod rows;
+mod schedule;
 mod split_kv;
 pub mod tiles;
 pub mod workspace;

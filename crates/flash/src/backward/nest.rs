@@ -30,8 +30,6 @@
 //! an item's result does not depend on which worker runs it, and the bits
 //! do not depend on the thread count.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use attn_core::{AttnParams, BackwardInputs, Element, TensorView};
 use attn_simd::exp2;
 use wide::{bytemuck, f32x16};
@@ -106,29 +104,7 @@ impl<T: Element> BwdJob<'_, '_, T> {
     pub(crate) fn run(&self, workers: &mut [Scratch]) {
         let s = self.inputs.shape();
         let n = s.batch() * s.kv_heads() * self.plan.chunks;
-        let next = AtomicUsize::new(0);
-        let work = |sc: &mut Scratch| {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                self.process(self.item(i), sc);
-            }
-        };
-        match workers {
-            [first] => work(first),
-            [first, rest @ ..] => {
-                let work = &work;
-                rayon::scope(|sc| {
-                    for s in rest {
-                        sc.spawn(move |_| work(s));
-                    }
-                    work(first);
-                })
-            }
-            [] => unreachable!("at least one worker"),
-        }
+        crate::schedule::run_items(n, workers, |i, sc| self.process(self.item(i), sc));
     }
 
     /// One item: every K/V tile of chunk `c` of head `(b, g)`.
