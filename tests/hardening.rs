@@ -290,7 +290,7 @@ proptest! {
             .batch(b).q_heads(hq).kv_heads(hkv).q_len(nq).kv_len(nk).head_dim(d).v_dim(dv)
             .build();
         let tiles = attnlab::Flash::with_tiles(attnlab::flash::TileConfig { br, bc });
-        let params = AttnParams { scale, mask: if causal { Mask::Causal } else { Mask::None }, check_finite: true };
+        let params = AttnParams { scale, mask: if causal { Mask::Causal } else { Mask::None }, check_finite: true, ..Default::default() };
         let Ok(s) = shape else { return Ok(()) };
         use attnlab::AttentionKernel;
         let flash = tiles.unwrap_or_default();

@@ -14,3 +14,11 @@ mod decode;
 mod hardening;
 // Gradients: naive and flash backward against the f64 oracle backward, GQA, masked rows, determinism.
 mod backward;
+// Score modifiers in the f64 oracle and naive: finite differences of the softcap and sink gradients, naive against the oracle.
+mod modifiers_oracle;
+// Score modifiers in the flash forward: each alone and combined against the oracle, extremes, identical bits.
+mod modifiers_flash;
+// Score modifiers in split-KV decode and the KV cache path: softcap, ALiBi, sinks against the oracle.
+mod modifiers_decode;
+// Score modifiers in the flash backward: gradients (and dsinks) against the f64 oracle backward.
+mod modifiers_backward;

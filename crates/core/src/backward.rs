@@ -139,6 +139,9 @@ pub struct GradsMut<'g> {
     pub dk: TensorViewMut<'g>,
     /// Gradient of V (summed over each GQA group).
     pub dv: TensorViewMut<'g>,
+    /// Gradient of the sink logits, one per query head (summed over the
+    /// batch and rows), when the call has sinks and the caller wants it.
+    pub dsinks: Option<&'g mut [f32]>,
 }
 
 impl<'g> GradsMut<'g> {
@@ -155,6 +158,7 @@ impl<'g> GradsMut<'g> {
             dq: TensorViewMut::new("dq", dq, shape.q_dims(), layout)?,
             dk: TensorViewMut::new("dk", dk, shape.k_dims(), layout)?,
             dv: TensorViewMut::new("dv", dv, shape.v_dims(), layout)?,
+            dsinks: None,
         })
     }
 
@@ -162,7 +166,15 @@ impl<'g> GradsMut<'g> {
     pub fn check(&self, shape: &AttnShape) -> Result<(), AttnError> {
         check_dims(self.dq.name(), Q_DIMS, shape.q_dims(), self.dq.dims())?;
         check_dims(self.dk.name(), K_DIMS, shape.k_dims(), self.dk.dims())?;
-        check_dims(self.dv.name(), V_DIMS, shape.v_dims(), self.dv.dims())
+        check_dims(self.dv.name(), V_DIMS, shape.v_dims(), self.dv.dims())?;
+        match &self.dsinks {
+            Some(d) if d.len() != shape.q_heads() => Err(AttnError::BufferLen {
+                tensor: "dsinks",
+                expected: shape.q_heads(),
+                got: d.len(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -175,7 +187,7 @@ impl<'g> GradsMut<'g> {
 pub struct CheckedBackward<'c, 'g, T> {
     inputs: &'c BackwardInputs<'c, T>,
     grads: &'c mut GradsMut<'g>,
-    params: &'c AttnParams,
+    params: &'c AttnParams<'c>,
     par: Par,
 }
 
@@ -184,11 +196,17 @@ impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
     pub fn new(
         inputs: &'c BackwardInputs<'c, T>,
         grads: &'c mut GradsMut<'g>,
-        params: &'c AttnParams,
+        params: &'c AttnParams<'c>,
         par: Par,
     ) -> Result<Self, AttnError> {
         grads.check(inputs.shape())?;
-        params.validate()?;
+        params.validate_for(inputs.shape())?;
+        if grads.dsinks.is_some() && params.sinks.is_none() {
+            return Err(AttnError::Param {
+                name: "dsinks",
+                reason: "a sink gradient was asked for, but the call has no sinks".into(),
+            });
+        }
         par.validate()?;
         if params.check_finite {
             inputs.check_finite()?;
@@ -205,7 +223,7 @@ impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
         self.inputs.shape()
     }
     /// Scale, mask and checks.
-    pub fn params(&self) -> &'c AttnParams {
+    pub fn params(&self) -> &'c AttnParams<'c> {
         self.params
     }
     /// Parallelism.

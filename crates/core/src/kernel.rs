@@ -115,7 +115,7 @@ pub struct CheckedCall<'c, 'o, T> {
     inputs: &'c AttnInputs<'c, T>,
     out: &'c mut TensorViewMut<'o>,
     lse: Option<&'c mut [f32]>,
-    params: &'c AttnParams,
+    params: &'c AttnParams<'c>,
     par: Par,
 }
 
@@ -125,11 +125,11 @@ impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
         inputs: &'c AttnInputs<'c, T>,
         out: &'c mut TensorViewMut<'o>,
         lse: Option<&'c mut [f32]>,
-        params: &'c AttnParams,
+        params: &'c AttnParams<'c>,
         par: Par,
     ) -> Result<Self, AttnError> {
         check_outputs(inputs.shape(), out, lse.as_deref())?;
-        params.validate()?;
+        params.validate_for(inputs.shape())?;
         par.validate()?;
         Ok(CheckedCall { inputs, out, lse, params, par })
     }
@@ -143,7 +143,7 @@ impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
         self.inputs.shape()
     }
     /// Scale, mask and checks.
-    pub fn params(&self) -> &'c AttnParams {
+    pub fn params(&self) -> &'c AttnParams<'c> {
         self.params
     }
     /// Parallelism.

@@ -18,7 +18,9 @@
 //! type; bad input is an [`AttnError`] naming tensor and dimension.
 //!
 //! Modules: [`shape`] (validated sizes), [`view`] (strided views),
-//! [`mask`], [`params`] (scale, mask, finiteness checks), [`par`]
+//! [`mask`], [`params`] (scale, mask, finiteness checks, score
+//! modifiers), [`modifiers`] (bias, ALiBi, softcap, sinks: their order
+//! and f64 definition), [`par`]
 //! ([`Par`]: how many threads a call runs on), [`element`]
 //! (f32/f16/bf16), [`kernel`] (the [`AttentionKernel`] trait and
 //! [`CheckedCall`], the one validation of a call), [`faults`] (rows a
@@ -34,6 +36,7 @@ pub mod error;
 pub mod faults;
 pub mod kernel;
 pub mod mask;
+pub mod modifiers;
 pub mod par;
 pub mod params;
 pub mod shape;
@@ -46,6 +49,7 @@ pub use faults::RowFaults;
 pub use half::{bf16, f16};
 pub use kernel::{AttentionKernel, AttnInputs, CheckedCall, check_outputs};
 pub use mask::Mask;
+pub use modifiers::{Alibi, ScoreMods};
 pub use par::Par;
 pub use params::AttnParams;
 pub use shape::{AttnShape, ShapeBuilder};

@@ -91,7 +91,7 @@ impl Scratch {
 /// What a run needs besides the scratch: inputs, parameters and outputs.
 pub(crate) struct Job<'a, 'b, T> {
     pub inputs: &'b AttnInputs<'a, T>,
-    pub params: &'b AttnParams,
+    pub params: &'b AttnParams<'b>,
     pub plan: Plan,
     pub out: RowWriter<'b>,
     pub lse: LseWriter<'b>,

@@ -47,6 +47,7 @@ mod kv_block;
 pub mod kv_element;
 pub mod merge;
 mod micro;
+mod modify;
 mod rows;
 mod schedule;
 mod split_kv;

@@ -37,8 +37,8 @@ impl Case {
             .build()
             .unwrap()
     }
-    fn params(&self) -> AttnParams {
-        AttnParams { scale: self.scale, mask: self.mask, check_finite: true }
+    fn params(&self) -> AttnParams<'static> {
+        AttnParams { scale: self.scale, mask: self.mask, check_finite: true, ..Default::default() }
     }
 }
 

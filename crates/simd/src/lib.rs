@@ -1,6 +1,7 @@
 //! # attn-simd
 //!
-//! Vector math shared by the kernels (not a kernel itself): a fast `exp2`,
+//! Vector math shared by the kernels (not a kernel itself): a fast `exp2`
+//! and [`tanh`],
 //! loads and horizontal reductions over `wide::f32x16`, [`sums16`] and
 //! [`transpose_quarters`] (16 dot products' sums at once), [`convert`]
 //! (f16, bf16 and q8_0's int8 widened 16 at a time), [`Ahead`] (prefetch
@@ -21,9 +22,11 @@ pub mod cpu;
 pub mod isa;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod m512;
+mod tanh;
 mod transpose;
 
 pub use ahead::Ahead;
+pub use tanh::tanh;
 pub use transpose::{sums16, transpose_quarters};
 
 pub use wide::f32x16;

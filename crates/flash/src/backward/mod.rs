@@ -112,7 +112,7 @@ fn run<T: Element>(
     let n = BackwardWorkspace::workers_for(&shape, &plan, par);
     let pdims = [(plan.chunks - 1) * shape.batch(), shape.q_heads(), nq, shape.head_dim()];
     let mut pview = TensorViewMut::new("workspace", partial, pdims, Layout::Bhnd)?;
-    let GradsMut { dq, dk, dv } = grads;
+    let GradsMut { dq, dk, dv, .. } = grads;
     par.install(|| {
         row_values(inputs, scale, dsc, lse2, par.threads() > 1);
         let job = BwdJob {

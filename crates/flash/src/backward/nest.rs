@@ -44,7 +44,7 @@ use crate::tiles::{LANES, MR, NR, NV};
 /// What a run needs besides the scratch.
 pub(crate) struct BwdJob<'a, 'b, T> {
     pub inputs: &'b BackwardInputs<'a, T>,
-    pub params: &'b AttnParams,
+    pub params: &'b AttnParams<'b>,
     pub plan: BwdPlan,
     /// `D·scale` and `LSE·log2 e` per query row, `[B·Hq·Nq]`.
     pub dsc: &'b [f32],

@@ -121,7 +121,7 @@ pub struct CallArgs {
 
 /// What [`CallArgs`] ask for, validated.
 pub(crate) struct Call {
-    pub params: AttnParams,
+    pub params: AttnParams<'static>,
     pub layout: Layout,
     pub threads: usize,
     pub warmup: u32,
@@ -133,7 +133,12 @@ impl CallArgs {
     /// validated).
     pub(crate) fn call(&self) -> Result<Call, String> {
         let mask = MaskSpec::from_flags(self.causal, self.window.as_deref())?.mask();
-        let params = AttnParams { scale: self.scale, mask, check_finite: !self.no_check_finite };
+        let params = AttnParams {
+            scale: self.scale,
+            mask,
+            check_finite: !self.no_check_finite,
+            ..Default::default()
+        };
         params.validate().map_err(|e| format!("--{e}"))?;
         Ok(Call {
             params,

@@ -226,7 +226,7 @@ impl Config {
 
     /// Call parameters: the mask, default scale, no finiteness scan (the
     /// inputs are generated finite; the scan is O(size), not the kernel's).
-    pub fn params(&self) -> AttnParams {
+    pub fn params(&self) -> AttnParams<'static> {
         AttnParams { mask: self.mask.mask(), check_finite: false, ..Default::default() }
     }
 

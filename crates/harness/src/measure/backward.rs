@@ -18,7 +18,7 @@ use attnlab::{
 pub struct BackwardRunner<T> {
     kernel: Kernel,
     shape: AttnShape,
-    params: AttnParams,
+    params: AttnParams<'static>,
     par: Par,
     q: Vec<T>,
     k: Vec<T>,

@@ -76,7 +76,7 @@ pub struct DecodeRunner<T> {
     q_len: usize,
     out: Vec<f32>,
     lse: Vec<f32>,
-    params: AttnParams,
+    params: AttnParams<'static>,
     par: Par,
     pool: Option<rayon::ThreadPool>,
     seed: u64,

@@ -13,7 +13,7 @@ use attnlab::{AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Lay
 pub struct PrefillRunner<T> {
     kernel: Kernel,
     shape: AttnShape,
-    params: AttnParams,
+    params: AttnParams<'static>,
     par: Par,
     q: Vec<T>,
     k: Vec<T>,

@@ -41,7 +41,7 @@ pub struct GradSpec {
     /// The backward kernel.
     pub kernel: Kernel,
     /// Scale, mask, finiteness check (validated).
-    pub params: AttnParams,
+    pub params: AttnParams<'static>,
     /// Memory layout of every tensor.
     pub layout: Layout,
     /// Workers of the rayon pool.
@@ -142,7 +142,7 @@ struct GradCall {
     dims: [[usize; 4]; 3],
     do_dims: [usize; 4],
     layout: Layout,
-    params: AttnParams,
+    params: AttnParams<'static>,
     par: Par,
     warmup: u32,
     reps: u32,

@@ -40,7 +40,7 @@ pub struct RunSpec {
     /// The kernel.
     pub kernel: Kernel,
     /// Scale, mask, finiteness check (validated).
-    pub params: AttnParams,
+    pub params: AttnParams<'static>,
     /// Memory layout of Q, K, V and O.
     pub layout: Layout,
     /// Workers of the rayon pool.
@@ -312,7 +312,7 @@ struct Call {
     /// Logical dims of q, k, v as read (checked against `shape`).
     dims: [[usize; 4]; 3],
     layout: Layout,
-    params: AttnParams,
+    params: AttnParams<'static>,
     par: Par,
     warmup: u32,
     reps: u32,

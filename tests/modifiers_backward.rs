@@ -1,0 +1,1 @@
+//! Score modifiers in the flash backward: gradients (and dsinks) against the f64 oracle backward.

@@ -1,0 +1,1 @@
+//! Score modifiers in the flash forward: each alone and combined against the oracle, extremes, identical bits.
