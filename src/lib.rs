@@ -34,11 +34,11 @@ pub use attn_flash as flash;
 pub use attn_naive as naive;
 
 pub use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
-    HeadRowsMut, Layout, Mask, Par, ShapeBuilder, TensorView, TensorViewMut, bf16, f16,
+    Alibi, AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
+    HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, TensorView, TensorViewMut, bf16, f16,
 };
 pub use attn_core::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut, backward};
-pub use attn_core::{element, error, kernel, mask, par, params, shape, view};
+pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, view};
 pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};

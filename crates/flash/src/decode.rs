@@ -9,9 +9,10 @@
 //! cached sequence.
 
 use attn_core::{
-    AttnError, AttnParams, AttnShape, Layout, Par, RowFaults, TensorView, TensorViewMut,
+    AttnError, AttnParams, AttnShape, Layout, Par, RowFaults, ScoreMods, TensorView, TensorViewMut,
     check_outputs, try_zeroed,
 };
+use attn_naive::RowAt;
 use attn_naive::exact::{Culprit, ExactRow};
 
 use crate::cache::KvCache;
@@ -150,6 +151,7 @@ fn repair<T: KvElement>(
     let (dv, group) = (cache.v_dim(), hq / cache.kv_heads());
     let scale = params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
     let (mut scores, mut o) = (Vec::new(), vec![0f64; dv]);
+    let mods = ScoreMods::new(params, hq);
     for idx in rows {
         let (b, h, t) = (idx / (hq * nq), (idx / nq) % hq, idx % nq);
         let g = h / group;
@@ -169,7 +171,8 @@ fn repair<T: KvElement>(
         let k0 = keys.start;
         let kr = |j: usize| &kw[(j - k0) * d..][..d];
         let vr = |j: usize| &vw[(j - k0) * dv..][..dv];
-        let exact = ExactRow { at: (b, h, t), q: q.row(b, h, t), keys, k_row: &kr, v_row: &vr };
+        let row = RowAt::new(&mods, b, h, t, nq, cache.lens()[b]);
+        let exact = ExactRow { row, q: q.row(b, h, t), keys, k_row: &kr, v_row: &vr };
         let locate = |c| match c {
             Culprit::Q(c) => ("q", q.offset(b, h, t) + c),
             Culprit::K(j, c) => ("kv cache k", j * d + c),

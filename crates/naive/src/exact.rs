@@ -11,9 +11,9 @@
 
 use std::ops::Range;
 
-use attn_core::{AttnError, AttnInputs, AttnParams, Element, RowFaults, TensorViewMut};
+use attn_core::{AttnError, AttnInputs, AttnParams, Element, RowFaults, ScoreMods, TensorViewMut};
 
-use crate::oracle::reference_row;
+use crate::oracle::{RowAt, reference_row};
 
 /// The first non-finite input element a row reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,8 @@ pub fn find_culprit<'r, Tq: Element, Tk: Element + 'r, Tv: Element + 'r>(
 /// One reported row and where its inputs are: what [`ExactRow::recompute`]
 /// needs, whatever stores K and V (views of a call, a KV cache).
 pub struct ExactRow<'r, Tq, Tk, Tv> {
-    /// `(b, h, i)`, for messages.
-    pub at: (usize, usize, usize),
+    /// The row's place `(b, h, i)` and diagonal, and the call's modifiers.
+    pub row: RowAt<'r, 'r>,
     /// The query row.
     pub q: &'r [Tq],
     /// Its visible keys.
@@ -88,9 +88,9 @@ impl<Tq: Element, Tk: Element, Tv: Element> ExactRow<'_, Tq, Tk, Tv> {
             let (tensor, index) = locate(c);
             return Err(AttnError::NonFinite { tensor, index, value });
         }
-        let l = reference_row(self.q, self.keys.clone(), scale, kr, vr, scores, out);
+        let l = reference_row(self.q, self.keys.clone(), scale, self.row, kr, vr, scores, out);
         if want_lse && l.is_finite() && (l as f32).is_infinite() {
-            let (batch, head, row) = self.at;
+            let RowAt { b: batch, h: head, i: row, .. } = self.row;
             return Err(AttnError::ScoreOverflow { batch, head, row, lse: l });
         }
         Ok(l as f32)
@@ -115,13 +115,14 @@ pub fn repair_rows<T: Element>(
     let scale = params.scale.map(f64::from).unwrap_or(1.0 / (s.head_dim() as f64).sqrt());
     let (q, k, v) = (&inputs.q, &inputs.k, &inputs.v);
     let (mut scores, mut o) = (Vec::new(), vec![0f64; s.v_dim()]);
+    let mods = ScoreMods::new(params, s.q_heads());
     for row in rows {
         let (bh, i) = (row / nq, row % nq);
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
         let g = s.kv_head_of(h);
         let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
         let exact = ExactRow {
-            at: (b, h, i),
+            row: RowAt::new(&mods, b, h, i, nq, nk),
             q: q.row(b, h, i),
             keys: params.mask.key_range(i, nq, nk),
             k_row: &kr,

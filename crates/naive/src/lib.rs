@@ -27,5 +27,5 @@ pub mod oracle;
 pub mod oracle_backward;
 
 pub use naive::Naive;
-pub use oracle::{Oracle, Reference, reference, reference_row, reference_rows};
+pub use oracle::{Oracle, Reference, RowAt, reference, reference_row, reference_rows};
 pub use oracle_backward::{ReferenceGrads, reference_backward, reference_dq_rows};

@@ -2,7 +2,7 @@
 
 use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
-    RowFaults,
+    RowFaults, ScoreMods,
 };
 use rayon::prelude::*;
 
@@ -36,11 +36,13 @@ fn reference_on<T: Element>(
     if nq == 0 {
         return Reference { out, lse };
     }
+    let mods = ScoreMods::new(params, s.q_heads());
     let head = |bh: usize, o: &mut [f64], l: &mut [f64]| {
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
         let mut scores = Vec::new();
         for i in 0..nq {
-            l[i] = row_of(inputs, params, b, h, i, &mut scores, &mut o[i * dv..(i + 1) * dv]);
+            l[i] =
+                row_of(inputs, params, &mods, (b, h, i), &mut scores, &mut o[i * dv..(i + 1) * dv]);
         }
     };
     if parallel {
@@ -64,10 +66,11 @@ pub fn reference_rows<T: Element>(
     params: &AttnParams,
     rows: &[(usize, usize, usize)],
 ) -> Vec<(Vec<f64>, f64)> {
+    let mods = ScoreMods::new(params, inputs.shape().q_heads());
     rows.par_iter()
         .map(|&(b, h, i)| {
             let mut o = vec![0f64; inputs.shape().v_dim()];
-            let l = row_of(inputs, params, b, h, i, &mut Vec::new(), &mut o);
+            let l = row_of(inputs, params, &mods, (b, h, i), &mut Vec::new(), &mut o);
             (o, l)
         })
         .collect()
@@ -76,9 +79,8 @@ pub fn reference_rows<T: Element>(
 fn row_of<T: Element>(
     inputs: &AttnInputs<'_, T>,
     params: &AttnParams,
-    b: usize,
-    h: usize,
-    i: usize,
+    mods: &ScoreMods<'_>,
+    (b, h, i): (usize, usize, usize),
     scores: &mut Vec<f64>,
     out: &mut [f64],
 ) -> f64 {
@@ -91,6 +93,7 @@ fn row_of<T: Element>(
         inputs.q.row(b, h, i),
         keys,
         scale,
+        RowAt::new(mods, b, h, i, s.q_len(), s.kv_len()),
         |j| k.row(b, g, j),
         |j| v.row(b, g, j),
         scores,
@@ -98,20 +101,57 @@ fn row_of<T: Element>(
     )
 }
 
+/// Where a row sits, for its score modifiers: `(b, h, i)`, the diagonal
+/// `diag = i + Nk − Nq` (with the row's own `Nk` for a ragged cache) and
+/// the call's modifiers ([`ScoreMods::default`] for none).
+#[derive(Debug, Clone, Copy)]
+pub struct RowAt<'m, 'a> {
+    /// The call's modifiers.
+    pub mods: &'m ScoreMods<'a>,
+    /// Batch entry, query head and query row.
+    pub b: usize,
+    /// Query head.
+    pub h: usize,
+    /// Query row.
+    pub i: usize,
+    /// `i + Nk − Nq`: the key on the row's bottom-right aligned diagonal.
+    pub diag: i64,
+}
+
+impl<'m, 'a> RowAt<'m, 'a> {
+    /// Row `(b, h, i)` of a call with `nq` queries over `nk` keys.
+    pub fn new(
+        mods: &'m ScoreMods<'a>,
+        b: usize,
+        h: usize,
+        i: usize,
+        nq: usize,
+        nk: usize,
+    ) -> Self {
+        RowAt { mods, b, h, i, diag: i as i64 + nk as i64 - nq as i64 }
+    }
+}
+
 /// One row of attention in f64, the single definition every reference in
 /// the workspace uses (prefill, decode over a cache, sampled checks).
 ///
-/// `s_j = scale·Σ_c q_c·k_jc` over the visible keys `j ∈ keys`, `m = max s_j`,
-/// `o = Σ_j exp(s_j − m)·v_j / Σ_j exp(s_j − m)` and
-/// `lse = m + ln Σ_j exp(s_j − m)`. Normalising by the row max (not by
-/// `exp(s_j − lse)`) keeps the output exact whatever the magnitude of `m`:
-/// `lse` may round away the small terms when `|m|` is large, the weights
-/// `exp(s_j − m)` never do. Returns the LSE (`-inf` and a zero row when
-/// `keys` is empty). `scores` is a reusable buffer.
+/// Over the visible keys `j ∈ keys`, `s_j` is `scale·Σ_c q_c·k_jc` with the
+/// row's modifiers applied ([`ScoreMods::score_f64`]: bias, ALiBi,
+/// softcap); keys whose score is `−inf` (a `−inf` bias) drop out like
+/// masked ones. With `m = max(max s_j, sink)` (the sink only if given),
+/// `o = Σ_j exp(s_j − m)·v_j / (Σ_j exp(s_j − m) + exp(sink − m))` and
+/// `lse = m + ln(…)` of the same denominator. Normalising by the row max
+/// (not by `exp(s_j − lse)`) keeps the output exact whatever the
+/// magnitude of `m`: `lse` may round away the small terms when `|m|` is
+/// large, the weights `exp(s_j − m)` never do. A row with no key left
+/// returns a zero output and LSE `-inf`, or the sink's logit when there is
+/// one. `scores` is a reusable buffer.
+#[allow(clippy::too_many_arguments)]
 pub fn reference_row<'r, Tq, Tk, Tv>(
     q: &[Tq],
     keys: std::ops::Range<usize>,
     scale: f64,
+    at: RowAt<'_, '_>,
     k_row: impl Fn(usize) -> &'r [Tk],
     v_row: impl Fn(usize) -> &'r [Tv],
     scores: &mut Vec<f64>,
@@ -123,19 +163,25 @@ where
     Tv: Element + 'r,
 {
     out.fill(0.0);
-    if keys.is_empty() {
-        return f64::NEG_INFINITY;
-    }
+    let sink = at.mods.sink(at.h).map(f64::from);
     scores.clear();
     scores.extend(keys.clone().map(|j| {
         let dot: f64 =
             q.iter().zip(k_row(j)).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
-        scale * dot
+        at.mods.score_f64(scale * dot, at.b, at.h, at.i, at.diag, j)
     }));
     let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut sum = 0.0;
+    if m == f64::NEG_INFINITY {
+        // No key, or every key's score is −inf (masked by the bias).
+        return sink.unwrap_or(f64::NEG_INFINITY);
+    }
+    let m = sink.map_or(m, |s| m.max(s));
+    let mut sum = sink.map_or(0.0, |s| (s - m).exp());
     for (j, sj) in keys.zip(scores.iter()) {
         let p = (sj - m).exp();
+        if p == 0.0 {
+            continue;
+        }
         sum += p;
         for (oc, vc) in out.iter_mut().zip(v_row(j)) {
             *oc += p * vc.to_f32() as f64;

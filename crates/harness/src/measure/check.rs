@@ -4,8 +4,9 @@
 //! every test of the workspace trusts. A NaN or inf output is an error of
 //! +inf ([`row_error`]), never 0.
 
+use attnlab::ScoreMods;
 use attnlab::flash::{KvCache, KvElement};
-use attnlab::naive::{reference_row, reference_rows};
+use attnlab::naive::{RowAt, reference_row, reference_rows};
 use attnlab::{AttnInputs, AttnParams, AttnShape, Element, Layout};
 use rayon::prelude::*;
 
@@ -104,6 +105,7 @@ pub fn decode_error(
     picks.dedup();
     // The oracle's scale (`attnlab::naive::reference`), in f64.
     let scale = params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
+    let mods = ScoreMods::new(params, hq);
     let err = picks
         .par_iter()
         .map(|&r| {
@@ -116,6 +118,7 @@ pub fn decode_error(
                 &q[r * d..][..d],
                 keys,
                 scale,
+                RowAt::new(&mods, b, h, t, nq, lens[b]),
                 |j| &k[j * d..(j + 1) * d],
                 |j| &v[j * dv..(j + 1) * dv],
                 &mut Vec::new(),
