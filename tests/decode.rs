@@ -7,12 +7,12 @@ use attnlab::{AttnInputs, AttnParams, Layout, Mask, Par, bf16, f16};
 use proptest::prelude::*;
 
 /// K and V of one batch entry as stored, widened to f32: `[Hkv, len, d]`.
-type Stored = (Vec<f32>, Vec<f32>);
+pub(crate) type Stored = (Vec<f32>, Vec<f32>);
 
 /// Fills a cache for `lens` (ragged), returns it with the stored values
 /// read back as f32 per batch entry: `[Hkv, len, d]` K and V (rounded to
 /// f16/bf16, or the q8_0 blocks dequantised: what the oracle must see).
-fn filled<T: KvElement>(
+pub(crate) fn filled<T: KvElement>(
     lens: &[usize],
     hkv: usize,
     d: usize,

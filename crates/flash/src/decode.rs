@@ -26,6 +26,10 @@ use crate::split_kv::{SplitKvPlan, SplitKvWorkspace, split_kv};
 /// it. Writes `out` `[B, Hq, nq, dv]` and, if given, `lse` `[B, Hq, nq]`.
 /// `shape` comes from [`KvCache::query_shape`]. Allocates its workspace;
 /// [`decode_in`] runs on a caller's.
+///
+/// Score modifiers: the softcap, ALiBi (`diag = t + len_b − nq`, with
+/// each sequence's own length) and sinks, as in `docs/semantics.md`; a
+/// bias is refused (prefill only: [`AttnError::Param`] naming `bias`).
 pub fn decode<T: KvElement>(
     cache: &KvCache<T>,
     shape: &AttnShape,
@@ -104,7 +108,15 @@ pub fn decode_in<T: KvElement>(
     let qv = TensorView::new("q", q, shape.q_dims(), Layout::Bhnd)?;
     let ov = TensorViewMut::new("out", out, shape.out_dims(), Layout::Bhnd)?;
     check_outputs(shape, &ov, lse.as_deref())?;
-    params.validate()?;
+    if params.bias.is_some() {
+        return Err(AttnError::Param {
+            name: "bias",
+            reason: "prefill only: decode over a KV cache takes no bias (its length changes \
+                     every step)"
+                .into(),
+        });
+    }
+    params.validate_for(shape)?;
     let par = ws.par;
     ws.ws.check_fits(&SplitKvPlan::new(shape, par.threads()))?;
     if shape.q_len() == 0 {

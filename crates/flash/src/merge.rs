@@ -73,7 +73,7 @@ pub fn merge_partials(
         let l = parts[s].lse[r];
         (l, if l == f32::NEG_INFINITY { 0.0 } else { 1.0 })
     };
-    merge_rows(parts.len(), |s| parts[s].out, stat, Base::E, dv, out, lse);
+    merge_rows(parts.len(), |s| parts[s].out, stat, |_| None, Base::E, dv, out, lse);
     Ok(())
 }
 
@@ -92,6 +92,13 @@ impl Base {
             Base::Two => x.exp2(),
         }
     }
+    /// A natural-log logit in this base's units.
+    fn of_ln(self, x: f32) -> f32 {
+        match self {
+            Base::E => x,
+            Base::Two => x * attn_simd::LOG2_E,
+        }
+    }
     /// `log_base(x)` in natural-log units.
     fn ln_of_log(self, m: f32, total: f32) -> f32 {
         match self {
@@ -108,13 +115,22 @@ impl Base {
 /// `base`'s log domain (`l = 0` where the shard sees no key). The row's
 /// weights are `l_s·base^(m_s − M)` with `M = max m_s`, so they stay right
 /// however large `M` is when shards keep `(m, l)`; an LSE is `(lse, 1)`.
+///
+/// `sink(r)`, if any, is row `r`'s sink logit (natural log): one more
+/// term of the denominator with no value, weighed like a shard's max and
+/// sum (`M` includes it), so it is as exact as the shards at any
+/// magnitude. A row no shard sees gets output 0 and LSE `-inf`, or
+/// exactly its sink.
+///
 /// A NaN `m` (a faulty shard) makes the row NaN. Writes the natural-log
 /// LSE of each row into `lse` (`rows = lse.len()`); sizes are the caller's
 /// to check. Allocates nothing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn merge_rows<'p>(
     n: usize,
     out_of: impl Fn(usize) -> &'p [f32],
     stat: impl Fn(usize, usize) -> (f32, f32),
+    sink: impl Fn(usize) -> Option<f32>,
     base: Base,
     dv: usize,
     out: &mut [f32],
@@ -129,15 +145,18 @@ pub(crate) fn merge_rows<'p>(
         }
         let mx = (0..n).map(|s| stat(s, r).0).fold(f32::NEG_INFINITY, f32::max);
         o.fill(0.0);
+        let sink = sink(r);
         if mx == f32::NEG_INFINITY {
-            lse[r] = f32::NEG_INFINITY;
+            lse[r] = sink.unwrap_or(f32::NEG_INFINITY);
             continue;
         }
+        let sink = sink.map(|x| base.of_ln(x));
+        let mx = sink.map_or(mx, |x| mx.max(x));
         let weight = |s: usize| match stat(s, r) {
             (m, _) if m == f32::NEG_INFINITY => 0.0,
             (m, l) => l * base.pow(m - mx),
         };
-        let total: f32 = (0..n).map(weight).sum();
+        let total: f32 = (0..n).map(weight).sum::<f32>() + sink.map_or(0.0, |x| base.pow(x - mx));
         for s in 0..n {
             let w = weight(s) / total;
             if w > 0.0 {
@@ -178,6 +197,32 @@ mod tests {
         assert_eq!((out, lse), ([0.0, 0.0], [f32::NEG_INFINITY]));
         merge_partials(&[], 2, &mut out, &mut lse).unwrap();
         assert_eq!(lse, [f32::NEG_INFINITY]);
+    }
+
+    #[test]
+    fn a_sink_is_one_more_term_of_the_denominator() {
+        let (a, b) = ([1.0f32, 2.0], [3.0f32, -6.0]);
+        let out_of = |s: usize| if s == 0 { &a[..] } else { &b[..] };
+        for base in [Base::E, Base::Two] {
+            // two shards of LSE 0.5 and 1.5, as (max, sum) in `base`'s units
+            let seen = |s: usize, _: usize| (base.of_ln([0.5, 1.5][s]), 1.0);
+            let unseen = |_: usize, _: usize| (f32::NEG_INFINITY, 0.0);
+            let (mut plain, mut plain_lse) = ([0f32; 2], [0f32; 1]);
+            merge_rows(2, out_of, seen, |_| None, base, 2, &mut plain, &mut plain_lse);
+            for sink in [-30.0f32, -1.0, 0.7, 2.0, 50.0] {
+                let (mut out, mut lse) = ([0f32; 2], [0f32; 1]);
+                merge_rows(2, out_of, seen, |_| Some(sink), base, 2, &mut out, &mut lse);
+                let (want_lse, f) = attn_core::modifiers::with_sink(plain_lse[0], sink);
+                assert!((lse[0] - want_lse).abs() <= 1e-6 * (1.0 + want_lse.abs()), "{sink}");
+                for (o, p) in out.iter().zip(plain) {
+                    assert!((o - p * f).abs() <= 1e-6, "{sink}: {o} vs {}", p * f);
+                }
+            }
+            // a row no shard sees: output 0 and exactly the sink's LSE
+            let (mut out, mut lse) = ([9f32; 2], [0f32; 1]);
+            merge_rows(2, out_of, unseen, |_| Some(-2.5), base, 2, &mut out, &mut lse);
+            assert_eq!((out, lse), ([0.0, 0.0], [-2.5]));
+        }
     }
 
     #[test]

@@ -9,11 +9,19 @@
 //!          in quads of 4 (`kv_block`)
 //!   for each block of KB = 16 keys (prefetching the next block's rows):
 //!       K/V read in place (f32; f16/bf16/q8_0 when one quad uses them),
-//!       else widened once into f32 scratch; per quad: scores, online
-//!       softmax, acc = α·acc + P·V
+//!       else widened once into f32 scratch; per quad: scores, [score
+//!       modifiers], online softmax, acc = α·acc + P·V
 //!   partial (out normalized, max, sum) per row → slot (b, g, c)
 //! then per (b, g, row): merge the partials over c = 0, 1, … in order
+//!   [and the row's sink logit, as one more term of the denominator]
 //! ```
+//!
+//! Score modifiers (`docs/semantics.md`; log2-domain helpers in
+//! `modify`): the bias (views only: decode over a cache refuses it),
+//! ALiBi and the softcap transform each row's vector of 16 scores in
+//! registers, in that order, before the mask — in a copy of the block
+//! loop monomorphized on `MODS`, so a call without them runs the plain
+//! loop unchanged; sinks only enter the merge.
 //!
 //! Used by [`crate::decode()`] over a [`KvCache`] and by [`crate::Flash`] for
 //! calls with at most [`crate::SPLIT_KV_MAX_Q`] queries per head. Chunking depends
@@ -24,7 +32,7 @@
 use std::sync::Mutex;
 
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
-use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax};
+use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax, load};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
@@ -32,6 +40,7 @@ use crate::kv_block::{QUAD, quad_pv, quad_scores};
 use crate::kv_element::KvElement;
 use crate::kv_element::sealed::Load16;
 use crate::merge::{Base, merge_rows};
+use crate::modify::{Mods2, cap, distances};
 use crate::tiles::decode::{CHUNK, KB, MAX_CHUNKS};
 
 /// Chunks and chunk length for a cache of `len` positions (a function of
@@ -254,6 +263,7 @@ pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
     let (nc, clen) = chunking(max_len);
     let items = bsz * hkv * nc;
     let scale = params.scale_for(d) * LOG2_E;
+    let mods = Mods2::new(params, q_heads);
     let SplitKvWorkspace { pout, pml, mo, ml, scratch, .. } = ws;
     let (pout, pml) = (&mut pout[..items * rows * dv], &mut pml[..items * rows * 2]);
 
@@ -264,7 +274,7 @@ pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(|e| e.into_inner());
         let chunk = (c * clen, (c + 1) * clen);
-        chunk_partial(kv, q, params, scale, (b, g), chunk, po, pl, &mut s);
+        chunk_partial(kv, q, params, &mods, scale, (b, g), chunk, po, pl, &mut s);
     };
     par.install(|| {
         if par.threads() == 1 {
@@ -291,8 +301,9 @@ pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
             let i = (bg * nc + c) * rows + r;
             (pml[2 * i], pml[2 * i + 1])
         };
-        merge_rows(nc, out_of, stat, Base::Two, dv, mo, ml);
         let (b, g) = (bg / hkv, bg % hkv);
+        let sink = |r: usize| mods.mods.sink(g * group + r / q_len);
+        merge_rows(nc, out_of, stat, sink, Base::Two, dv, mo, ml);
         for r in 0..rows {
             let (hg, t) = (r / q_len, r % q_len);
             write(b, g * group + hg, t, &mo[r * dv..(r + 1) * dv], ml[r]);
@@ -314,6 +325,18 @@ pub(crate) struct DecodeScratch {
     kbuf: Vec<f32>,              // KB × dp, a widened K block
     vbuf: Vec<f32>,              // KB × dvp, a widened V block
     ranges: Vec<(usize, usize)>, // visible keys of each row within the chunk
+    rows: Vec<RowMods>,          // each row's score modifiers (when any)
+}
+
+/// Where one row sits for its score modifiers (quad padding: zeros).
+#[derive(Debug, Clone, Copy, Default)]
+struct RowMods {
+    /// `t + len − nq`: the key on the row's bottom-right diagonal.
+    diag: i64,
+    /// The row's ALiBi slope times `log2 e` (0 without ALiBi).
+    slope2: f32,
+    /// Offset of the row's bias (key 0) in the bias buffer.
+    bias: usize,
 }
 
 /// `(quad rows, dp, dvp)` of a plan.
@@ -332,6 +355,7 @@ impl DecodeScratch {
             kbuf: vec![0.0; KB * dp],
             vbuf: vec![0.0; KB * dvp],
             ranges: Vec::with_capacity(rows),
+            rows: Vec::with_capacity(rows),
         }
     }
 
@@ -341,6 +365,7 @@ impl DecodeScratch {
         let floats = rows * (dp + dvp + 2) + KB * (dp + dvp);
         4 * floats
             + rows * std::mem::size_of::<(usize, usize)>()
+            + rows * std::mem::size_of::<RowMods>()
             + std::mem::size_of::<Mutex<DecodeScratch>>()
     }
 }
@@ -358,6 +383,7 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     cache: &S,
     q: &TensorView<'_, Tq>,
     params: &AttnParams,
+    mods: &Mods2<'_>,
     scale: f32,
     (b, g): (usize, usize),
     (c0, c1): (usize, usize),
@@ -378,19 +404,30 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     s.m.fill(f32::NEG_INFINITY);
     s.l.fill(0.0);
     s.ranges.clear();
+    s.rows.clear();
+    let modified = mods.touches_scores();
     for r in 0..quads * QUAD {
         let dst = &mut s.qs[r * dp..(r + 1) * dp];
         if r >= rows {
             dst.fill(0.0);
             s.ranges.push((c1, c1));
+            s.rows.push(RowMods::default());
             continue;
         }
         let (hg, t) = (r / q_len, r % q_len);
-        Tq::widen_slice(q.row(b, g * group + hg, t), &mut dst[..d]);
+        let h = g * group + hg;
+        Tq::widen_slice(q.row(b, h, t), &mut dst[..d]);
         dst[..d].iter_mut().for_each(|x| *x *= scale);
         dst[d..].fill(0.0);
         let kr = params.mask.key_range(t, q_len, len);
         s.ranges.push((kr.start.max(c0), kr.end.min(c1)));
+        if modified {
+            s.rows.push(RowMods {
+                diag: t as i64 + len as i64 - q_len as i64,
+                slope2: mods.slope2.as_ref().map_or(0.0, |x| x[h]),
+                bias: mods.mods.bias_index(b, h, t, 0).unwrap_or(0),
+            });
+        }
     }
     let lo = s.ranges.iter().map(|r| r.0).min().unwrap_or(c1);
     let hi = s.ranges.iter().map(|r| r.1).max().unwrap_or(c0);
@@ -433,13 +470,24 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
                 rows_ahead(cache.k_from(b, g, j), jb, next),
                 rows_ahead(cache.v_from(b, g, j), jb, next),
             ],
+            mods: BlockMods {
+                bias: mods.mods.bias.as_ref().map(|x| x.data()),
+                alibi: mods.slope2.is_some(),
+                cap2: mods.cap2,
+                rows: &s.rows,
+            },
         };
         let st = State { qs: &s.qs, m: &mut s.m, l: &mut s.l, acc: &mut s.acc };
-        sentinel += match (k_in_place, v_in_place) {
-            (true, true) => blk.run(&kt, &vt, st),
-            (true, false) => blk.run(&kt, &vf, st),
-            (false, true) => blk.run(&kf, &vt, st),
-            (false, false) => blk.run(&kf, &vf, st),
+        // Monomorphized on the modifiers: the plain loop stays as it was.
+        sentinel += match (k_in_place, v_in_place, modified) {
+            (true, true, false) => blk.run::<_, _, false>(&kt, &vt, st),
+            (true, false, false) => blk.run::<_, _, false>(&kt, &vf, st),
+            (false, true, false) => blk.run::<_, _, false>(&kf, &vt, st),
+            (false, false, false) => blk.run::<_, _, false>(&kf, &vf, st),
+            (true, true, true) => blk.run::<_, _, true>(&kt, &vt, st),
+            (true, false, true) => blk.run::<_, _, true>(&kt, &vf, st),
+            (false, true, true) => blk.run::<_, _, true>(&kf, &vt, st),
+            (false, false, true) => blk.run::<_, _, true>(&kf, &vf, st),
         };
         j += jb;
     }
@@ -447,7 +495,10 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     let sentinel = sentinel.reduce_add();
     for r in 0..rows {
         let o = &mut pout[r * dv..(r + 1) * dv];
-        let visible = s.ranges[r].0 < s.ranges[r].1;
+        // A row whose every visible key has a −inf bias keeps m = −inf
+        // (and l = 0) with finite inputs: no key in this chunk.
+        let masked = s.m[r] == f32::NEG_INFINITY && sentinel == 0.0;
+        let visible = s.ranges[r].0 < s.ranges[r].1 && !masked;
         if visible {
             let inv = 1.0 / s.l[r];
             for (x, a) in o.iter_mut().zip(&s.acc[r * dvp..]) {
@@ -486,6 +537,76 @@ struct Block<'a> {
     dp: usize,
     dvp: usize,
     ranges: &'a [(usize, usize)],
+    /// The call's score modifiers (read only by `run::<_, _, true>`).
+    mods: BlockMods<'a>,
+}
+
+/// The score modifiers of a block's rows, in the log2 domain.
+struct BlockMods<'a> {
+    /// The bias buffer (each row's keys contiguous from `RowMods::bias`).
+    bias: Option<&'a [f32]>,
+    /// Whether ALiBi is on (`RowMods::slope2`).
+    alibi: bool,
+    /// `c·log2 e` for a softcap `c`.
+    cap2: Option<f32>,
+    /// Per row (quad-padded): its diagonal, slope and bias offset.
+    rows: &'a [RowMods],
+}
+
+impl BlockMods<'_> {
+    /// Row `r`'s scores `x` (log2 domain) of keys `j .. j + 16` with its
+    /// modifiers applied: `+ bias·log2 e`, `− slope₂·|diag − key|`, then
+    /// `c₂·tanh(x/c₂)`. Only the bias of the row's visible keys `lo..hi`
+    /// is read (`full`: all 16 are); lanes outside `lo..hi` are the
+    /// caller's to mask.
+    ///
+    /// Adds NaN to `sentinel` (so the chunk's rows are recomputed exactly)
+    /// for a NaN or `+inf` bias entry read — with `check_finite` the
+    /// exact path names it; a softcap would hide a `+inf` — and for a
+    /// modified score that is NaN or `+inf` from finite inputs (f32
+    /// overflow: a bias near f32's limit, a slope or softcap whose
+    /// `·log2 e` overflows). `−inf` is a masked key, as the bias's is.
+    #[inline(always)]
+    fn apply(
+        &self,
+        mut x: f32x16,
+        r: usize,
+        j: usize,
+        (lo, hi): (usize, usize),
+        full: bool,
+        sentinel: &mut f32x16,
+    ) -> f32x16 {
+        let rm = &self.rows[r];
+        if let Some(bias) = self.bias {
+            let row = &bias[rm.bias..];
+            let bv = if full {
+                load(&row[j..j + KB])
+            } else {
+                f32x16::new(std::array::from_fn(|jj| {
+                    if (lo..hi).contains(&(j + jj)) { row[j + jj] } else { 0.0 }
+                }))
+            };
+            *sentinel += not_below_inf(bv);
+            x = bv.mul_add(f32x16::splat(LOG2_E), x);
+        }
+        if self.alibi {
+            let dist = distances(rm.diag - j as i64, -1.0);
+            x = dist.mul_add(f32x16::splat(-rm.slope2), x);
+        }
+        if let Some(c2) = self.cap2 {
+            x = cap(x, c2);
+        }
+        *sentinel += not_below_inf(x);
+        x
+    }
+}
+
+/// NaN in the lanes of `x` that are NaN or `+inf`, 0 elsewhere (`−inf`
+/// included).
+#[inline(always)]
+fn not_below_inf(x: f32x16) -> f32x16 {
+    let ok = x.simd_lt(f32x16::splat(f32::INFINITY));
+    ok.select(f32x16::ZERO, f32x16::splat(f32::NAN))
 }
 
 /// The running state of an item's rows (quad-padded).
@@ -498,9 +619,11 @@ struct State<'a> {
 
 impl Block<'_> {
     /// Scores, online softmax and `P·V` of every quad of rows that sees a
-    /// key of the block; returns the sentinel `Σ s·0` of its scores.
+    /// key of the block; returns the sentinel `Σ s·0` of its scores (and
+    /// NaN for a non-finite bias entry read). `MODS`: apply the score
+    /// modifiers ([`BlockMods::apply`]).
     #[inline(always)]
-    fn run<UK: Load16, UV: Load16>(
+    fn run<UK: Load16, UV: Load16, const MODS: bool>(
         &self,
         k: &[&[UK]; KB],
         v: &[&[UV]; KB],
@@ -528,7 +651,11 @@ impl Block<'_> {
                     continue; // p = 0, alpha = 2^0 = 1
                 }
                 let mut x = sc[r];
-                if !(lo <= j && j + KB <= hi) {
+                let full = lo <= j && j + KB <= hi;
+                if MODS {
+                    x = self.mods.apply(x, r0 + r, j, (lo, hi), full, &mut sentinel);
+                }
+                if !full {
                     let mut a = x.to_array();
                     for (jj, s) in a.iter_mut().enumerate() {
                         if jj >= jb || j + jj < lo || j + jj >= hi {
@@ -538,6 +665,9 @@ impl Block<'_> {
                     x = f32x16::new(a);
                 }
                 let m = st.m[r0 + r].max(hmax(x));
+                if MODS && m == f32::NEG_INFINITY {
+                    continue; // every key so far has a −inf bias: as above
+                }
                 (m_old[r], m_new[r]) = (st.m[r0 + r], m);
                 let e = exp2(x - f32x16::splat(m));
                 lsum[r] = e.reduce_add();
