@@ -529,14 +529,19 @@ fn prefill_non_finite_bias_read_is_named() {
 
 /// Decode time of each modifier against the plain call, side by side in
 /// one run (the machine is shared and noisy): L = 32768, Hq 32, Hkv 8,
-/// d 128, f32 cache, 2 threads; rounds alternate the variants, medians of
-/// 21 rounds. `ATTN_OVERHEAD_L` overrides L.
+/// d 128, f32 cache, 2 threads. Each round runs every variant once, in a
+/// rotating order; reported: the median time of each, and the median over
+/// rounds of its time over the plain call's in the same round (paired, so
+/// slow phases of the machine cancel). `ATTN_OVERHEAD_L` and
+/// `ATTN_OVERHEAD_ROUNDS` (default 21) override L and the rounds.
 #[test]
 #[ignore = "timing: cargo test --release -p attnlab --test tests overhead -- --ignored --nocapture"]
 fn overhead_of_each_modifier() {
     use attnlab::flash::{KvCache, decode::decode_in, decode::workspace};
     use std::time::Instant;
-    let len: usize = std::env::var("ATTN_OVERHEAD_L").map_or(32768, |x| x.parse().unwrap());
+    let env =
+        |name: &str, default: usize| std::env::var(name).map_or(default, |x| x.parse().unwrap());
+    let (len, rounds) = (env("ATTN_OVERHEAD_L", 32768), env("ATTN_OVERHEAD_ROUNDS", 21));
     let (hq, hkv, d) = (32, 8, 128);
     let mut cache = KvCache::<f32>::new(1, hkv, len, d, d).unwrap();
     let mut g = rng(1);
@@ -555,24 +560,26 @@ fn overhead_of_each_modifier() {
         ("sinks", mods(Mask::Causal, None, None, Some(&sinks))),
         ("all three", mods(Mask::Causal, Some(50.0), Some(Alibi::Default), Some(&sinks))),
     ];
-    let mut times = vec![vec![]; variants.len()];
-    for round in 0..23 {
-        for (v, (_, p)) in variants.iter().enumerate() {
+    let n = variants.len();
+    let mut times = vec![vec![]; n];
+    for round in 0..rounds + 2 {
+        for i in 0..n {
+            let v = (i + round) % n;
             let t = Instant::now();
-            decode_in(&cache, &qs, &q, &mut out, Some(&mut lse), p, &mut ws).unwrap();
+            decode_in(&cache, &qs, &q, &mut out, Some(&mut lse), &variants[v].1, &mut ws).unwrap();
             if round >= 2 {
                 times[v].push(t.elapsed().as_secs_f64());
             }
         }
     }
-    let median = |t: &mut Vec<f64>| {
+    let median = |mut t: Vec<f64>| {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     };
-    let base = median(&mut times[0]);
-    println!("decode L {len} Hq {hq} Hkv {hkv} d {d} f32 cache, 2 threads, medians of 21");
+    println!("decode L {len} Hq {hq} Hkv {hkv} d {d} f32 cache, 2 threads, {rounds} rounds");
     for (v, (name, _)) in variants.iter().enumerate() {
-        let m = median(&mut times[v]);
-        println!("{name:>10}: {:8.3} ms  ratio {:.3}", m * 1e3, m / base);
+        let paired = times[v].iter().zip(&times[0]).map(|(a, b)| a / b).collect();
+        let (m, r) = (median(times[v].clone()), median(paired));
+        println!("{name:>10}: median {:8.3} ms, paired ratio {r:.3}", m * 1e3);
     }
 }
