@@ -27,6 +27,7 @@
 //! only its own output rows and LSE entries; an item's result does not
 //! depend on which worker runs it, so any thread count gives the same bits.
 
+use attn_core::modifiers::with_sink;
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
@@ -34,6 +35,7 @@ use attn_simd::{LOG2_E, exp2};
 use wide::{bytemuck, f32x8, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
+use crate::modify::{Mods2, cap, distances};
 use crate::rows::{LseWriter, RowWriter};
 use crate::tiles::{BR_VECS, LANES, MR, NR, NV, Plan};
 
@@ -97,6 +99,8 @@ pub(crate) struct Job<'a, 'b, T> {
     pub lse: LseWriter<'b>,
     /// Rows whose f32 result is not finite (recomputed after the run).
     pub faults: &'b RowFaults,
+    /// The score modifiers, in the log2 domain.
+    pub mods: &'b Mods2<'b>,
 }
 
 impl<T: Element> Job<'_, '_, T> {
@@ -186,7 +190,9 @@ impl<T: Element> Job<'_, '_, T> {
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
                 for hi in 0..nh {
                     let fresh = j0 == first_j0;
-                    let sent = self.tile(s, &kt, &vt, hi, j0, kn, kn8, nvalid, panels, full, fresh);
+                    let at = (b, h0 + hi, i0);
+                    let sent =
+                        self.tile(s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh);
                     safe &= sent == 0.0;
                 }
                 (s.kbuf, s.vbuf) = (kbuf, vbuf);
@@ -212,20 +218,28 @@ impl<T: Element> Job<'_, '_, T> {
                 // SAFETY: row (b, h, i0 + q) belongs to this item alone.
                 let orow = unsafe { self.out.row_mut(b, h, i0 + q) };
                 let idx = (b * shape.q_heads() + h) * nq + i0 + q;
+                let sink = self.mods.mods.sink(h);
                 let lse = if s.lo[q] < s.hi[q] {
-                    let inv = 1.0 / l;
+                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    // Checked before the sink, which makes the LSE of a
+                    // row that lost every key (a −inf bias) finite.
+                    lse_ok &= lse.is_finite();
+                    // A sink rescales the finished row (`with_sink`).
+                    let (lse, f) = match sink {
+                        Some(sink) => with_sink(lse, sink),
+                        None => (lse, 1.0),
+                    };
+                    let inv = f / l;
                     for (o, a) in orow.iter_mut().zip(accf) {
                         *o = a * inv;
                     }
                     for a in acc {
                         sentinel = a.mul_add(f32x16::ZERO, sentinel);
                     }
-                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
-                    lse_ok &= lse.is_finite();
                     lse
                 } else {
                     orow.fill(0.0);
-                    f32::NEG_INFINITY
+                    sink.unwrap_or(f32::NEG_INFINITY)
                 };
                 // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
                 unsafe { self.lse.write(idx, lse) };
@@ -240,6 +254,7 @@ impl<T: Element> Job<'_, '_, T> {
                     let (mv, lv) = (s.m[hi * bq + q / LANES], s.l[hi * bq + q / LANES]);
                     let (m, l) = (mv.to_array()[q % LANES], lv.to_array()[q % LANES]);
                     let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    let lse = self.mods.mods.sink(h).map_or(lse, |x| with_sink(lse, x).0);
                     if !safe || RowFaults::is_fault(true, lse, orow) {
                         self.faults.report((b * shape.q_heads() + h) * nq + i);
                     }
@@ -259,6 +274,7 @@ impl<T: Element> Job<'_, '_, T> {
         kt: &Rows<'_>,
         vt: &Rows<'_>,
         hi: usize,
+        (b, h, i0): (usize, usize, usize),
         j0: usize,
         kn: usize,
         kn8: usize,
@@ -315,6 +331,10 @@ impl<T: Element> Job<'_, '_, T> {
         }
         let used = panels * NR / LANES; // query vectors actually computed
         let st = &mut s.st[..kn8 * sq];
+        if self.mods.touches_scores() {
+            let at = (b, h, i0, j0);
+            sentinel += f32x16::splat(self.modify_scores(st, sq, at, kn, nvalid, used));
+        }
         // Padding keys (kn..kn8) and, on partial tiles, masked pairs: −inf.
         let ninf = f32x16::splat(f32::NEG_INFINITY);
         for row in st[kn * sq..].chunks_mut(sq) {
@@ -397,6 +417,58 @@ impl<T: Element> Job<'_, '_, T> {
             cv += w;
         }
         sentinel.reduce_add()
+    }
+
+    /// Bias, ALiBi and softcap on the scores `Sᵀ` of one tile (rows
+    /// `0..kn` are keys `j0..`, lanes are queries `i0..`), in place, in the
+    /// log2 domain, before the mask; in the order of `docs/semantics.md`.
+    /// Returns 0, or NaN when a bias entry the tile read is NaN or `+inf`
+    /// (the item's rows are then recomputed exactly, which names it).
+    ///
+    /// The bias is read along its rows (contiguous keys) and added across
+    /// the rows of `Sᵀ`; ALiBi and the softcap are vertical over 16
+    /// queries.
+    #[inline(never)]
+    fn modify_scores(
+        &self,
+        st: &mut [f32x16],
+        sq: usize,
+        (b, h, i0, j0): (usize, usize, usize, usize),
+        kn: usize,
+        nvalid: usize,
+        used: usize,
+    ) -> f32 {
+        let shape = self.inputs.shape();
+        let mut bad = false;
+        if self.mods.mods.bias.is_some() {
+            let stf: &mut [f32] = bytemuck::cast_slice_mut(st);
+            for q in 0..nvalid {
+                let row = self.mods.mods.bias_row(b, h, i0 + q).expect("bias is set");
+                for (k, &x) in row[j0..j0 + kn].iter().enumerate() {
+                    bad |= !(x < f32::INFINITY);
+                    stf[k * sq * LANES + q] += x * LOG2_E;
+                }
+            }
+        }
+        if let Some(slope2) = &self.mods.slope2 {
+            let slope = f32x16::splat(-slope2[h]);
+            // Query i0 + 16v + t sits on the diagonal i + Nk − Nq.
+            let off = shape.kv_len() as i64 - shape.q_len() as i64 + i0 as i64;
+            for (k, row) in st.chunks_mut(sq).take(kn).enumerate() {
+                let j = (j0 + k) as i64;
+                for (v, x) in row[..used].iter_mut().enumerate() {
+                    *x = distances(off + (v * LANES) as i64 - j, 1.0).mul_add(slope, *x);
+                }
+            }
+        }
+        if let Some(c2) = self.mods.cap2 {
+            for row in st.chunks_mut(sq).take(kn) {
+                for x in &mut row[..used] {
+                    *x = cap(*x, c2);
+                }
+            }
+        }
+        if bad { f32::NAN } else { 0.0 }
     }
 }
 

@@ -48,6 +48,7 @@ pub mod kv_element;
 pub mod merge;
 mod micro;
 mod modify;
+use modify::Mods2;
 mod rows;
 mod schedule;
 mod split_kv;
@@ -167,7 +168,16 @@ impl Flash {
                 let n = Workspace::tiled_workers(&shape, &plan, par);
                 let workers = &mut ws.tiled_mut().expect("checked by check_fits")[..n];
                 let (rows, lses) = (RowWriter::new(out), LseWriter::new(lse.as_deref_mut()));
-                let job = Job { inputs, params, plan, out: rows, lse: lses, faults: &faults };
+                let mods = Mods2::new(params, shape.q_heads());
+                let job = Job {
+                    inputs,
+                    params,
+                    plan,
+                    out: rows,
+                    lse: lses,
+                    faults: &faults,
+                    mods: &mods,
+                };
                 par.install(|| job.run(workers))?;
             }
         }
