@@ -293,6 +293,9 @@ impl<T: Element> Job<'_, '_, T> {
         let sq = bq + 1;
         let qp = &s.qp[hi * (br / NR) * d..][..(br / NR) * d];
 
+        // ALiBi and the softcap go on each 8×32 block in registers; with a
+        // bias (read along its rows) all three go on the stored Sᵀ instead.
+        let in_registers = self.mods.touches_scores() && self.mods.mods.bias.is_none();
         // Sᵀ = K·Qᵀ, one 32-query panel at a time (the panel, d×32×4
         // bytes, stays in L1 while the K blocks stream past it).
         {
@@ -316,6 +319,10 @@ impl<T: Element> Job<'_, '_, T> {
                         let sum = ((rows[0] + rows[1]) + (rows[2] + rows[3]))
                             + ((rows[4] + rows[5]) + (rows[6] + rows[7]));
                         sentinel = sum.mul_add(f32x16::ZERO, sentinel);
+                        let mut c = c;
+                        if in_registers {
+                            self.modify_block(&mut c, h, i0 + pn * NR, ka);
+                        }
                         c
                     } else {
                         [[ninf; NV]; MR]
@@ -331,7 +338,7 @@ impl<T: Element> Job<'_, '_, T> {
         }
         let used = panels * NR / LANES; // query vectors actually computed
         let st = &mut s.st[..kn8 * sq];
-        if self.mods.touches_scores() {
+        if self.mods.mods.bias.is_some() {
             let at = (b, h, i0, j0);
             sentinel += f32x16::splat(self.modify_scores(st, sq, at, kn, nvalid, used));
         }
@@ -417,6 +424,29 @@ impl<T: Element> Job<'_, '_, T> {
             cv += w;
         }
         sentinel.reduce_add()
+    }
+
+    /// ALiBi and the softcap on one 8×32 block of `Sᵀ` in registers:
+    /// `c[r][t]` holds key `k0 + r` against queries `q0 + 16t + lane`.
+    #[inline(always)]
+    fn modify_block(&self, c: &mut [[f32x16; NV]; MR], h: usize, q0: usize, k0: usize) {
+        let shape = self.inputs.shape();
+        if let Some(slope2) = &self.mods.slope2 {
+            let slope = f32x16::splat(-slope2[h]);
+            // Query q sits on the diagonal q + Nk − Nq.
+            let off = shape.kv_len() as i64 - shape.q_len() as i64 + q0 as i64 - k0 as i64;
+            for (r, cr) in c.iter_mut().enumerate() {
+                for (t, x) in cr.iter_mut().enumerate() {
+                    let base = off + (t * LANES) as i64 - r as i64;
+                    *x = distances(base, 1.0).mul_add(slope, *x);
+                }
+            }
+        }
+        if let Some(c2) = self.mods.cap2 {
+            for x in c.iter_mut().flatten() {
+                *x = cap(*x, c2);
+            }
+        }
     }
 
     /// Bias, ALiBi and softcap on the scores `Sᵀ` of one tile (rows
