@@ -210,12 +210,15 @@ pub struct Grads {
     pub dk: Vec<f32>,
     /// `dV`, `[B, Hkv, Nk, dv]` (summed over each GQA group).
     pub dv: Vec<f32>,
+    /// The sink gradient, one per query head, when the call has sinks.
+    pub dsinks: Option<Vec<f32>>,
 }
 
 /// Gradients of [`attention`] over contiguous `[B, H, N, D]` f32 buffers
 /// with the flash kernel on the current rayon pool: given Q, K, V, the
 /// forward's `out` and `lse` ([`Output`]) and the upstream gradient
-/// `d_out` (shape of `out`), returns dQ, dK, dV.
+/// `d_out` (shape of `out`), returns dQ, dK, dV (and the sink gradient
+/// when `params` has sinks).
 ///
 /// ```
 /// use attnlab::{AttnParams, AttnShape, attention, attention_backward};
@@ -269,7 +272,9 @@ pub fn attention_backward_with<T: Element>(
     let mut dq = error::try_zeroed("dq", n(shape.q_dims()))?;
     let mut dk = error::try_zeroed("dk", n(shape.k_dims()))?;
     let mut dv = error::try_zeroed("dv", n(shape.v_dims()))?;
+    let mut dsinks = params.sinks.map(|s| vec![0f32; s.len()]);
     let mut grads = GradsMut::from_slices(shape, layout, &mut dq, &mut dk, &mut dv)?;
+    grads.dsinks = dsinks.as_deref_mut();
     kernel.backward(&inputs, &mut grads, params, par)?;
-    Ok(Grads { dq, dk, dv })
+    Ok(Grads { dq, dk, dv, dsinks })
 }
