@@ -28,6 +28,7 @@
 //! depend on which worker runs it, so any thread count gives the same bits.
 
 use attn_core::modifiers::with_sink;
+use attn_core::stats::RowStatsAcc;
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
@@ -50,6 +51,9 @@ pub(crate) struct Scratch {
     m: Vec<f32x16>,
     /// Running sum per head: `[h][Br/16]`.
     l: Vec<f32x16>,
+    /// Running `Σ 2^(u − m)·(u − m)` per head, for statistics:
+    /// `[h][Br/16]`.
+    es: Vec<f32x16>,
     /// `Sᵀ`, then `Pᵀ`: `[Bc][Br]` floats.
     st: Vec<f32x16>,
     /// K tile widened to f32, `[Bc][d]` (only for f16/bf16 inputs; f32
@@ -79,6 +83,7 @@ impl Scratch {
             acc: z(h * br * p.dvv)?,
             m: z(h * br / LANES)?,
             l: z(h * br / LANES)?,
+            es: z(h * br / LANES)?,
             st: z(bc * (br / LANES + 1))?,
             kbuf: f(bc * p.d)?,
             vbuf: f(bc * p.dvv * LANES)?,
@@ -101,6 +106,8 @@ pub(crate) struct Job<'a, 'b, T> {
     pub faults: &'b RowFaults,
     /// The score modifiers, in the log2 domain.
     pub mods: &'b Mods2<'b>,
+    /// Where the saturation statistics go (`max_p`, `entropy`), when asked.
+    pub stats: Option<(LseWriter<'b>, LseWriter<'b>)>,
 }
 
 impl<T: Element> Job<'_, '_, T> {
@@ -173,6 +180,9 @@ impl<T: Element> Job<'_, '_, T> {
             // K/V tile writes it without reading it (`fresh` below).
             fill(&mut s.m[hi * bq..(hi + 1) * bq], f32::NEG_INFINITY);
             fill(&mut s.l[hi * bq..(hi + 1) * bq], 0.0);
+            if self.stats.is_some() {
+                fill(&mut s.es[hi * bq..(hi + 1) * bq], 0.0);
+            }
         }
 
         if kv_lo < kv_hi {
@@ -191,8 +201,15 @@ impl<T: Element> Job<'_, '_, T> {
                 for hi in 0..nh {
                     let fresh = j0 == first_j0;
                     let at = (b, h0 + hi, i0);
-                    let sent =
-                        self.tile(s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh);
+                    let sent = if self.stats.is_some() {
+                        self.tile::<true>(
+                            s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh,
+                        )
+                    } else {
+                        self.tile::<false>(
+                            s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh,
+                        )
+                    };
                     safe &= sent == 0.0;
                 }
                 (s.kbuf, s.vbuf) = (kbuf, vbuf);
@@ -243,6 +260,21 @@ impl<T: Element> Job<'_, '_, T> {
                 };
                 // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
                 unsafe { self.lse.write(idx, lse) };
+                if let Some((max_p, entropy)) = &self.stats {
+                    let visible = s.lo[q] < s.hi[q];
+                    let acc = RowStatsAcc {
+                        m2: if visible { m } else { f32::NEG_INFINITY },
+                        l: if visible { l } else { 0.0 },
+                        e: s.es[hi * bq + q / LANES].to_array()[q % LANES],
+                        sink2: sink.map(|x| x * LOG2_E),
+                    };
+                    let (p, h) = acc.finish();
+                    // SAFETY: this item's entries, as for the LSE.
+                    unsafe {
+                        max_p.write(idx, p);
+                        entropy.write(idx, h);
+                    }
+                }
             }
         }
         if !safe || !lse_ok || sentinel.reduce_add() != 0.0 {
@@ -268,7 +300,7 @@ impl<T: Element> Job<'_, '_, T> {
     /// finite, NaN otherwise.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn tile(
+    fn tile<const STATS: bool>(
         &self,
         s: &mut Scratch,
         kt: &Rows<'_>,
@@ -371,6 +403,7 @@ impl<T: Element> Job<'_, '_, T> {
         // Online softmax, 16 queries per vector.
         let m = &mut s.m[hi * bq..][..bq];
         let l = &mut s.l[hi * bq..][..bq];
+        let es = &mut s.es[hi * bq..][..bq];
         let mut mt = [ninf; BR_VECS];
         for row in st.chunks(sq) {
             for (a, x) in mt.iter_mut().zip(&row[..used]) {
@@ -383,19 +416,33 @@ impl<T: Element> Job<'_, '_, T> {
             msafe[v] = mnew.simd_eq(ninf).select(f32x16::ZERO, mnew);
             let alpha = exp2(m[v] - msafe[v]);
             s.alpha[v * LANES..(v + 1) * LANES].copy_from_slice(alpha.as_array());
+            if STATS {
+                // `attn_core::stats::rescale_mean`, 16 rows at a time.
+                let rescaled = alpha * (es[v] - (msafe[v] - m[v]) * l[v]);
+                es[v] = l[v].simd_eq(f32x16::ZERO).select(f32x16::ZERO, rescaled);
+            }
             m[v] = mnew;
             l[v] *= alpha;
         }
         let mut lsum = [f32x16::ZERO; BR_VECS];
+        let mut esum = [f32x16::ZERO; BR_VECS];
         for row in st.chunks_mut(sq) {
             for v in 0..used {
-                let e = exp2(row[v] - msafe[v]);
+                let dev = row[v] - msafe[v];
+                let e = exp2(dev);
                 row[v] = e;
                 lsum[v] += e;
+                if STATS {
+                    // Masked keys: e = 0 and dev = −inf; 0·(−1000) = 0.
+                    esum[v] = e.mul_add(dev.fast_max(f32x16::splat(-1000.0)), esum[v]);
+                }
             }
         }
         for v in 0..used {
             l[v] += lsum[v];
+            if STATS {
+                es[v] += esum[v];
+            }
         }
 
         // O = α·O + P·V, 8 queries × 32 columns of dv at a time.

@@ -144,7 +144,14 @@ impl Flash {
         if shape.q_len() == 0 {
             return Ok(());
         }
-        let (out, mut lse) = call.outputs();
+        if call.wants_stats() && path == Path::SplitKv {
+            return Err(AttnError::Unsupported {
+                what: "saturation statistics on flash's split-KV path (at most 16 queries per \
+                       head); force the tiled path with Flash::with_tiles"
+                    .into(),
+            });
+        }
+        let (out, mut lse, mut stats) = call.outputs_and_stats();
         let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
@@ -177,6 +184,12 @@ impl Flash {
                     lse: lses,
                     faults: &faults,
                     mods: &mods,
+                    stats: stats.as_deref_mut().map(|st| {
+                        (
+                            LseWriter::new(Some(&mut *st.max_p)),
+                            LseWriter::new(Some(&mut *st.entropy)),
+                        )
+                    }),
                 };
                 par.install(|| job.run(workers))?;
             }

@@ -15,6 +15,9 @@
 //! the ground truth of every gradient test) and [`backward`] (the O(N²)
 //! baseline that materialises `P`, `dP` and `dS`).
 //!
+//! [`oracle_stats`]: the saturation statistics (max probability,
+//! entropy) of every row in f64.
+//!
 //! [`exact`] recomputes, with the oracle, the rows a fast kernel could not
 //! evaluate in f32 (non-finite inputs, logits or sums beyond f32).
 
@@ -25,7 +28,9 @@ pub mod exact;
 pub mod naive;
 pub mod oracle;
 pub mod oracle_backward;
+pub mod oracle_stats;
 
 pub use naive::Naive;
 pub use oracle::{Oracle, Reference, RowAt, reference, reference_row, reference_rows};
 pub use oracle_backward::{ReferenceGrads, reference_backward, reference_dq_rows};
+pub use oracle_stats::{ReferenceStats, reference_stats};
