@@ -244,9 +244,9 @@ mod tests {
         let sinks = [1.5f32, -2.0];
         let p = AttnParams { sinks: Some(&sinks), softcap: Some(2.0), ..Default::default() };
         let (out, lse) = both(&bias, "bias", p).unwrap();
-        for h in 0..2 {
+        for (h, sink) in sinks.iter().enumerate() {
             let r = (2 + h) * NQ + 2;
-            assert_eq!(lse[r], sinks[h], "a fully masked row with a sink has the sink's LSE");
+            assert_eq!(lse[r], *sink, "a fully masked row with a sink has the sink's LSE");
             assert_eq!(&out[r * 2..][..2], &[0.0, 0.0]);
         }
         assert!(out.iter().chain(&lse).all(|x| x.is_finite()));
