@@ -170,11 +170,12 @@ where
             q.iter().zip(k_row(j)).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
         at.mods.score_f64(scale * dot, at.b, at.h, at.i, at.diag, j)
     }));
-    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        // No key, or every key's score is −inf (masked by the bias).
+    if scores.iter().all(|s| *s == f64::NEG_INFINITY) {
+        // No key, or every key's score is −inf (masked by the bias). Not
+        // a NaN score: that propagates below, as IEEE arithmetic does.
         return sink.unwrap_or(f64::NEG_INFINITY);
     }
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let m = sink.map_or(m, |s| m.max(s));
     let mut sum = sink.map_or(0.0, |s| (s - m).exp());
     for (j, sj) in keys.zip(scores.iter()) {

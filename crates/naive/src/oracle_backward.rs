@@ -167,10 +167,10 @@ fn row_grads<T: Element>(
     let at = RowAt::new(mods, b, h, i, s.q_len(), s.kv_len());
     let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
     reference_row(q.row(b, h, i), keys.clone(), scale, at, kr, vr, scores, o);
-    let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if top == f64::NEG_INFINITY {
+    if scores.iter().all(|s| *s == f64::NEG_INFINITY) {
         return 0.0; // no key left: o = 0, nothing flows back
     }
+    let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sink = mods.sink(h).map(f64::from);
     let m = sink.map_or(top, |sk| top.max(sk));
     let z =
