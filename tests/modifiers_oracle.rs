@@ -8,11 +8,12 @@
 //! accounts for what the modifiers add to the scores ([`mod_tolerance`],
 //! [`mod_grad_tolerance`]), which the other modifier tests may reuse.
 
+use crate::backward::assert_grads;
 use crate::common::*;
-use attnlab::naive::{Reference, reference};
+use attnlab::naive::{Reference, ReferenceGrads, reference, reference_backward};
 use attnlab::{
-    Alibi, AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par,
-    ScoreMods, TensorView, TensorViewMut,
+    Alibi, AttnError, AttnInputs, AttnParams, AttnShape, BackwardInputs, Element, GradsMut, Kernel,
+    Layout, Mask, Par, ScoreMods, TensorView, TensorViewMut,
 };
 
 /// The modifiers of one test call, owning what [`AttnParams`] borrows.
@@ -211,9 +212,6 @@ pub fn assert_rows(
                 }
             }
         }
-    }
-    if std::env::var("MODS_WORST").is_ok() {
-        eprintln!("WORST {:.4} {what}", worst.0);
     }
     assert!(
         worst.0 <= 1.0,
@@ -463,5 +461,279 @@ fn naive_forward_with_modifiers_is_thread_count_independent() {
         let par =
             forward(Kernel::Naive, &inputs, Layout::Bnhd, &p, Par::rayon(n).unwrap()).unwrap();
         assert_eq!(bits(&seq), bits(&par), "{n} threads");
+    }
+}
+
+/// Tolerances `[dq, dk, dv, dsinks]` of a backward against the oracle's
+/// gradients `r`, given its forward's O and LSE (which the fast kernels
+/// read) and the forward's tolerance `fwd` against the oracle. The model of
+/// `crate::backward::grad_tolerance`, per row and per key instead of one
+/// global bound, with the modifiers' score errors ([`row_model`]):
+///
+/// - `P_ij = exp(s_ij − LSE_i)` is off by a relative `δP_ij = δ_ij +
+///   tol_lse_i + 2·ε·(1 + |LSE_i|) + 1e-6` (the recomputed score, the
+///   forward's LSE, their f32 difference, the fast exp2);
+/// - with a softcap the factor `f = 1 − t²` (`t = s/c`) is recomputed from
+///   an f32 score off by `δ_ij`, so it is off by `2·|t|·δ_ij/c + 4·ε`;
+/// - `dS_ij = P_ij·(dP_ij − D_i)·f_ij` is off by `e_ij = P_ij·((δP_ij·A_i +
+///   E_i)·f_ij + A_i·δf_ij)`, where `A_i = max_j |dP_ij| + |D_i|` and
+///   `E_i = dv·ε·A_i + dv·max|dO|·tol_out_i` (the f32 sums of dP and the
+///   forward output's error in `D`);
+/// - `dQ_i` sums `e_i·` times `scale·max|K|`, `dK_j` sums `e_·j` over the
+///   group's rows times `scale·max|Q|`, `dV_j` sums `P_ij·δP_ij` times
+///   `max|dO|`;
+/// - `dsink_h = −Σ_{b,i} exp(sink_h − LSE_i)·D_i`: each term is off by
+///   its weight times `|D_i|·(tol_lse_i + 2·ε·(1 + |LSE_i|) + 1e-6) + E_i`,
+///   and the f32 sum over `B·Nq` terms by `B·Nq·ε·Σ|term|`;
+/// - each gets `1e-6·(1 + max|grad|)` more, as in `grad_tolerance`.
+pub fn mod_grad_tolerance<T: Element>(
+    p: &BackwardInputs<'_, T>,
+    params: &AttnParams,
+    fwd_ref: &Reference,
+    fwd: &RowTolerance,
+    r: &ReferenceGrads,
+) -> [Vec<f64>; 4] {
+    let s = *p.shape();
+    let (nq, nk, dv) = (s.q_len(), s.kv_len(), s.v_dim());
+    let mods = ScoreMods::new(params, s.q_heads());
+    let scale = params.scale.map(f64::from).unwrap_or(1.0 / (s.head_dim() as f64).sqrt());
+    let eps = f32::EPSILON as f64;
+    let amax = |x: &[f64]| x.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let emax = |x: &[T]| x.iter().fold(0f64, |a, v| a.max(v.to_f32().abs() as f64));
+    let (qm, km) = (emax(p.fwd.q.data()), emax(p.fwd.k.data()));
+    let gm = p.d_out.data().iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+    let x = |e: &T| e.to_f32() as f64;
+    let (mut dq_t, mut col_k, mut col_v) = (
+        0f64,
+        vec![0f64; s.batch() * s.kv_heads() * nk],
+        vec![0f64; s.batch() * s.kv_heads() * nk],
+    );
+    let mut dsink_t = vec![0f64; s.q_heads()];
+    let mut dsink_terms = vec![0f64; s.q_heads()];
+    for b in 0..s.batch() {
+        for h in 0..s.q_heads() {
+            let g = s.kv_head_of(h);
+            for i in 0..nq {
+                let row = (b * s.q_heads() + h) * nq + i;
+                let lse = p.lse[row] as f64;
+                let doi = p.d_out.row(b, h, i);
+                let d_i: f64 = doi
+                    .iter()
+                    .zip(&fwd_ref.out[row * dv..][..dv])
+                    .map(|(a, c)| *a as f64 * c)
+                    .sum();
+                let lse_err = fwd.lse[row] + 2.0 * eps * (1.0 + lse.abs()) + 1e-6;
+                let model = row_model(&p.fwd, params, fwd_ref, (b, h, i));
+                let dps: Vec<f64> = model
+                    .iter()
+                    .map(|(j, _, _)| {
+                        doi.iter().zip(p.fwd.v.row(b, g, *j)).map(|(a, c)| *a as f64 * x(c)).sum()
+                    })
+                    .collect();
+                let a = dps.iter().fold(0f64, |m, v| m.max(v.abs())) + d_i.abs();
+                let e = dv as f64 * eps * a + dv as f64 * gm * fwd.out[row];
+                let mut row_sum = 0.0;
+                for (j, pj, dj) in &model {
+                    let dp_rel = dj + lse_err;
+                    let (f, df) = match mods.softcap {
+                        None => (1.0, 0.0),
+                        Some(c) => {
+                            let c = c as f64;
+                            let dot: f64 = p
+                                .fwd
+                                .q
+                                .row(b, h, i)
+                                .iter()
+                                .zip(p.fwd.k.row(b, g, *j))
+                                .map(|(u, w)| x(u) * x(w))
+                                .sum();
+                            let diag = i as i64 + nk as i64 - nq as i64;
+                            let t = mods.score_f64(scale * dot, b, h, i, diag, *j) / c;
+                            (1.0 - t * t, 2.0 * t.abs() * dj / c + 4.0 * eps)
+                        }
+                    };
+                    let eij = pj * ((dp_rel * a + e) * f + a * df);
+                    row_sum += eij;
+                    col_k[(b * s.kv_heads() + g) * nk + j] += eij;
+                    col_v[(b * s.kv_heads() + g) * nk + j] += pj * dp_rel;
+                }
+                dq_t = dq_t.max(row_sum);
+                if let Some(sk) = mods.sink(h) {
+                    let w = if lse.is_finite() { (sk as f64 - lse).exp() } else { 0.0 };
+                    dsink_t[h] += w * (d_i.abs() * lse_err + e);
+                    dsink_terms[h] += (w * d_i).abs();
+                }
+            }
+        }
+    }
+    let n_terms = (s.batch() * nq) as f64;
+    let base = |g: &[f64]| 1e-6 * (1.0 + amax(g));
+    [
+        vec![scale * km * dq_t + base(&r.dq)],
+        vec![scale * qm * amax(&col_k) + base(&r.dk)],
+        vec![gm * amax(&col_v) + base(&r.dv)],
+        dsink_t
+            .iter()
+            .zip(&dsink_terms)
+            .map(|(t, m)| t + n_terms * eps * m + base(&r.dsinks))
+            .collect(),
+    ]
+}
+
+/// The naive backward (dq, dk, dv and dsinks when the call has sinks)
+/// against the oracle, in both layouts, on two forwards: the oracle's O
+/// and LSE rounded to f32 (their error is that rounding, `ε·|x|`, so the
+/// bounds measure the backward alone) and the naive forward's (the chain a
+/// caller runs, with the forward's tolerance carried through `D` and the
+/// LSE).
+fn check_backward(what: &str, dims: [usize; 7], mask: Mask, amp: f32, mods: &Mods, seed: u64) {
+    let shape = shape_of(dims);
+    let (q, k, v) = make_inputs(&shape, amp, seed);
+    let d_out = random(shape.out_dims().iter().product(), 1.0, &mut rng(seed ^ 0xd0));
+    let params = mods.params(AttnParams::with_mask(mask));
+    params.validate_for(&shape).unwrap();
+    let n = |d: [usize; 4]| d.iter().product::<usize>();
+    let eps = f32::EPSILON as f64;
+    let dv = shape.v_dim();
+    for layout in [Layout::Bhnd, Layout::Bnhd] {
+        let fwd = AttnInputs::from_slices(shape, layout, &q, &k, &v).unwrap();
+        let fwd_ref = reference(&fwd, &params);
+        let rounded = RowTolerance {
+            out: fwd_ref
+                .out
+                .chunks(dv.max(1))
+                .map(|o| eps * o.iter().fold(0f64, |a, x| a.max(x.abs())))
+                .collect(),
+            lse: fwd_ref
+                .lse
+                .iter()
+                .map(|l| if l.is_finite() { eps * l.abs() } else { 0.0 })
+                .collect(),
+        };
+        for (source, fwd_tol) in
+            [(Kernel::Oracle, rounded), (Kernel::Naive, mod_tolerance(&fwd, &params, &fwd_ref))]
+        {
+            let what = format!(
+                "{what} {dims:?} {mask:?} {layout:?} amp {amp} [{}] on the {source} forward",
+                mods.describe()
+            );
+            let (out, lse) = forward(source, &fwd, layout, &params, Par::Seq).unwrap();
+            let inputs =
+                BackwardInputs::from_slices(shape, layout, &q, &k, &v, &out, &lse, &d_out).unwrap();
+            let r = reference_backward(&inputs, &params);
+            let tol = mod_grad_tolerance(&inputs, &params, &fwd_ref, &fwd_tol, &r);
+            let mut g = [
+                vec![f32::NAN; n(shape.q_dims())],
+                vec![f32::NAN; n(shape.k_dims())],
+                vec![f32::NAN; n(shape.v_dims())],
+            ];
+            let mut dsinks = vec![f32::NAN; shape.q_heads()];
+            {
+                let [dq, dk, dv] = &mut g;
+                let mut views = GradsMut::from_slices(&shape, layout, dq, dk, dv).unwrap();
+                if params.sinks.is_some() {
+                    views.dsinks = Some(&mut dsinks);
+                }
+                Kernel::Naive
+                    .backward(&inputs, &mut views, &params, Par::Seq)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            assert_grads(&what, &shape, layout, &g, &r, [tol[0][0], tol[1][0], tol[2][0]]);
+            if params.sinks.is_some() {
+                for (h, (got, want)) in dsinks.iter().zip(&r.dsinks).enumerate() {
+                    let e = (*got as f64 - want).abs();
+                    assert!(
+                        e <= tol[3][h],
+                        "{what}: dsinks[{h}] = {got} but oracle {want} (|err| {e:.3e} > tol {:.3e})",
+                        tol[3][h]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn naive_backward_matches_the_oracle_per_modifier() {
+    for (n, (dims, mask)) in SHAPES.into_iter().enumerate() {
+        for (m, mods) in mod_sets(&shape_of(dims), n as u64).iter().enumerate() {
+            check_backward("naive backward", dims, mask, 1.5, mods, (n * 10 + m) as u64);
+        }
+    }
+}
+
+#[test]
+fn naive_backward_extremes() {
+    let mha = [1, 2, 2, 40, 60, 16, 16];
+    for (c, amp) in [(1e-3, 1.0), (1e-3, 4.0), (1e6, 1.0), (1e6, 8.0), (50.0, 8.0)] {
+        let mods = Mods { softcap: Some(c), ..Default::default() };
+        for mask in [Mask::None, Mask::Causal] {
+            check_backward("softcap", mha, mask, amp, &mods, 1);
+        }
+    }
+    let sinks = Mods { sinks: Some(vec![1e4, -1e4]), ..Default::default() };
+    let capped = Mods { softcap: Some(5.0), alibi: Some(None), ..sinks.clone() };
+    for mods in [&sinks, &capped] {
+        for mask in [Mask::None, Mask::Causal] {
+            check_backward("sink ±1e4", [1, 2, 1, 40, 30, 16, 16], mask, 1.0, mods, 2);
+        }
+    }
+    let steep = Mods { alibi: Some(Some(vec![1e3; 2])), ..Default::default() };
+    let steep_sink = Mods { sinks: Some(vec![0.0; 2]), ..steep.clone() };
+    let steep_cap = Mods { softcap: Some(30.0), ..steep_sink.clone() };
+    for mods in [&steep, &steep_sink, &steep_cap] {
+        for dims in [[1, 2, 1, 300, 300, 16, 16], [1, 2, 2, 300, 40, 8, 8]] {
+            check_backward("steep alibi", dims, Mask::None, 1.0, mods, 3);
+        }
+    }
+    // −inf bias: scattered, and whole rows (which contribute nothing).
+    let dims = [2, 4, 2, 30, 40, 16, 16];
+    let mut bias = values(2 * 4 * 30 * 40, 1.0, 7);
+    let mut g = rng(8);
+    for x in bias.iter_mut() {
+        if random(1, 1.0, &mut g)[0] > 0.4 {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    for r in bias.chunks_mut(30 * 40) {
+        r[3 * 40..4 * 40].fill(f32::NEG_INFINITY);
+    }
+    let plain = Mods { bias: Some((bias, [2, 4, 30, 40])), ..Default::default() };
+    let with_sinks = Mods { sinks: Some(values(4, 1.0, 9)), ..plain.clone() };
+    let all = Mods { softcap: Some(4.0), alibi: Some(None), ..with_sinks.clone() };
+    for mods in [&plain, &with_sinks, &all] {
+        for mask in [Mask::None, Mask::Causal] {
+            check_backward("-inf bias", dims, mask, 1.0, mods, 4);
+        }
+    }
+}
+
+/// Identical gradients (dsinks included) on any number of threads, every
+/// modifier on.
+#[test]
+fn naive_backward_with_modifiers_is_thread_count_independent() {
+    let dims = [2, 6, 2, 45, 70, 32, 24];
+    let s = shape_of(dims);
+    let mods = mod_sets(&s, 13).pop().unwrap();
+    let (q, k, v) = make_inputs(&s, 1.0, 14);
+    let d_out = random(s.out_dims().iter().product(), 1.0, &mut rng(15));
+    let p = mods.params(AttnParams::causal());
+    let fwd = AttnInputs::from_slices(s, Layout::Bnhd, &q, &k, &v).unwrap();
+    let (out, lse) = forward(Kernel::Naive, &fwd, Layout::Bnhd, &p, Par::Seq).unwrap();
+    let inputs =
+        BackwardInputs::from_slices(s, Layout::Bnhd, &q, &k, &v, &out, &lse, &d_out).unwrap();
+    let n = |d: [usize; 4]| d.iter().product::<usize>();
+    let run = |par: Par| {
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; n(s.q_dims())], vec![0f32; n(s.k_dims())], vec![0f32; n(s.v_dims())]);
+        let mut ds = vec![0f32; s.q_heads()];
+        let mut g = GradsMut::from_slices(&s, Layout::Bnhd, &mut dq, &mut dk, &mut dv).unwrap();
+        g.dsinks = Some(&mut ds);
+        Kernel::Naive.backward(&inputs, &mut g, &p, par).unwrap();
+        [dq, dk, dv, ds].concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    let seq = run(Par::Seq);
+    for t in [2, 3] {
+        assert!(seq == run(Par::rayon(t).unwrap()), "{t} threads");
     }
 }

@@ -56,16 +56,19 @@ impl AttentionKernel for Naive {
         "naive"
     }
 
-    /// The score matrix, `B·Hq·Nq·Nk·4` bytes, plus one `Nq×dv` product per
-    /// worker and a row handle per head (f16/bf16 inputs add their f32
-    /// copies, not counted here). Saturates instead of overflowing.
+    /// The score matrix, `B·Hq·Nq·Nk·4` bytes, plus one `Nq×dv` product and
+    /// `Nq` row flags per worker and a row handle per head (f16/bf16 inputs
+    /// add their f32 copies, not counted here). Saturates instead of
+    /// overflowing.
     fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
         let heads = shape.batch() * shape.q_heads();
         let scores = heads.saturating_mul(shape.q_len()).saturating_mul(shape.kv_len());
+        let workers = par.threads().min(heads);
         let per_worker = shape.q_len() * shape.v_dim();
-        let floats = scores.saturating_add(par.threads().min(heads).saturating_mul(per_worker));
+        let floats = scores.saturating_add(workers.saturating_mul(per_worker));
         floats
             .saturating_mul(4)
+            .saturating_add(workers.saturating_mul(shape.q_len()))
             .saturating_add(heads.saturating_mul(std::mem::size_of::<HeadRowsMut<'_>>()))
     }
 
