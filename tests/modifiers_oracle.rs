@@ -737,3 +737,124 @@ fn naive_backward_with_modifiers_is_thread_count_independent() {
         assert!(seq == run(Par::rayon(t).unwrap()), "{t} threads");
     }
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mask_strategy() -> impl Strategy<Value = Mask> {
+        let side = prop_oneof![Just(None), (0usize..20).prop_map(Some)];
+        prop_oneof![
+            Just(Mask::None),
+            Just(Mask::Causal),
+            (side.clone(), side).prop_map(|(left, right)| Mask::Window { left, right }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Problem {
+        dims: [usize; 7],
+        mask: Mask,
+        amp: f32,
+        softcap: Option<f32>,
+        /// 0: off, 1: default slopes, 2: given slopes
+        alibi: u8,
+        sinks: Option<f32>,
+        /// 0: off, 1: full, 2: broadcast over heads, 3: over batch and heads
+        bias: u8,
+        /// fraction of −inf bias entries
+        holes: f32,
+        seed: u64,
+    }
+
+    fn problem() -> impl Strategy<Value = Problem> {
+        (
+            (1usize..=2, 1usize..=3, 1usize..=3, 0usize..=40, 0usize..=40),
+            (prop::sample::select(vec![1usize, 3, 8, 16, 32]), 1usize..=20),
+            mask_strategy(),
+            prop_oneof![Just(1.0f32), Just(3.0f32), Just(0.1f32)],
+            prop_oneof![
+                Just(None),
+                prop::sample::select(vec![1e-3f32, 1.0, 5.0, 50.0]).prop_map(Some)
+            ],
+            (
+                0u8..3,
+                prop_oneof![
+                    Just(None),
+                    prop::sample::select(vec![-1e4f32, -3.0, 0.0, 2.0, 1e4]).prop_map(Some)
+                ],
+            ),
+            (0u8..4, prop::sample::select(vec![0.0f32, 0.3, 0.9])),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(
+                    (b, hkv, grp, nq, nk),
+                    (d, dv),
+                    mask,
+                    amp,
+                    softcap,
+                    (alibi, sinks),
+                    (bias, holes),
+                    seed,
+                )| {
+                    Problem {
+                        dims: [b, hkv * grp, hkv, nq, nk, d, dv],
+                        mask,
+                        amp,
+                        softcap,
+                        alibi,
+                        sinks,
+                        bias,
+                        holes,
+                        seed,
+                    }
+                },
+            )
+    }
+
+    impl Problem {
+        fn mods(&self) -> Mods {
+            let [b, hq, _, nq, nk, _, _] = self.dims;
+            let mut g = rng(self.seed ^ 0xb1a5);
+            let bias = (self.bias > 0).then(|| {
+                let dims = match self.bias {
+                    1 => [b, hq, nq, nk],
+                    2 => [b, 1, nq, nk],
+                    _ => [1, 1, nq, nk],
+                };
+                let n = dims.iter().product();
+                let mut x = random(n, 1.0, &mut g);
+                for v in x.iter_mut() {
+                    if random(1, 1.0, &mut g)[0].abs() < self.holes * 1.5 {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                (x, dims)
+            });
+            let slopes = random(hq, 0.5, &mut g).iter().map(|x| x.abs()).collect();
+            Mods {
+                softcap: self.softcap,
+                alibi: match self.alibi {
+                    0 => None,
+                    1 => Some(None),
+                    _ => Some(Some(slopes)),
+                },
+                sinks: self.sinks.map(|s| random(hq, 1.0, &mut g).iter().map(|x| s + x).collect()),
+                bias,
+            }
+        }
+    }
+
+    proptest! {
+        /// Random shapes, masks and modifier combinations: the naive
+        /// forward and backward against the oracle (the models of
+        /// [`mod_tolerance`] and [`mod_grad_tolerance`]).
+        #[test]
+        fn naive_matches_the_oracle_with_random_modifiers(p in problem()) {
+            let mods = p.mods();
+            check_forward("prop", p.dims, p.mask, p.amp, &mods, p.seed);
+            check_backward("prop", p.dims, p.mask, p.amp, &mods, p.seed);
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! With score modifiers, the scores are recomputed exactly as the forward
-//! forms them (`Q·Kᵀ·scale`, then [`modify_row`]: bias, ALiBi, softcap,
+//! forms them (`Q·Kᵀ·scale`, then `modify_row`: bias, ALiBi, softcap,
 //! then `·log2 e`); the LSE already holds the sink. A softcap multiplies
 //! `dS` by `1 − (s/c)²` of the capped score `s` (its derivative), and the
 //! sink's gradient is `dsink_h = −Σ_{b,i} exp(sink_h − LSE_i)·D_i`, summed

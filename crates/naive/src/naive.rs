@@ -9,7 +9,7 @@
 //!
 //! With score modifiers (`docs/semantics.md`), the first product is taken
 //! with `scale` alone and each visible row is modified in place before the
-//! softmax ([`modify_row`]: bias, ALiBi, softcap, then `·log2 e`); a sink
+//! softmax (`modify_row`: bias, ALiBi, softcap, then `·log2 e`); a sink
 //! rescales the finished row ([`with_sink`]). A row whose every visible
 //! key scores `−inf` (a `−inf` bias) is fully masked: output 0, LSE `−inf`
 //! or the sink's.
