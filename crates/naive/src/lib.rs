@@ -1,7 +1,9 @@
 //! # attn-naive
 //!
-//! Two reference implementations of `O = softmax(Q·Kᵀ·scale + mask)·V`
-//! (shapes, layouts and conventions in `attn-core`):
+//! Two reference implementations of `O = softmax(Q·Kᵀ·scale + mask)·V`,
+//! with the score modifiers of `attn_core::modifiers` (bias, ALiBi,
+//! softcap, sinks) in every path, forward and backward (shapes, layouts
+//! and conventions in `attn-core`):
 //!
 //! - [`oracle`]: scalar, f64 accumulation, one query row at a time, written
 //!   to be obviously right. Every test in the workspace compares against it.
@@ -19,7 +21,8 @@
 //! entropy) of every row in f64.
 //!
 //! [`exact`] recomputes, with the oracle, the rows a fast kernel could not
-//! evaluate in f32 (non-finite inputs, logits or sums beyond f32).
+//! evaluate in f32 (non-finite inputs or bias entries, logits or sums
+//! beyond f32, rows a `−inf` bias masks entirely).
 
 #![warn(missing_docs)]
 
