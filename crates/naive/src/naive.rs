@@ -73,6 +73,11 @@ impl AttentionKernel for Naive {
     }
 
     fn run<T: Element>(&self, mut call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
+        if call.wants_stats() {
+            return Err(AttnError::Unsupported {
+                what: "saturation statistics in the naive kernel (use flash or the oracle)".into(),
+            });
+        }
         let (inputs, params, par) = (call.inputs(), call.params(), call.par());
         let shape = *inputs.shape();
         let owned;

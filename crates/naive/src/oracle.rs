@@ -212,6 +212,17 @@ impl AttentionKernel for Oracle {
         let (inputs, params) = (call.inputs(), call.params());
         let par = call.par();
         let r = par.install(|| reference_on(inputs, params, par.threads() > 1))?;
+        if call.wants_stats() {
+            let st = par.install(|| crate::oracle_stats::reference_stats(inputs, params))?;
+            let (_, _, stats) = call.outputs_and_stats();
+            let stats = stats.expect("asked for");
+            for (dst, x) in stats.max_p.iter_mut().zip(&st.max_p) {
+                *dst = *x as f32;
+            }
+            for (dst, x) in stats.entropy.iter_mut().zip(&st.entropy) {
+                *dst = *x as f32;
+            }
+        }
         let (out, mut lse) = call.outputs();
         let s = inputs.shape();
         let (nq, nk, dv) = (s.q_len(), s.kv_len(), s.v_dim());
