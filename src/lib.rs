@@ -35,10 +35,11 @@ pub use attn_naive as naive;
 
 pub use attn_core::{
     Alibi, AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
-    HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, TensorView, TensorViewMut, bf16, f16,
+    HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, StatsMut, TensorView, TensorViewMut,
+    bf16, f16,
 };
 pub use attn_core::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut, backward};
-pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, view};
+pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, stats, view};
 pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;
 pub use attn_naive::{Naive, Oracle};
@@ -95,6 +96,16 @@ impl Kernel {
             Kernel::Oracle => Oracle.forward(inputs, out, lse, params, par),
             Kernel::Naive => Naive.forward(inputs, out, lse, params, par),
             Kernel::Flash => Flash::default().forward(inputs, out, lse, params, par),
+        }
+    }
+
+    /// Runs this kernel on a validated call (see [`AttentionKernel::run`]),
+    /// e.g. one that asks for statistics ([`CheckedCall::with_stats`]).
+    pub fn run<T: Element>(&self, call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
+        match self {
+            Kernel::Oracle => Oracle.run(call),
+            Kernel::Naive => Naive.run(call),
+            Kernel::Flash => Flash::default().run(call),
         }
     }
 }
@@ -201,6 +212,53 @@ pub fn attention_with<T: Element>(
     Ok(Output { out, lse })
 }
 
+/// The saturation statistics of every row (`attn_core::stats`),
+/// `[B, Hq, Nq]` each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Largest probability of each row (sink included; 0 for a row with
+    /// no key and no sink).
+    pub max_p: Vec<f32>,
+    /// Entropy of each row in nats (sink included; 0 for a row with no
+    /// distribution).
+    pub entropy: Vec<f32>,
+}
+
+impl Stats {
+    /// The effective support `exp(H)` of each row: 1 for one dominant key,
+    /// `n` for `n` equal keys.
+    pub fn support(&self) -> Vec<f32> {
+        self.entropy.iter().map(|h| h.exp()).collect()
+    }
+}
+
+/// [`attention_with`] that also returns each row's saturation statistics,
+/// computed inside the kernel in O(1) extra state per row (no `N²`
+/// buffer). The flash kernel computes them on its tiled path (calls with
+/// more than 16 queries per head, or forced tiles) and the oracle
+/// everywhere; other paths refuse the call.
+pub fn attention_with_stats<T: Element>(
+    shape: &AttnShape,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    params: &AttnParams,
+    options: &Options,
+) -> Result<(Output, Stats), AttnError> {
+    let Options { kernel, layout, par } = *options;
+    let inputs = AttnInputs::from_slices(*shape, layout, q, k, v)?;
+    let mut out = error::try_zeroed("out", shape.out_dims().iter().product())?;
+    let mut lse = error::try_zeroed("lse", shape.lse_len())?;
+    let mut max_p = error::try_zeroed("max_p", shape.lse_len())?;
+    let mut entropy = error::try_zeroed("entropy", shape.lse_len())?;
+    let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
+    let stats = StatsMut { max_p: &mut max_p, entropy: &mut entropy };
+    let call =
+        CheckedCall::new(&inputs, &mut view, Some(&mut lse), params, par)?.with_stats(stats)?;
+    kernel.run(call)?;
+    Ok((Output { out, lse }, Stats { max_p, entropy }))
+}
+
 /// The gradients of one backward call, in the layout of the call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grads {
@@ -210,12 +268,15 @@ pub struct Grads {
     pub dk: Vec<f32>,
     /// `dV`, `[B, Hkv, Nk, dv]` (summed over each GQA group).
     pub dv: Vec<f32>,
+    /// The sink gradient, one per query head, when the call has sinks.
+    pub dsinks: Option<Vec<f32>>,
 }
 
 /// Gradients of [`attention`] over contiguous `[B, H, N, D]` f32 buffers
 /// with the flash kernel on the current rayon pool: given Q, K, V, the
 /// forward's `out` and `lse` ([`Output`]) and the upstream gradient
-/// `d_out` (shape of `out`), returns dQ, dK, dV.
+/// `d_out` (shape of `out`), returns dQ, dK, dV (and the sink gradient
+/// when `params` has sinks).
 ///
 /// ```
 /// use attnlab::{AttnParams, AttnShape, attention, attention_backward};
@@ -269,7 +330,9 @@ pub fn attention_backward_with<T: Element>(
     let mut dq = error::try_zeroed("dq", n(shape.q_dims()))?;
     let mut dk = error::try_zeroed("dk", n(shape.k_dims()))?;
     let mut dv = error::try_zeroed("dv", n(shape.v_dims()))?;
+    let mut dsinks = params.sinks.map(|s| vec![0f32; s.len()]);
     let mut grads = GradsMut::from_slices(shape, layout, &mut dq, &mut dk, &mut dv)?;
+    grads.dsinks = dsinks.as_deref_mut();
     kernel.backward(&inputs, &mut grads, params, par)?;
-    Ok(Grads { dq, dk, dv })
+    Ok(Grads { dq, dk, dv, dsinks })
 }

@@ -22,3 +22,5 @@ mod modifiers_flash;
 mod modifiers_decode;
 // Score modifiers in the flash backward: gradients (and dsinks) against the f64 oracle backward.
 mod modifiers_backward;
+// Saturation statistics (max probability, entropy) of flash against the oracle.
+mod stats;

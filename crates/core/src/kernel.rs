@@ -6,6 +6,7 @@ use crate::error::AttnError;
 use crate::par::Par;
 use crate::params::AttnParams;
 use crate::shape::AttnShape;
+use crate::stats::StatsMut;
 use crate::view::{Layout, TensorView, TensorViewMut};
 
 /// Q, K and V of one problem, checked against its shape.
@@ -117,6 +118,7 @@ pub struct CheckedCall<'c, 'o, T> {
     lse: Option<&'c mut [f32]>,
     params: &'c AttnParams<'c>,
     par: Par,
+    stats: Option<StatsMut<'c>>,
 }
 
 impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
@@ -131,7 +133,21 @@ impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
         check_outputs(inputs.shape(), out, lse.as_deref())?;
         params.validate_for(inputs.shape())?;
         par.validate()?;
-        Ok(CheckedCall { inputs, out, lse, params, par })
+        Ok(CheckedCall { inputs, out, lse, params, par, stats: None })
+    }
+
+    /// Asks the kernel for the saturation statistics of every row too
+    /// (`crate::stats`), after checking the buffers' lengths. A kernel that
+    /// cannot compute them refuses the call ([`AttnError::Unsupported`]).
+    pub fn with_stats(mut self, stats: StatsMut<'c>) -> Result<Self, AttnError> {
+        stats.check(self.shape())?;
+        self.stats = Some(stats);
+        Ok(self)
+    }
+
+    /// Whether the caller asked for statistics.
+    pub fn wants_stats(&self) -> bool {
+        self.stats.is_some()
     }
 
     /// Q, K and V.
@@ -153,6 +169,13 @@ impl<'c, 'o, T: Element> CheckedCall<'c, 'o, T> {
     /// The output view and the LSE buffer, to write.
     pub fn outputs(&mut self) -> (&mut TensorViewMut<'o>, Option<&mut [f32]>) {
         (self.out, self.lse.as_deref_mut())
+    }
+    /// The output view, the LSE buffer and the statistics, to write.
+    #[allow(clippy::type_complexity)]
+    pub fn outputs_and_stats(
+        &mut self,
+    ) -> (&mut TensorViewMut<'o>, Option<&mut [f32]>, Option<&mut StatsMut<'c>>) {
+        (self.out, self.lse.as_deref_mut(), self.stats.as_mut())
     }
 }
 

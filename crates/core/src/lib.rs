@@ -40,6 +40,7 @@ pub mod modifiers;
 pub mod par;
 pub mod params;
 pub mod shape;
+pub mod stats;
 pub mod view;
 
 pub use backward::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut};
@@ -53,4 +54,5 @@ pub use modifiers::{Alibi, ScoreMods};
 pub use par::Par;
 pub use params::AttnParams;
 pub use shape::{AttnShape, ShapeBuilder};
+pub use stats::StatsMut;
 pub use view::{HeadRowsMut, Layout, TensorView, TensorViewMut};

@@ -27,6 +27,8 @@
 //! only its own output rows and LSE entries; an item's result does not
 //! depend on which worker runs it, so any thread count gives the same bits.
 
+use attn_core::modifiers::with_sink;
+use attn_core::stats::RowStatsAcc;
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
@@ -34,6 +36,7 @@ use attn_simd::{LOG2_E, exp2};
 use wide::{bytemuck, f32x8, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
+use crate::modify::{Mods2, cap, distances};
 use crate::rows::{LseWriter, RowWriter};
 use crate::tiles::{BR_VECS, LANES, MR, NR, NV, Plan};
 
@@ -48,6 +51,9 @@ pub(crate) struct Scratch {
     m: Vec<f32x16>,
     /// Running sum per head: `[h][Br/16]`.
     l: Vec<f32x16>,
+    /// Running `Σ 2^(u − m)·(u − m)` per head, for statistics:
+    /// `[h][Br/16]`.
+    es: Vec<f32x16>,
     /// `Sᵀ`, then `Pᵀ`: `[Bc][Br]` floats.
     st: Vec<f32x16>,
     /// K tile widened to f32, `[Bc][d]` (only for f16/bf16 inputs; f32
@@ -77,6 +83,7 @@ impl Scratch {
             acc: z(h * br * p.dvv)?,
             m: z(h * br / LANES)?,
             l: z(h * br / LANES)?,
+            es: z(h * br / LANES)?,
             st: z(bc * (br / LANES + 1))?,
             kbuf: f(bc * p.d)?,
             vbuf: f(bc * p.dvv * LANES)?,
@@ -97,6 +104,10 @@ pub(crate) struct Job<'a, 'b, T> {
     pub lse: LseWriter<'b>,
     /// Rows whose f32 result is not finite (recomputed after the run).
     pub faults: &'b RowFaults,
+    /// The score modifiers, in the log2 domain.
+    pub mods: &'b Mods2<'b>,
+    /// Where the saturation statistics go (`max_p`, `entropy`), when asked.
+    pub stats: Option<(LseWriter<'b>, LseWriter<'b>)>,
 }
 
 impl<T: Element> Job<'_, '_, T> {
@@ -169,6 +180,9 @@ impl<T: Element> Job<'_, '_, T> {
             // K/V tile writes it without reading it (`fresh` below).
             fill(&mut s.m[hi * bq..(hi + 1) * bq], f32::NEG_INFINITY);
             fill(&mut s.l[hi * bq..(hi + 1) * bq], 0.0);
+            if self.stats.is_some() {
+                fill(&mut s.es[hi * bq..(hi + 1) * bq], 0.0);
+            }
         }
 
         if kv_lo < kv_hi {
@@ -186,7 +200,16 @@ impl<T: Element> Job<'_, '_, T> {
                 let full = s.lo[nvalid - 1] <= j0 && s.hi[0] >= j0 + kn;
                 for hi in 0..nh {
                     let fresh = j0 == first_j0;
-                    let sent = self.tile(s, &kt, &vt, hi, j0, kn, kn8, nvalid, panels, full, fresh);
+                    let at = (b, h0 + hi, i0);
+                    let sent = if self.stats.is_some() {
+                        self.tile::<true>(
+                            s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh,
+                        )
+                    } else {
+                        self.tile::<false>(
+                            s, &kt, &vt, hi, at, j0, kn, kn8, nvalid, panels, full, fresh,
+                        )
+                    };
                     safe &= sent == 0.0;
                 }
                 (s.kbuf, s.vbuf) = (kbuf, vbuf);
@@ -212,23 +235,46 @@ impl<T: Element> Job<'_, '_, T> {
                 // SAFETY: row (b, h, i0 + q) belongs to this item alone.
                 let orow = unsafe { self.out.row_mut(b, h, i0 + q) };
                 let idx = (b * shape.q_heads() + h) * nq + i0 + q;
+                let sink = self.mods.mods.sink(h);
                 let lse = if s.lo[q] < s.hi[q] {
-                    let inv = 1.0 / l;
+                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    // Checked before the sink, which makes the LSE of a
+                    // row that lost every key (a −inf bias) finite.
+                    lse_ok &= lse.is_finite();
+                    // A sink rescales the finished row (`with_sink`).
+                    let (lse, f) = match sink {
+                        Some(sink) => with_sink(lse, sink),
+                        None => (lse, 1.0),
+                    };
+                    let inv = f / l;
                     for (o, a) in orow.iter_mut().zip(accf) {
                         *o = a * inv;
                     }
                     for a in acc {
                         sentinel = a.mul_add(f32x16::ZERO, sentinel);
                     }
-                    let lse = (m + l.log2()) * std::f32::consts::LN_2;
-                    lse_ok &= lse.is_finite();
                     lse
                 } else {
                     orow.fill(0.0);
-                    f32::NEG_INFINITY
+                    sink.unwrap_or(f32::NEG_INFINITY)
                 };
                 // SAFETY: LSE entry of row (b, h, i0 + q): this item's.
                 unsafe { self.lse.write(idx, lse) };
+                if let Some((max_p, entropy)) = &self.stats {
+                    let visible = s.lo[q] < s.hi[q];
+                    let acc = RowStatsAcc {
+                        m2: if visible { m } else { f32::NEG_INFINITY },
+                        l: if visible { l } else { 0.0 },
+                        e: s.es[hi * bq + q / LANES].to_array()[q % LANES],
+                        sink2: sink.map(|x| x * LOG2_E),
+                    };
+                    let (p, h) = acc.finish();
+                    // SAFETY: this item's entries, as for the LSE.
+                    unsafe {
+                        max_p.write(idx, p);
+                        entropy.write(idx, h);
+                    }
+                }
             }
         }
         if !safe || !lse_ok || sentinel.reduce_add() != 0.0 {
@@ -240,6 +286,7 @@ impl<T: Element> Job<'_, '_, T> {
                     let (mv, lv) = (s.m[hi * bq + q / LANES], s.l[hi * bq + q / LANES]);
                     let (m, l) = (mv.to_array()[q % LANES], lv.to_array()[q % LANES]);
                     let lse = (m + l.log2()) * std::f32::consts::LN_2;
+                    let lse = self.mods.mods.sink(h).map_or(lse, |x| with_sink(lse, x).0);
                     if !safe || RowFaults::is_fault(true, lse, orow) {
                         self.faults.report((b * shape.q_heads() + h) * nq + i);
                     }
@@ -253,12 +300,13 @@ impl<T: Element> Job<'_, '_, T> {
     /// finite, NaN otherwise.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn tile(
+    fn tile<const STATS: bool>(
         &self,
         s: &mut Scratch,
         kt: &Rows<'_>,
         vt: &Rows<'_>,
         hi: usize,
+        (b, h, i0): (usize, usize, usize),
         j0: usize,
         kn: usize,
         kn8: usize,
@@ -277,6 +325,9 @@ impl<T: Element> Job<'_, '_, T> {
         let sq = bq + 1;
         let qp = &s.qp[hi * (br / NR) * d..][..(br / NR) * d];
 
+        // ALiBi and the softcap go on each 8×32 block in registers; with a
+        // bias (read along its rows) all three go on the stored Sᵀ instead.
+        let in_registers = self.mods.touches_scores() && self.mods.mods.bias.is_none();
         // Sᵀ = K·Qᵀ, one 32-query panel at a time (the panel, d×32×4
         // bytes, stays in L1 while the K blocks stream past it).
         {
@@ -300,6 +351,10 @@ impl<T: Element> Job<'_, '_, T> {
                         let sum = ((rows[0] + rows[1]) + (rows[2] + rows[3]))
                             + ((rows[4] + rows[5]) + (rows[6] + rows[7]));
                         sentinel = sum.mul_add(f32x16::ZERO, sentinel);
+                        let mut c = c;
+                        if in_registers {
+                            self.modify_block(&mut c, h, i0 + pn * NR, ka);
+                        }
                         c
                     } else {
                         [[ninf; NV]; MR]
@@ -315,6 +370,10 @@ impl<T: Element> Job<'_, '_, T> {
         }
         let used = panels * NR / LANES; // query vectors actually computed
         let st = &mut s.st[..kn8 * sq];
+        if self.mods.mods.bias.is_some() {
+            let at = (b, h, i0, j0);
+            sentinel += f32x16::splat(self.modify_scores(st, sq, at, kn, nvalid, used));
+        }
         // Padding keys (kn..kn8) and, on partial tiles, masked pairs: −inf.
         let ninf = f32x16::splat(f32::NEG_INFINITY);
         for row in st[kn * sq..].chunks_mut(sq) {
@@ -344,6 +403,7 @@ impl<T: Element> Job<'_, '_, T> {
         // Online softmax, 16 queries per vector.
         let m = &mut s.m[hi * bq..][..bq];
         let l = &mut s.l[hi * bq..][..bq];
+        let es = &mut s.es[hi * bq..][..bq];
         let mut mt = [ninf; BR_VECS];
         for row in st.chunks(sq) {
             for (a, x) in mt.iter_mut().zip(&row[..used]) {
@@ -356,19 +416,33 @@ impl<T: Element> Job<'_, '_, T> {
             msafe[v] = mnew.simd_eq(ninf).select(f32x16::ZERO, mnew);
             let alpha = exp2(m[v] - msafe[v]);
             s.alpha[v * LANES..(v + 1) * LANES].copy_from_slice(alpha.as_array());
+            if STATS {
+                // `attn_core::stats::rescale_mean`, 16 rows at a time.
+                let rescaled = alpha * (es[v] - (msafe[v] - m[v]) * l[v]);
+                es[v] = l[v].simd_eq(f32x16::ZERO).select(f32x16::ZERO, rescaled);
+            }
             m[v] = mnew;
             l[v] *= alpha;
         }
         let mut lsum = [f32x16::ZERO; BR_VECS];
+        let mut esum = [f32x16::ZERO; BR_VECS];
         for row in st.chunks_mut(sq) {
             for v in 0..used {
-                let e = exp2(row[v] - msafe[v]);
+                let dev = row[v] - msafe[v];
+                let e = exp2(dev);
                 row[v] = e;
                 lsum[v] += e;
+                if STATS {
+                    // Masked keys: e = 0 and dev = −inf; 0·(−1000) = 0.
+                    esum[v] = e.mul_add(dev.fast_max(f32x16::splat(-1000.0)), esum[v]);
+                }
             }
         }
         for v in 0..used {
             l[v] += lsum[v];
+            if STATS {
+                es[v] += esum[v];
+            }
         }
 
         // O = α·O + P·V, 8 queries × 32 columns of dv at a time.
@@ -397,6 +471,81 @@ impl<T: Element> Job<'_, '_, T> {
             cv += w;
         }
         sentinel.reduce_add()
+    }
+
+    /// ALiBi and the softcap on one 8×32 block of `Sᵀ` in registers:
+    /// `c[r][t]` holds key `k0 + r` against queries `q0 + 16t + lane`.
+    #[inline(always)]
+    fn modify_block(&self, c: &mut [[f32x16; NV]; MR], h: usize, q0: usize, k0: usize) {
+        let shape = self.inputs.shape();
+        if let Some(slope2) = &self.mods.slope2 {
+            let slope = f32x16::splat(-slope2[h]);
+            // Query q sits on the diagonal q + Nk − Nq.
+            let off = shape.kv_len() as i64 - shape.q_len() as i64 + q0 as i64 - k0 as i64;
+            for (r, cr) in c.iter_mut().enumerate() {
+                for (t, x) in cr.iter_mut().enumerate() {
+                    let base = off + (t * LANES) as i64 - r as i64;
+                    *x = distances(base, 1.0).mul_add(slope, *x);
+                }
+            }
+        }
+        if let Some(c2) = self.mods.cap2 {
+            for x in c.iter_mut().flatten() {
+                *x = cap(*x, c2);
+            }
+        }
+    }
+
+    /// Bias, ALiBi and softcap on the scores `Sᵀ` of one tile (rows
+    /// `0..kn` are keys `j0..`, lanes are queries `i0..`), in place, in the
+    /// log2 domain, before the mask; in the order of `docs/semantics.md`.
+    /// Returns 0, or NaN when a bias entry the tile read is NaN or `+inf`
+    /// (the item's rows are then recomputed exactly, which names it).
+    ///
+    /// The bias is read along its rows (contiguous keys) and added across
+    /// the rows of `Sᵀ`; ALiBi and the softcap are vertical over 16
+    /// queries.
+    #[inline(never)]
+    fn modify_scores(
+        &self,
+        st: &mut [f32x16],
+        sq: usize,
+        (b, h, i0, j0): (usize, usize, usize, usize),
+        kn: usize,
+        nvalid: usize,
+        used: usize,
+    ) -> f32 {
+        let shape = self.inputs.shape();
+        let mut bad = false;
+        if self.mods.mods.bias.is_some() {
+            let stf: &mut [f32] = bytemuck::cast_slice_mut(st);
+            for q in 0..nvalid {
+                let row = self.mods.mods.bias_row(b, h, i0 + q).expect("bias is set");
+                for (k, &x) in row[j0..j0 + kn].iter().enumerate() {
+                    bad |= !(x < f32::INFINITY);
+                    stf[k * sq * LANES + q] += x * LOG2_E;
+                }
+            }
+        }
+        if let Some(slope2) = &self.mods.slope2 {
+            let slope = f32x16::splat(-slope2[h]);
+            // Query i0 + 16v + t sits on the diagonal i + Nk − Nq.
+            let off = shape.kv_len() as i64 - shape.q_len() as i64 + i0 as i64;
+            for (k, row) in st.chunks_mut(sq).take(kn).enumerate() {
+                let j = (j0 + k) as i64;
+                for (v, x) in row[..used].iter_mut().enumerate() {
+                    *x = distances(off + (v * LANES) as i64 - j, 1.0).mul_add(slope, *x);
+                }
+            }
+        }
+        if let Some(c2) = self.mods.cap2 {
+            for row in st.chunks_mut(sq).take(kn) {
+                for x in &mut row[..used] {
+                    *x = cap(*x, c2);
+                }
+            }
+        }
+        if bad { f32::NAN } else { 0.0 }
     }
 }
 

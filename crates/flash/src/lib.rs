@@ -48,6 +48,7 @@ pub mod kv_element;
 pub mod merge;
 mod micro;
 mod modify;
+use modify::Mods2;
 mod rows;
 mod schedule;
 mod split_kv;
@@ -143,7 +144,14 @@ impl Flash {
         if shape.q_len() == 0 {
             return Ok(());
         }
-        let (out, mut lse) = call.outputs();
+        if call.wants_stats() && path == Path::SplitKv {
+            return Err(AttnError::Unsupported {
+                what: "saturation statistics on flash's split-KV path (at most 16 queries per \
+                       head); force the tiled path with Flash::with_tiles"
+                    .into(),
+            });
+        }
+        let (out, mut lse, mut stats) = call.outputs_and_stats();
         let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
@@ -167,7 +175,22 @@ impl Flash {
                 let n = Workspace::tiled_workers(&shape, &plan, par);
                 let workers = &mut ws.tiled_mut().expect("checked by check_fits")[..n];
                 let (rows, lses) = (RowWriter::new(out), LseWriter::new(lse.as_deref_mut()));
-                let job = Job { inputs, params, plan, out: rows, lse: lses, faults: &faults };
+                let mods = Mods2::new(params, shape.q_heads());
+                let job = Job {
+                    inputs,
+                    params,
+                    plan,
+                    out: rows,
+                    lse: lses,
+                    faults: &faults,
+                    mods: &mods,
+                    stats: stats.as_deref_mut().map(|st| {
+                        (
+                            LseWriter::new(Some(&mut *st.max_p)),
+                            LseWriter::new(Some(&mut *st.entropy)),
+                        )
+                    }),
+                };
                 par.install(|| job.run(workers))?;
             }
         }

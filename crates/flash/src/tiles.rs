@@ -215,7 +215,7 @@ impl Plan {
         let h = self.heads_per_item;
         let floats = h * br * self.d      // packed Qᵀ per head
             + h * br * self.dvv * LANES   // O accumulators
-            + 2 * h * br                  // running max and sum
+            + 3 * h * br                  // running max, sum and Σ p·(u − m)
             + bc * (br + LANES)          // Sᵀ / Pᵀ tile (padded rows)
             + bc * self.d                 // packed K tile
             + bc * self.dvv * LANES       // packed V tile

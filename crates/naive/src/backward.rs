@@ -9,6 +9,13 @@
 //! dV += Pᵀ·dO    dK += dSᵀ·Q    dQ_h = dS·K            sgemm ×3
 //! ```
 //!
+//! With score modifiers, the scores are recomputed exactly as the forward
+//! forms them (`Q·Kᵀ·scale`, then `modify_row`: bias, ALiBi, softcap,
+//! then `·log2 e`); the LSE already holds the sink. A softcap multiplies
+//! `dS` by `1 − (s/c)²` of the capped score `s` (its derivative), and the
+//! sink's gradient is `dsink_h = −Σ_{b,i} exp(sink_h − LSE_i)·D_i`, summed
+//! in f32 per (batch, head) and then over the batch in order.
+//!
 //! The three `[B, Hq, Nq, Nk]` tensors are allocated up front (that is the
 //! baseline's point: `3·B·Hq·Nq·Nk·4` bytes). Work runs in parallel over
 //! the K/V heads, each summing its group's query heads in order, so the
@@ -16,13 +23,13 @@
 
 use attn_core::{
     AttnError, AttnParams, AttnShape, BackwardKernel, CheckedBackward, Element, HeadRowsMut, Par,
-    TensorView, try_zeroed,
+    ScoreMods, TensorView, try_zeroed,
 };
 use attn_simd::{LOG2_E, exp2_shift_sum};
 use rayon::prelude::*;
 
 use crate::Naive;
-use crate::naive::widened;
+use crate::naive::{modify_row, widened};
 
 /// f32 views of what one head's GEMMs read.
 struct Views<'a> {
@@ -34,12 +41,14 @@ struct Views<'a> {
     lse: &'a [f32],
 }
 
-/// One K/V head's outputs: its dK and dV rows and the dQ rows of its
-/// group's query heads.
+/// One K/V head's outputs: its dK and dV rows, the dQ rows of its group's
+/// query heads and, when asked for, their sink gradients of this batch
+/// entry.
 struct HeadOut<'g> {
     dk: HeadRowsMut<'g>,
     dv: HeadRowsMut<'g>,
     dq: Vec<HeadRowsMut<'g>>,
+    dsink: Option<&'g mut [f32]>,
 }
 
 /// Per-worker products before they are copied into the strided outputs.
@@ -87,16 +96,18 @@ unsafe fn gemm(
 
 impl BackwardKernel for Naive {
     /// `P`, `dP` and `dS` for every head (`3·B·Hq·Nq·Nk·4` bytes), plus
-    /// per worker one `Nk×(d+dv) + Nq×d` product buffer (f16/bf16 inputs
-    /// add their f32 copies, not counted). Saturates instead of overflowing.
-    fn backward_workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
+    /// per worker one `Nk×(d+dv) + Nq×d` product buffer, plus one sink
+    /// gradient per (batch, head) with sinks (f16/bf16 inputs add their
+    /// f32 copies, not counted). Saturates instead of overflowing.
+    fn backward_workspace_bytes(&self, shape: &AttnShape, params: &AttnParams, par: Par) -> usize {
         let heads = shape.batch() * shape.q_heads();
         let per = shape.q_len().saturating_mul(shape.kv_len());
         let mats = heads.saturating_mul(per).saturating_mul(3);
         let (nk, nq, d, dv) = (shape.kv_len(), shape.q_len(), shape.head_dim(), shape.v_dim());
         let workers = par.threads().min(shape.batch() * shape.kv_heads());
         let tmp = workers.saturating_mul(nk * (d + dv) + nq * d);
-        mats.saturating_add(tmp).saturating_mul(4)
+        let sinks = if params.sinks.is_some() { heads } else { 0 };
+        mats.saturating_add(tmp).saturating_add(sinks).saturating_mul(4)
     }
 
     fn run_backward<T: Element>(
@@ -131,16 +142,28 @@ impl BackwardKernel for Naive {
         let mut p = try_zeroed::<f32>("P", n)?;
         let mut dp = try_zeroed::<f32>("dP", n)?;
         let mut ds = try_zeroed::<f32>("dS", n)?;
+        let mods = ScoreMods::new(params, shape.q_heads());
         let g = call.grads();
+        // dsink of each (b, h), in K/V-head order: (b·Hkv + g)·grp + hi = b·Hq + h.
+        let mut dsink_bh = match g.dsinks {
+            Some(_) => try_zeroed::<f32>("dsinks", shape.batch() * shape.q_heads())?,
+            None => Vec::new(),
+        };
+        let mut dsink_parts = dsink_bh.chunks_mut(grp.max(1));
         let mut dq_heads = g.dq.heads_mut().into_iter();
         let heads: Vec<HeadOut<'_>> =
             g.dk.heads_mut()
                 .into_iter()
                 .zip(g.dv.heads_mut())
-                .map(|(dk, dv)| HeadOut { dk, dv, dq: dq_heads.by_ref().take(grp).collect() })
+                .map(|(dk, dv)| HeadOut {
+                    dk,
+                    dv,
+                    dq: dq_heads.by_ref().take(grp).collect(),
+                    dsink: dsink_parts.next(),
+                })
                 .collect();
         let work = |((p, dp), ds): ((&mut [f32], &mut [f32]), &mut [f32]), o, t: &mut Tmp| {
-            kv_head(&shape, &views, params, [p, dp, ds], o, t)
+            kv_head(&shape, &views, params, &mods, [p, dp, ds], o, t)
         };
         par.install(|| {
             if par.threads() == 1 {
@@ -153,7 +176,14 @@ impl BackwardKernel for Naive {
                     .zip(heads)
                     .for_each_init(Tmp::default, |t, (m, o)| work(m, o, t));
             }
-        })
+        })?;
+        if let Some(dsinks) = g.dsinks.as_deref_mut() {
+            dsinks.fill(0.0);
+            for per_b in dsink_bh.chunks(shape.q_heads()) {
+                dsinks.iter_mut().zip(per_b).for_each(|(a, x)| *a += x);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +192,7 @@ fn kv_head(
     shape: &AttnShape,
     x: &Views<'_>,
     params: &AttnParams,
+    mods: &ScoreMods<'_>,
     [p, dp, ds]: [&mut [f32]; 3],
     mut o: HeadOut<'_>,
     t: &mut Tmp,
@@ -169,6 +200,9 @@ fn kv_head(
     let (nq, nk, d, dv) = (shape.q_len(), shape.kv_len(), shape.head_dim(), shape.v_dim());
     let (b, g) = (o.dk.batch(), o.dk.head());
     let scale = params.scale_for(d);
+    // Modified scores are formed in natural units, then taken to log2.
+    let touches = mods.touches_scores();
+    let alpha = scale * if touches { 1.0 } else { LOG2_E };
     t.dk.clear();
     t.dk.resize(nk * d, 0.0);
     t.dv.clear();
@@ -200,41 +234,64 @@ fn kv_head(
             // Nq×d product buffers.
             // SAFETY: as just stated; outputs never alias inputs.
             unsafe {
-                gemm(
-                    (nq, d, nk),
-                    scale * LOG2_E,
-                    (qp, qs, 1),
-                    (kp, 1, ks),
-                    0.0,
-                    (p.as_mut_ptr(), nk),
-                );
+                gemm((nq, d, nk), alpha, (qp, qs, 1), (kp, 1, ks), 0.0, (p.as_mut_ptr(), nk));
                 gemm((nq, dv, nk), scale, (dop, dos, 1), (vp, 1, vs), 0.0, (dp.as_mut_ptr(), nk));
             }
             let lse_base = (b * shape.q_heads() + h) * nq;
+            let sink = mods.sink(h);
+            let mut dsink = 0f32;
             for i in 0..nq {
                 let keys = params.mask.key_range(i, nq, nk);
                 let row = &mut p[i * nk..(i + 1) * nk];
+                let dsr = &mut ds[i * nk..(i + 1) * nk];
                 let lse = x.lse[lse_base + i];
                 if keys.is_empty() || lse == f32::NEG_INFINITY {
                     row.fill(0.0);
-                    ds[i * nk..(i + 1) * nk].fill(0.0);
+                    dsr.fill(0.0);
                     continue;
                 }
                 row[..keys.start].fill(0.0);
                 row[keys.end..].fill(0.0);
-                exp2_shift_sum(&mut row[keys], 1.0, lse * LOG2_E);
-                let dd: f32 = scale
-                    * x.d_out
-                        .row(b, h, i)
-                        .iter()
-                        .zip(x.out.row(b, h, i))
-                        .map(|(a, c)| a * c)
-                        .sum::<f32>();
-                for ((s, pj), dpj) in
-                    ds[i * nk..(i + 1) * nk].iter_mut().zip(&*row).zip(&dp[i * nk..])
-                {
-                    *s = pj * (dpj - dd);
+                dsr[..keys.start].fill(0.0);
+                dsr[keys.end..].fill(0.0);
+                let (j0, vis, dsv) = (keys.start, &mut row[keys.clone()], &mut dsr[keys.clone()]);
+                if touches {
+                    let diag = i as i64 + nk as i64 - nq as i64;
+                    modify_row(vis, mods, (b, h, i), diag, j0);
+                    if let Some(c) = mods.softcap {
+                        // the softcap's slope 1 − (s/c)², 0 for a −inf score
+                        for (f, s) in dsv.iter_mut().zip(&*vis) {
+                            let u = s / c;
+                            *f = if *s == f32::NEG_INFINITY { 0.0 } else { u.mul_add(-u, 1.0) };
+                        }
+                    }
+                    vis.iter_mut().for_each(|u| *u *= LOG2_E);
                 }
+                exp2_shift_sum(vis, 1.0, lse * LOG2_E);
+                let d_i: f32 = x
+                    .d_out
+                    .row(b, h, i)
+                    .iter()
+                    .zip(x.out.row(b, h, i))
+                    .map(|(a, c)| a * c)
+                    .sum::<f32>();
+                let dd = scale * d_i;
+                let dpv = &dp[i * nk..(i + 1) * nk][keys];
+                if mods.softcap.is_some() {
+                    for ((s, pj), dpj) in dsv.iter_mut().zip(&*vis).zip(dpv) {
+                        *s *= pj * (dpj - dd);
+                    }
+                } else {
+                    for ((s, pj), dpj) in dsv.iter_mut().zip(&*vis).zip(dpv) {
+                        *s = pj * (dpj - dd);
+                    }
+                }
+                if let Some(sink) = sink {
+                    dsink -= (sink - lse).exp() * d_i;
+                }
+            }
+            if let Some(out) = o.dsink.as_deref_mut() {
+                out[hi] = dsink;
             }
             // SAFETY: as above (the products' sizes are stated there).
             unsafe {

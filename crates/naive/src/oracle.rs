@@ -170,11 +170,12 @@ where
             q.iter().zip(k_row(j)).map(|(a, c)| a.to_f32() as f64 * c.to_f32() as f64).sum();
         at.mods.score_f64(scale * dot, at.b, at.h, at.i, at.diag, j)
     }));
-    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        // No key, or every key's score is −inf (masked by the bias).
+    if scores.iter().all(|s| *s == f64::NEG_INFINITY) {
+        // No key, or every key's score is −inf (masked by the bias). Not
+        // a NaN score: that propagates below, as IEEE arithmetic does.
         return sink.unwrap_or(f64::NEG_INFINITY);
     }
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let m = sink.map_or(m, |s| m.max(s));
     let mut sum = sink.map_or(0.0, |s| (s - m).exp());
     for (j, sj) in keys.zip(scores.iter()) {
@@ -211,15 +212,33 @@ impl AttentionKernel for Oracle {
         let (inputs, params) = (call.inputs(), call.params());
         let par = call.par();
         let r = par.install(|| reference_on(inputs, params, par.threads() > 1))?;
+        if call.wants_stats() {
+            let st = par.install(|| crate::oracle_stats::reference_stats(inputs, params))?;
+            let (_, _, stats) = call.outputs_and_stats();
+            let stats = stats.expect("asked for");
+            for (dst, x) in stats.max_p.iter_mut().zip(&st.max_p) {
+                *dst = *x as f32;
+            }
+            for (dst, x) in stats.entropy.iter_mut().zip(&st.entropy) {
+                *dst = *x as f32;
+            }
+        }
         let (out, mut lse) = call.outputs();
         let s = inputs.shape();
         let (nq, nk, dv) = (s.q_len(), s.kv_len(), s.v_dim());
         let faults = RowFaults::new();
-        // f64 turns a −inf score into weight 0 silently: so that every
-        // kernel names a non-finite Q or K element any row reads, rows are
-        // checked one by one (by the repair) whenever Q or K has one.
+        // f64 turns a −inf score into weight 0 silently, and the softcap
+        // turns a +inf one into c: so that every kernel names a non-finite
+        // Q or K element, or a NaN or +inf bias entry, that any row reads,
+        // rows are checked one by one (by the repair) whenever Q, K or the
+        // bias has one (a −inf bias entry is legitimate: it masks its key).
+        let bad_bias = |b: &attn_core::TensorView<'_, f32>| {
+            b.data().iter().any(|x| x.is_nan() || *x == f32::INFINITY)
+        };
         let suspect = params.check_finite
-            && (inputs.q.check_finite().is_err() || inputs.k.check_finite().is_err());
+            && (inputs.q.check_finite().is_err()
+                || inputs.k.check_finite().is_err()
+                || params.bias.as_ref().is_some_and(bad_bias));
         for b in 0..s.batch() {
             for h in 0..s.q_heads() {
                 for i in 0..nq {

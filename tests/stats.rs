@@ -1,0 +1,149 @@
+//! Saturation statistics (max probability, entropy) of the flash kernel's
+//! tiled path against the f64 oracle's, for every grouping, mask and
+//! modifier, with fully masked and single-key rows.
+
+use crate::common::*;
+use attnlab::flash::TileConfig;
+use attnlab::naive::reference_stats;
+use attnlab::{
+    Alibi, AttnInputs, AttnParams, Kernel, Layout, Mask, Options, Par, TensorView, attention_with,
+    attention_with_stats,
+};
+
+/// Runs flash with statistics under forced tiles (the tiled path at any
+/// Nq) and with the default kernel.
+fn flash_stats(
+    inputs: &AttnInputs<'_, f32>,
+    params: &AttnParams,
+    tiles: Option<TileConfig>,
+) -> (Vec<f32>, Vec<f32>) {
+    use attnlab::{AttentionKernel, CheckedCall, StatsMut, TensorViewMut};
+    let shape = inputs.shape();
+    let mut out = vec![0f32; shape.out_dims().iter().product()];
+    let (mut p, mut h) = (vec![f32::NAN; shape.lse_len()], vec![f32::NAN; shape.lse_len()]);
+    let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), Layout::Bhnd).unwrap();
+    let stats = StatsMut { max_p: &mut p, entropy: &mut h };
+    let call = CheckedCall::new(inputs, &mut view, None, params, Par::Seq)
+        .unwrap()
+        .with_stats(stats)
+        .unwrap();
+    match tiles {
+        Some(t) => attnlab::Flash::with_tiles(t).unwrap().run(call).unwrap(),
+        None => Kernel::Flash.run(call).unwrap(),
+    }
+    (p, h)
+}
+
+/// Compares against the oracle. The kernel's scores carry errors up to
+/// `δ = tol.lse_abs` (the forward's model, `tests/common.rs`); they move
+/// `H = lse − E_p[s]` by at most `δ·E_p|s − E_p s| ≤ 2·δ·L` (L the largest
+/// |score|) and `ln max_p` by at most `2δ`. On top, 1e-5 relative for the
+/// f32 sums.
+fn check(what: &str, inputs: &AttnInputs<'_, f32>, params: &AttnParams) {
+    let want = reference_stats(inputs, params);
+    let tol = tolerance(inputs, params);
+    let l = tol.lse_abs / (32.0 * f32::EPSILON as f64);
+    for tiles in [None, Some(TileConfig { br: 32, bc: 8 }), Some(TileConfig { br: 64, bc: 24 })] {
+        if tiles.is_none() && inputs.shape().q_len() <= 16 {
+            continue; // split-KV path
+        }
+        let (p, h) = flash_stats(inputs, params, tiles);
+        for r in 0..p.len() {
+            let (wp, wh) = (want.max_p[r], want.entropy[r]);
+            let t = 1e-5 * (1.0 + wh) + tol.lse_abs * (1.0 + 2.0 * l);
+            let tp = (1e-5 + 2.0 * tol.lse_abs) * wp;
+            assert!(
+                (p[r] as f64 - wp).abs() <= tp + 1e-7 && (h[r] as f64 - wh).abs() <= t,
+                "{what} {tiles:?} row {r}: max_p {} vs {wp}, entropy {} vs {wh} (tol {t:.2e})",
+                p[r],
+                h[r]
+            );
+        }
+    }
+}
+
+#[test]
+fn stats_match_the_oracle_for_every_grouping_and_mask() {
+    let shapes = [
+        [1, 4, 4, 70, 70, 32, 32],
+        [2, 6, 2, 45, 90, 16, 24],
+        [1, 8, 1, 100, 37, 64, 64],
+        [1, 2, 2, 5, 40, 8, 8],
+    ];
+    let masks = [Mask::None, Mask::Causal, Mask::Window { left: Some(10), right: Some(0) }];
+    for (n, dims) in shapes.into_iter().enumerate() {
+        let shape = shape_of(dims);
+        for amp in [0.3f32, 3.0] {
+            let (q, k, v) = make_inputs(&shape, amp, 10 + n as u64);
+            let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+            for mask in masks {
+                check(
+                    &format!("{dims:?} {mask:?} amp {amp}"),
+                    &inputs,
+                    &AttnParams::with_mask(mask),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stats_follow_the_modifiers() {
+    let dims = [1, 4, 2, 60, 80, 32, 32];
+    let shape = shape_of(dims);
+    let (q, k, v) = make_inputs(&shape, 2.0, 21);
+    let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+    let sinks = [0.5f32, -1.0, 3.0, 1e4];
+    let bias = random(60 * 80, 2.0, &mut rng(22));
+    let bview = TensorView::new("bias", &bias, [1, 1, 60, 80], Layout::Bhnd).unwrap();
+    let cases = [
+        ("softcap", AttnParams { softcap: Some(2.0), ..AttnParams::causal() }),
+        ("alibi", AttnParams { alibi: Some(Alibi::Default), ..AttnParams::causal() }),
+        ("sinks", AttnParams { sinks: Some(&sinks), ..AttnParams::causal() }),
+        ("bias", AttnParams { bias: Some(bview), ..AttnParams::causal() }),
+    ];
+    for (name, p) in cases {
+        check(name, &inputs, &p);
+    }
+}
+
+#[test]
+fn masked_and_single_key_rows_have_defined_stats() {
+    // Nq = 6 > Nk = 3, causal: rows 0..3 see nothing, row 3 one key.
+    let shape = shape_of([1, 2, 1, 6, 3, 8, 8]);
+    let (q, k, v) = make_inputs(&shape, 1.0, 30);
+    let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+    let t = Some(TileConfig { br: 32, bc: 8 });
+    let (p, h) = flash_stats(&inputs, &AttnParams::causal(), t);
+    for head in 0..2 {
+        for i in 0..3 {
+            assert_eq!((p[head * 6 + i], h[head * 6 + i]), (0.0, 0.0), "masked row {i}");
+        }
+        assert_eq!((p[head * 6 + 3], h[head * 6 + 3]), (1.0, 0.0), "single-key row");
+    }
+    // With sinks, a masked row puts all mass on its sink.
+    let sinks = [0.0f32, 2.0];
+    let (p, h) =
+        flash_stats(&inputs, &AttnParams { sinks: Some(&sinks), ..AttnParams::causal() }, t);
+    assert_eq!((p[0], h[0]), (1.0, 0.0));
+    check(
+        "sinks, masked rows",
+        &inputs,
+        &AttnParams { sinks: Some(&sinks), ..AttnParams::causal() },
+    );
+}
+
+#[test]
+fn the_facade_returns_output_and_stats_and_leaves_the_output_unchanged() {
+    let shape = shape_of([1, 2, 2, 64, 64, 16, 16]);
+    let (q, k, v) = make_inputs(&shape, 1.0, 40);
+    let p = AttnParams::causal();
+    let opts = Options { par: Par::Seq, ..Default::default() };
+    let (o, stats) = attention_with_stats(&shape, &q, &k, &v, &p, &opts).unwrap();
+    let plain = attention_with(&shape, &q, &k, &v, &p, &opts).unwrap();
+    assert_eq!(o, plain, "statistics change the output");
+    // Row 0 sees one key: support 1; the last row sees 64.
+    let support = stats.support();
+    assert!((support[0] - 1.0).abs() < 1e-6);
+    assert!(support[63] > 1.0 && support[63] <= 64.0 + 1e-3);
+}
