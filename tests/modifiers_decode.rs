@@ -515,7 +515,6 @@ fn prefill_bias_near_f32_max_is_exact() {
 }
 
 #[test]
-#[ignore = "needs the exact path's bias culprit search (attn_naive::exact, branch mods-naive)"]
 fn prefill_non_finite_bias_read_is_named() {
     for bad in [f32::NAN, f32::INFINITY] {
         let (r, _) = with_bad_bias(bad, (1, 40), true);
