@@ -32,7 +32,7 @@
 use std::sync::Mutex;
 
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
-use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax, load};
+use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax, load, tanh};
 use rayon::prelude::*;
 
 use crate::cache::KvCache;
@@ -40,7 +40,7 @@ use crate::kv_block::{QUAD, quad_pv, quad_scores};
 use crate::kv_element::KvElement;
 use crate::kv_element::sealed::Load16;
 use crate::merge::{Base, merge_rows};
-use crate::modify::{Mods2, cap, distances};
+use crate::modify::{Mods2, distances};
 use crate::tiles::decode::{CHUNK, KB, MAX_CHUNKS};
 
 /// Chunks and chunk length for a cache of `len` positions (a function of
@@ -437,8 +437,9 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     // `s·0` summed over every score: 0 when all are finite. Otherwise (a
     // non-finite input, or |q·k| beyond f32) the exp2 clamp could turn a
     // NaN score into a finite weight: the chunk's rows are marked for
-    // exact recomputation instead.
-    let mut sentinel = f32x16::ZERO;
+    // exact recomputation instead (and from the start when a modifier
+    // cannot be evaluated in f32; `BlockMods::apply` adds its own).
+    let mut sentinel = if overflows(mods) { f32x16::splat(f32::NAN) } else { f32x16::ZERO };
     let mut j = lo;
     while j < hi {
         let jb = KB.min(hi - j);
@@ -560,12 +561,17 @@ impl BlockMods<'_> {
     /// is read (`full`: all 16 are); lanes outside `lo..hi` are the
     /// caller's to mask.
     ///
-    /// Adds NaN to `sentinel` (so the chunk's rows are recomputed exactly)
-    /// for a NaN or `+inf` bias entry read — with `check_finite` the
-    /// exact path names it; a softcap would hide a `+inf` — and for a
-    /// modified score that is NaN or `+inf` from finite inputs (f32
-    /// overflow: a bias near f32's limit, a slope or softcap whose
-    /// `·log2 e` overflows). `−inf` is a masked key, as the bias's is.
+    /// A `−inf` bias entry masks its key: it is set aside before the
+    /// arithmetic and put back at the end, so that every other `±inf` or
+    /// NaN is a fault. With a bias, a score that is not finite before the
+    /// softcap (a NaN or `+inf` bias entry read, or f32 overflow of the
+    /// sum) adds NaN to `sentinel`, so the chunk's rows are recomputed
+    /// exactly — where, with `check_finite`, a non-finite bias entry is
+    /// named. Without a bias the scores stay finite (finite `q·k`, which
+    /// the caller's sentinel checks, minus a finite penalty; an overflow
+    /// to `−inf` is capped to `−c₂` as the f64 definition caps its huge
+    /// negative score); a slope or softcap whose `·log2 e` overflows
+    /// sends the whole call to the exact path (`overflows`).
     #[inline(always)]
     fn apply(
         &self,
@@ -577,6 +583,8 @@ impl BlockMods<'_> {
         sentinel: &mut f32x16,
     ) -> f32x16 {
         let rm = &self.rows[r];
+        let ninf = f32x16::splat(f32::NEG_INFINITY);
+        let mut masked = None;
         if let Some(bias) = self.bias {
             let row = &bias[rm.bias..];
             let bv = if full {
@@ -586,27 +594,35 @@ impl BlockMods<'_> {
                     if (lo..hi).contains(&(j + jj)) { row[j + jj] } else { 0.0 }
                 }))
             };
-            *sentinel += not_below_inf(bv);
-            x = bv.mul_add(f32x16::splat(LOG2_E), x);
+            let m = bv.simd_eq(ninf);
+            x = m.select(f32x16::ZERO, bv).mul_add(f32x16::splat(LOG2_E), x);
+            masked = Some(m);
         }
         if self.alibi {
             let dist = distances(rm.diag - j as i64, -1.0);
             x = dist.mul_add(f32x16::splat(-rm.slope2), x);
         }
-        if let Some(c2) = self.cap2 {
-            x = cap(x, c2);
+        if masked.is_some() {
+            // NaN or ±inf in a lane: NaN; 0 otherwise
+            let finite = x.abs().simd_lt(f32x16::splat(f32::INFINITY));
+            *sentinel += finite.select(f32x16::ZERO, f32x16::splat(f32::NAN));
         }
-        *sentinel += not_below_inf(x);
-        x
+        if let Some(c2) = self.cap2 {
+            x = tanh(x * f32x16::splat(1.0 / c2)) * f32x16::splat(c2);
+        }
+        match masked {
+            Some(m) => m.select(ninf, x),
+            None => x,
+        }
     }
 }
 
-/// NaN in the lanes of `x` that are NaN or `+inf`, 0 elsewhere (`−inf`
-/// included).
-#[inline(always)]
-fn not_below_inf(x: f32x16) -> f32x16 {
-    let ok = x.simd_lt(f32x16::splat(f32::INFINITY));
-    ok.select(f32x16::ZERO, f32x16::splat(f32::NAN))
+/// Whether a modifier's log2-domain constant overflows f32 (a softcap or
+/// slope beyond ~2.4e38): the kernel cannot evaluate such a call, so all
+/// its rows go to the exact path.
+fn overflows(mods: &Mods2<'_>) -> bool {
+    let inf = |x: &f32| !x.is_finite();
+    mods.cap2.as_ref().is_some_and(inf) || mods.slope2.as_ref().is_some_and(|s| s.iter().any(inf))
 }
 
 /// The running state of an item's rows (quad-padded).
