@@ -98,6 +98,15 @@ pub struct ReferenceGrads {
     pub b_o: Option<Vec<f64>>,
     /// The sink gradient, one per query head, when the call had sinks.
     pub dsinks: Option<Vec<f64>>,
+    /// The gradient at `Q`, `[B, Nq, Hq, d]` (`db_Q` is its column sums).
+    pub dq: Vec<f64>,
+    /// The gradient at `K`, `[B, Nk, Hkv, d]`. Without softcap and sinks
+    /// its column sums, `db_K`, are 0: a bias on every key adds `q·b_K` to
+    /// a whole row of scores, which the softmax ignores (the softcap bends
+    /// the shift, and a sink's logit does not move with it).
+    pub dk: Vec<f64>,
+    /// The gradient at `V`, `[B, Nk, Hkv, dv]`.
+    pub dv: Vec<f64>,
 }
 
 impl ReferenceLayer {
@@ -175,6 +184,9 @@ impl ReferenceLayer {
             b_v: bias(&dv, c.v_width()),
             b_o: bias(dy, dm),
             dsinks,
+            dq,
+            dk,
+            dv,
         }
     }
 }
