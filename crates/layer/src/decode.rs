@@ -7,7 +7,7 @@
 //!   kernel (on the f32 projections themselves).
 //! - [`MultiHeadAttention::step`] takes the next token (or a few) of every
 //!   sequence: appended, then attending over the cache with the split-KV
-//!   decode kernel ([`attn_flash::decode`]), masks bottom-right aligned to
+//!   decode kernel ([`attn_flash::decode()`]), masks bottom-right aligned to
 //!   each sequence's cached length.
 //!
 //! With a causal mask, prefilling `P` tokens and stepping `S` more one at a

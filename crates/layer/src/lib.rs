@@ -28,7 +28,7 @@
 //! - [`MultiHeadAttention::prefill`] / [`MultiHeadAttention::step`]:
 //!   incremental decoding over an [`attn_flash::KvCache`], equal to the
 //!   causal forward over the whole sequence; all-or-nothing on the cache.
-//! - [`reference`]: the same layer in f64 with its exact gradient, the
+//! - [`reference`](mod@reference): the same layer in f64 with its exact gradient, the
 //!   ground truth of the tests.
 //!
 //! Invariants: a [`MultiHeadAttention`] holds only weights that fit its
@@ -38,7 +38,7 @@
 //!
 //! Modules: [`config`] (sizes, initialisations), [`weights`] (parameters
 //! and the layer), [`tokens`], `gemm` (the projections' products),
-//! [`forward`], [`backward`], [`decode`], [`reference`].
+//! [`forward`], [`backward`], [`decode`], [`reference`](mod@reference).
 //!
 //! ```
 //! use attn_layer::{Init, LayerConfig, MultiHeadAttention, Tokens};

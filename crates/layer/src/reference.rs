@@ -139,7 +139,7 @@ impl ReferenceLayer {
     ) -> ReferenceTrace {
         let c = &self.config;
         let per = batch * c.d_model;
-        assert!(x_q.len() % per == 0 && x_kv.len() % per == 0, "x sizes");
+        assert!(x_q.len().is_multiple_of(per) && x_kv.len().is_multiple_of(per), "x sizes");
         let (nq, nk) = (x_q.len() / per, x_kv.len() / per);
         let shape = c.attn_shape(batch, nq, nk).expect("reference shape");
         let dm = c.d_model;

@@ -58,9 +58,9 @@ impl Matrix {
 }
 
 /// The parameters of a layer (or their gradients, with the same shapes):
-/// `Y = softmax-attention(X_q·W_Q + b_Q, X_kv·W_K + b_K, X_kv·W_V + b_V)·W_O
-/// + b_O`, with the dims of [`LayerConfig`]. Biases are all present or all
-/// absent, as the config says.
+/// `Y = attention(X_q·W_Q + b_Q, X_kv·W_K + b_K, X_kv·W_V + b_V)·W_O + b_O`,
+/// with the dims of [`LayerConfig`]. Biases are all present or all absent,
+/// as the config says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
     /// `W_Q`, `[d_model, Hq·d]`.

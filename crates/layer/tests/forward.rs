@@ -99,11 +99,11 @@ fn score_modifiers_on_the_tiled_path() {
 
 #[test]
 fn identical_bits_for_any_thread_count() {
-    // 2·100 = 200 rows: the projections split into blocks of 64+ rows.
+    // 2·150 = 300 rows: the projections split into blocks of 128+ rows.
     let c = LayerConfig::new(64, 4, 2, 16).with_bias(true);
     let layer = attn_layer::MultiHeadAttention::init(c, Init::KaimingUniform, 5).unwrap();
-    let x = values(2 * 100 * 64, 1.0, 6);
-    let x = Tokens::new("x", &x, [2, 100, 64]).unwrap();
+    let x = values(2 * 150 * 64, 1.0, 6);
+    let x = Tokens::new("x", &x, [2, 150, 64]).unwrap();
     let p = AttnParams::causal();
     let want = layer.forward(&x, &x, &p, Par::Seq).unwrap();
     for par in [Par::rayon(2).unwrap(), Par::rayon(3).unwrap(), Par::Pool] {

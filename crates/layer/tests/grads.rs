@@ -11,7 +11,7 @@
 //! finite differences of the f64 layer add ~1e-8.
 
 use crate::common::*;
-use attn_core::{Alibi, AttnParams, Mask, Par};
+use attn_core::{Alibi, AttnParams, Layout, Mask, Par, TensorView};
 use attn_layer::{Init, LayerConfig, LayerGrads, MultiHeadAttention, ReferenceGrads, Tokens};
 
 const REL: f64 = 1e-4;
@@ -129,12 +129,22 @@ fn modifiers_against_the_reference_gradient() {
     };
     let (_, g) = Problem::new(c, 2, 24, None, 8).against_reference(&p, "modifiers");
     assert!(g.dsinks.is_some());
+    // an additive bias (broadcast over the batch) with a window, cross-attention
+    let (nq, nk) = (20, 28);
+    let mut bias = values(4 * nq * nk, 1.0, 9);
+    bias[5] = f32::NEG_INFINITY;
+    let bias = TensorView::new("bias", &bias, [1, 4, nq, nk], Layout::Bhnd).unwrap();
+    let w = Mask::Window { left: Some(6), right: Some(3) };
+    let p = AttnParams { bias: Some(bias), softcap: Some(3.0), ..AttnParams::with_mask(w) };
+    Problem::new(c, 2, nq, Some(nk), 10).against_reference(&p, "bias");
 }
 
 #[test]
 fn identical_bits_for_any_thread_count() {
     let c = LayerConfig::new(64, 4, 2, 16).with_bias(true);
-    let p = Problem::new(c, 2, 70, None, 9);
+    // 2·140 = 280 rows: the projections and dX split into row blocks; the
+    // dW products (64 rows) do not.
+    let p = Problem::new(c, 2, 140, None, 9);
     let want = p.grads(&AttnParams::causal(), Par::Seq);
     for par in [Par::rayon(2).unwrap(), Par::rayon(3).unwrap()] {
         let g = p.grads(&AttnParams::causal(), par);
