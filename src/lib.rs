@@ -40,7 +40,9 @@ pub use attn_core::{
     HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, StatsMut, TensorView, TensorViewMut,
     bf16, f16,
 };
-pub use attn_core::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut, backward};
+pub use attn_core::{
+    BackwardInputs, BackwardKernel, BackwardStatsMut, CheckedBackward, GradsMut, backward,
+};
 pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, stats, view};
 pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;

@@ -22,6 +22,7 @@ use crate::kernel::{AttnInputs, K_DIMS, O_DIMS, Q_DIMS, V_DIMS, check_dims};
 use crate::par::Par;
 use crate::params::AttnParams;
 use crate::shape::AttnShape;
+use crate::stats::BackwardStatsMut;
 use crate::view::{Layout, TensorView, TensorViewMut};
 
 /// What a backward call reads: Q, K, V, the forward's O and LSE, and dO,
@@ -201,6 +202,7 @@ pub struct CheckedBackward<'c, 'g, T> {
     grads: &'c mut GradsMut<'g>,
     params: &'c AttnParams<'c>,
     par: Par,
+    stats: Option<BackwardStatsMut<'c>>,
 }
 
 impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
@@ -226,7 +228,21 @@ impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
                 check_bias_finite(bias)?;
             }
         }
-        Ok(CheckedBackward { inputs, grads, params, par })
+        Ok(CheckedBackward { inputs, grads, params, par, stats: None })
+    }
+
+    /// Asks the kernel for the backward's saturation statistics too
+    /// (`crate::stats`), after checking the buffers' lengths. A kernel that
+    /// cannot compute them refuses the call ([`AttnError::Unsupported`]).
+    pub fn with_stats(mut self, stats: BackwardStatsMut<'c>) -> Result<Self, AttnError> {
+        stats.check(self.shape())?;
+        self.stats = Some(stats);
+        Ok(self)
+    }
+
+    /// The statistics buffers, when the caller asked for them.
+    pub fn stats(&mut self) -> Option<&mut BackwardStatsMut<'c>> {
+        self.stats.as_mut()
     }
 
     /// The inputs.
