@@ -4,7 +4,7 @@ the output and of dQ, dK, dV against PyTorch in float32 and, up to
 N = 4096, against PyTorch in float64 (the reference); PyTorch float32's own
 error against float64 is printed for scale.
 
-    python bench/torch_peers.py [--big]      # --big adds N = 16384 (f32 only)
+    python bench/torch_peers.py [--big] [--only NAME,...]   # --big adds N = 16384 (f32 only)
 """
 
 import argparse
@@ -39,14 +39,17 @@ def run(fn, q, k, v, do, causal, gqa):
 
 
 def err(a, b):
-    return max((x.double() - y.double()).abs().max().item() for x, y in [(a, b)])
+    return (a.double() - b.double()).abs().max().item()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", action="store_true")
+    ap.add_argument("--only", help="comma-separated shape names")
     a = ap.parse_args()
     shapes = dict(SHAPES, **(BIG if a.big else {}))
+    if a.only:
+        shapes = {n: shapes[n] for n in a.only.split(",")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("shape | vs | out | dQ | dK | dV | attnlab ms | torch f32 ms")
     for name, (B, Hq, Hkv, L, S, d, causal) in shapes.items():

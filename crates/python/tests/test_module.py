@@ -51,3 +51,19 @@ def test_import_without_torch_says_so():
         capture_output=True, text=True, check=True,
     )
     assert r.stdout.strip()
+
+
+def test_stubs_match_the_module(tmp_path):
+    """attnlab/__init__.pyi against the module as built (mypy's stubtest:
+    every name, parameter and default)."""
+    pytest.importorskip("mypy", reason="mypy is not installed")
+    cfg = tmp_path / "mypy.ini"
+    cfg.write_text("[mypy]\nignore_missing_imports = True\n")
+    allow = tmp_path / "allow.txt"
+    allow.write_text("attnlab.torch\n")  # pure Python, typed inline; may lack torch
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "attnlab", "--mypy-config-file", str(cfg),
+         "--allowlist", str(allow), "--ignore-unused-allowlist"],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
