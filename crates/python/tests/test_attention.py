@@ -170,17 +170,18 @@ def test_inputs_are_left_as_they_were():
 
 
 def test_the_gil_is_released_during_compute():
-    q, k, v = qkv(13, 1, 8, 8, 2048, 2048, 64)
-    t0 = time.perf_counter()
-    attnlab.attention(q, k, v, threads=1)
-    call = time.perf_counter() - t0
-    reps = max(1, int(0.3 / call))
-    started = threading.Event()
+    # Calls of ~0.1-0.5 s: long next to the scheduler's time slices on a
+    # busy machine, so only a held GIL makes a gap that long.
+    q, k, v = qkv(13, 1, 8, 8, 4096, 4096, 64)
+    attnlab.attention(q[:, :, :64], k, v, threads=1)
+    started, calls = threading.Event(), []
 
     def work():
         started.set()
-        for _ in range(reps):
+        for _ in range(2):
+            t0 = time.perf_counter()
             attnlab.attention(q, k, v, threads=1)
+            calls.append(time.perf_counter() - t0)
 
     t = threading.Thread(target=work)
     t.start()
@@ -189,8 +190,8 @@ def test_the_gil_is_released_during_compute():
     while t.is_alive():
         stamps.append(time.perf_counter())
     t.join()
-    gaps = np.diff(stamps)
+    gap = np.diff(stamps).max()
     # Holding the GIL for a call would stop this loop for the whole call;
     # released, the loop only waits for the interpreter's switch interval
-    # (5 ms) between calls.
-    assert len(stamps) > 10 and gaps.max() < 0.8 * call, (call, gaps.max(), len(stamps))
+    # (5 ms) between calls, and for the OS scheduler.
+    assert gap < 0.5 * min(calls), (calls, gap, len(stamps))
