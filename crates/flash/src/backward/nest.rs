@@ -276,7 +276,14 @@ impl<T: Element> BwdJob<'_, '_, T> {
                         *cr
                     };
                     for (t, x) in u.iter().enumerate() {
-                        let mut e = exp2(*x - l2);
+                        let z = *x - l2;
+                        let mut e = exp2(z);
+                        if M {
+                            // a NaN or +inf bias (check_finite off)
+                            // propagates, as IEEE exp would: exp2 clamps
+                            let fin = z.simd_lt(f32x16::splat(f32::INFINITY));
+                            e = fin.select(e, z);
+                        }
                         let vis = if full {
                             None
                         } else {
