@@ -117,7 +117,6 @@ fn tiled_paths_against_the_reference_gradient() {
 }
 
 #[test]
-#[ignore = "needs the score modifiers in the flash backward (#13, branch mods-bwd)"]
 fn modifiers_against_the_reference_gradient() {
     let c = LayerConfig::new(32, 4, 2, 8).with_bias(true);
     let sinks = [0.5f32, -1.0, 0.25, 2.0];

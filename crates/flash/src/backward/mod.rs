@@ -21,8 +21,7 @@
 //! Score modifiers: the bias, ALiBi and the softcap change the scores the
 //! loop nest recomputes (`nest`); the LSE given already includes the sinks.
 //! With `check_finite`, the bias entries the mask lets a row read are
-//! scanned first (NaN or `+inf` is an error naming the bias; `−inf` masks
-//! its key).
+//! scanned by the call's validation (`attn_core::CheckedBackward::new`).
 //!
 //! Determinism: the chunking is a function of the shape only (`plan`), each
 //! chunk adds its K/V tiles' contributions to its own dQ target in tile
@@ -43,7 +42,6 @@ use attn_core::{
     GradsMut, Layout, Par, TensorViewMut,
 };
 use rayon::prelude::*;
-use wide::f32x16;
 
 use crate::Flash;
 use crate::modify::Mods2;
@@ -108,9 +106,6 @@ fn run<T: Element>(
     let shape = *inputs.shape();
     let plan = BwdPlan::new(&shape, &params.mask);
     ws.check_fits(&shape, &plan, par)?;
-    if params.check_finite {
-        par.install(|| check_bias(params, par.threads() > 1))??;
-    }
     let grads = call.grads();
     grads.dq.data_mut().fill(0.0);
     grads.dk.data_mut().fill(0.0);
@@ -207,48 +202,6 @@ fn row_values<T: Element>(
             head(bh, d, l, sk);
         }
     }
-}
-
-/// The first bias entry that some row reads (its key is visible under the
-/// mask) and that is NaN or `+inf`, as an error naming the bias and its
-/// flat index; in row order `(b, h, i)` of the bias's own dims, then key.
-/// `−inf` entries are legitimate (they mask their key). Rows are scanned
-/// 16 lanes at a time, in parallel on the current pool when `parallel`
-/// (`find_first`: the same entry is reported either way). Measured on a
-/// causal N = 4096 call, one thread: a scalar scan cost ~25% of the call,
-/// this one ~10% (it streams the bias from memory once more).
-fn check_bias(params: &AttnParams, parallel: bool) -> Result<(), AttnError> {
-    let Some(bias) = &params.bias else { return Ok(()) };
-    let [bb, bh, nq, nk] = bias.dims();
-    let at = |r: usize| (r / (bh * nq), r / nq % bh, r % nq);
-    let keys = |i: usize| params.mask.key_range(i, nq, nk);
-    let bad = |r: usize| {
-        let (b, h, i) = at(r);
-        !below_inf(&bias.row(b, h, i)[keys(i)])
-    };
-    let rows = bb * bh * nq;
-    let first = if parallel {
-        (0..rows).into_par_iter().find_first(|&r| bad(r))
-    } else {
-        (0..rows).find(|&r| bad(r))
-    };
-    let Some(r) = first else { return Ok(()) };
-    let (b, h, i) = at(r);
-    let row = &bias.row(b, h, i)[keys(i)];
-    let j = row.iter().position(|x| x.is_nan() || *x == f32::INFINITY).unwrap_or(0);
-    let index = bias.offset(b, h, i) + keys(i).start + j;
-    Err(AttnError::NonFinite { tensor: bias.name(), index, value: bias.data()[index] })
-}
-
-/// Whether every value is below `+inf` (finite or `−inf`; NaN is not).
-fn below_inf(x: &[f32]) -> bool {
-    let inf = f32x16::splat(f32::INFINITY);
-    let (chunks, tail) = x.as_chunks::<16>();
-    let mut ok = f32x16::ZERO.simd_lt(inf);
-    for c in chunks {
-        ok &= f32x16::new(*c).simd_lt(inf);
-    }
-    ok.all() && tail.iter().all(|v| *v < f32::INFINITY)
 }
 
 /// `dQ += partial_1 + … + partial_{C−1}` in chunk order, per query row
