@@ -9,7 +9,9 @@
 //!   errors, the [`AttentionKernel`] trait;
 //! - [`naive`] (`attn-naive`): the f64 [`Oracle`] and the O(N²) [`Naive`]
 //!   kernel;
-//! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel.
+//! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel;
+//! - [`layer`] (`attn-layer`): the [`MultiHeadAttention`] layer
+//!   (projections, backward, KV-cache decoding) and its f64 reference.
 //!
 //! [`Kernel`] names every kernel so that tools and tests can pick any of
 //! them; [`attention`] is the one-call entry point, and
@@ -38,10 +40,14 @@ pub use attn_core::{
     HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, StatsMut, TensorView, TensorViewMut,
     bf16, f16,
 };
-pub use attn_core::{BackwardInputs, BackwardKernel, CheckedBackward, GradsMut, backward};
+pub use attn_core::{
+    BackwardInputs, BackwardKernel, BackwardStatsMut, CheckedBackward, GradsMut, backward,
+};
 pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, stats, view};
 pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;
+pub use attn_layer as layer;
+pub use attn_layer::{Init, LayerConfig, LayerGrads, MultiHeadAttention, Tokens, Weights};
 pub use attn_naive::{Naive, Oracle};
 pub use attn_simd as simd;
 pub use attn_simd::{cpu, isa};

@@ -147,3 +147,53 @@ fn the_facade_returns_output_and_stats_and_leaves_the_output_unchanged() {
     assert!((support[0] - 1.0).abs() < 1e-6);
     assert!(support[63] > 1.0 && support[63] <= 64.0 + 1e-3);
 }
+
+/// The backward statistics of the oracle on rows whose values can be
+/// worked out by hand: with two keys, `dS_1 = p_1·p_2·(dP_1 − dP_2) =
+/// −dS_2`, so each row sends exactly half its mass off its argmax and both
+/// keys receive the same; with one key `dS = p·(dP − D) = 0`.
+#[test]
+fn oracle_backward_stats_on_two_and_one_key_rows() {
+    use attnlab::{
+        BackwardInputs, BackwardKernel, BackwardStatsMut, CheckedBackward, GradsMut, Oracle,
+    };
+    for nk in [1usize, 2] {
+        let shape = shape_of([1, 2, 1, 5, nk, 4, 4]);
+        let (q, k, v) = make_inputs(&shape, 1.0, 50 + nk as u64);
+        let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+        let fwd = attnlab::attention_with(
+            &shape,
+            &q,
+            &k,
+            &v,
+            &AttnParams::default(),
+            &Options { kernel: Kernel::Oracle, ..Default::default() },
+        )
+        .unwrap();
+        let d_out = random(fwd.out.len(), 1.0, &mut rng(60));
+        let o = TensorView::new("out", &fwd.out, shape.out_dims(), Layout::Bhnd).unwrap();
+        let dov = TensorView::new("d_out", &d_out, shape.out_dims(), Layout::Bhnd).unwrap();
+        let bi = BackwardInputs::new(inputs, o, &fwd.lse, dov).unwrap();
+        let n = |d: [usize; 4]| d.iter().product::<usize>();
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; n(shape.q_dims())],
+            vec![0f32; n(shape.k_dims())],
+            vec![0f32; n(shape.v_dims())],
+        );
+        let mut grads =
+            GradsMut::from_slices(&shape, Layout::Bhnd, &mut dq, &mut dk, &mut dv).unwrap();
+        let (mut off, mut kg) = (vec![f32::NAN; shape.lse_len()], vec![f32::NAN; nk]);
+        let params = AttnParams::default();
+        let call = CheckedBackward::new(&bi, &mut grads, &params, Par::Seq)
+            .unwrap()
+            .with_stats(BackwardStatsMut { off_argmax: &mut off, key_grad: &mut kg })
+            .unwrap();
+        Oracle.run_backward(call).unwrap();
+        if nk == 1 {
+            assert!(off.iter().all(|x| *x == 0.0) && kg[0].abs() < 1e-7, "{off:?} {kg:?}");
+        } else {
+            assert!(off.iter().all(|x| (x - 0.5).abs() < 1e-6), "{off:?}");
+            assert!((kg[0] - kg[1]).abs() <= 1e-6 * kg[0].abs() && kg[0] > 0.0, "{kg:?}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ use crate::kernel::{AttnInputs, K_DIMS, O_DIMS, Q_DIMS, V_DIMS, check_dims};
 use crate::par::Par;
 use crate::params::AttnParams;
 use crate::shape::AttnShape;
+use crate::stats::BackwardStatsMut;
 use crate::view::{Layout, TensorView, TensorViewMut};
 
 /// What a backward call reads: Q, K, V, the forward's O and LSE, and dO,
@@ -115,16 +116,49 @@ impl<'a, T: Element> BackwardInputs<'a, T> {
     }
 }
 
-/// The first NaN or `+inf` in the bias (a `−inf` entry masks its key and
-/// is legitimate), as an error naming the bias and the flat index. The
-/// whole tensor is scanned, like the other inputs of a backward call.
-fn check_bias_finite(bias: &TensorView<'_, f32>) -> Result<(), AttnError> {
-    match bias.data().iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
-        None => Ok(()),
-        Some(index) => {
-            Err(AttnError::NonFinite { tensor: bias.name(), index, value: bias.data()[index] })
+/// The first bias entry that some row reads (its key is visible under the
+/// mask) and that is NaN or `+inf`, as an error naming the bias and its
+/// flat index; in row order `(b, h, i)` of the bias's own dims, then key.
+/// `−inf` entries are legitimate (they mask their key). Rows are scanned
+/// in parallel on the current pool when `parallel` (`find_first`: the same
+/// entry is reported either way). Measured on a causal N = 4096 flash
+/// backward, one thread: a lane-wise scan costs ~10% of the call (it
+/// streams the bias from memory once more), a scalar one ~25%.
+fn check_bias(params: &AttnParams<'_>, parallel: bool) -> Result<(), AttnError> {
+    use rayon::prelude::*;
+    let Some(bias) = &params.bias else { return Ok(()) };
+    let [bb, bh, nq, nk] = bias.dims();
+    let at = |r: usize| (r / (bh * nq), r / nq % bh, r % nq);
+    let keys = |i: usize| params.mask.key_range(i, nq, nk);
+    let bad = |r: usize| {
+        let (b, h, i) = at(r);
+        !below_inf(&bias.row(b, h, i)[keys(i)])
+    };
+    let rows = bb * bh * nq;
+    let first = if parallel {
+        (0..rows).into_par_iter().find_first(|&r| bad(r))
+    } else {
+        (0..rows).find(|&r| bad(r))
+    };
+    let Some(r) = first else { return Ok(()) };
+    let (b, h, i) = at(r);
+    let row = &bias.row(b, h, i)[keys(i)];
+    let j = row.iter().position(|x| x.is_nan() || *x == f32::INFINITY).unwrap_or(0);
+    let index = bias.offset(b, h, i) + keys(i).start + j;
+    Err(AttnError::NonFinite { tensor: bias.name(), index, value: bias.data()[index] })
+}
+
+/// Whether every value is below `+inf` (finite or `−inf`; NaN is not),
+/// 16 independent lanes at a time so that the loop vectorizes.
+fn below_inf(x: &[f32]) -> bool {
+    let (chunks, tail) = x.as_chunks::<16>();
+    let mut ok = [true; 16];
+    for c in chunks {
+        for (o, v) in ok.iter_mut().zip(c) {
+            *o &= *v < f32::INFINITY;
         }
     }
+    ok.iter().all(|o| *o) && tail.iter().all(|v| *v < f32::INFINITY)
 }
 
 /// Whether every value is finite: `x·0` is 0 for a finite `x` and NaN
@@ -201,6 +235,7 @@ pub struct CheckedBackward<'c, 'g, T> {
     grads: &'c mut GradsMut<'g>,
     params: &'c AttnParams<'c>,
     par: Par,
+    stats: Option<BackwardStatsMut<'c>>,
 }
 
 impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
@@ -222,11 +257,23 @@ impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
         par.validate()?;
         if params.check_finite {
             inputs.check_finite()?;
-            if let Some(bias) = &params.bias {
-                check_bias_finite(bias)?;
-            }
+            par.install(|| check_bias(params, par.threads() > 1))??;
         }
-        Ok(CheckedBackward { inputs, grads, params, par })
+        Ok(CheckedBackward { inputs, grads, params, par, stats: None })
+    }
+
+    /// Asks the kernel for the backward's saturation statistics too
+    /// (`crate::stats`), after checking the buffers' lengths. A kernel that
+    /// cannot compute them refuses the call ([`AttnError::Unsupported`]).
+    pub fn with_stats(mut self, stats: BackwardStatsMut<'c>) -> Result<Self, AttnError> {
+        stats.check(self.shape())?;
+        self.stats = Some(stats);
+        Ok(self)
+    }
+
+    /// The statistics buffers, when the caller asked for them.
+    pub fn stats(&mut self) -> Option<&mut BackwardStatsMut<'c>> {
+        self.stats.as_mut()
     }
 
     /// The inputs.

@@ -54,5 +54,5 @@ pub use modifiers::{Alibi, ScoreMods};
 pub use par::Par;
 pub use params::AttnParams;
 pub use shape::{AttnShape, ShapeBuilder};
-pub use stats::StatsMut;
+pub use stats::{BackwardStatsMut, StatsMut};
 pub use view::{HeadRowsMut, Layout, TensorView, TensorViewMut};

@@ -8,6 +8,15 @@
 //! - `entropy`: `H = −Σ p log p` in nats, sink included; `exp(H)` is the
 //!   effective support (1 for a single key, `n` for `n` equal keys).
 //!
+//! From the backward (`CheckedBackward::with_stats`), with `dS_ij` the
+//! gradient of the loss with respect to the score `q_i·k_j·scale` (through
+//! the softcap when there is one):
+//! - `off_argmax` `[B, Hq, Nq]`: the share of row `i`'s score-gradient mass
+//!   `Σ_j |dS_ij|` that reaches keys other than its argmax (the first key
+//!   of largest probability); 0 for a row that passes no gradient;
+//! - `key_grad` `[B, Hkv, Nk]`: the mass `Σ |dS_ij|` key `j` receives,
+//!   summed over every row of every query head of its group.
+//!
 //! A fully masked row without a sink has no distribution: both are 0. A
 //! fully masked row with a sink puts all mass on the sink: `max_p = 1`,
 //! `H = 0`.
@@ -37,6 +46,32 @@ impl StatsMut<'_> {
         for (tensor, len) in [("max_p", self.max_p.len()), ("entropy", self.entropy.len())] {
             if len != shape.lse_len() {
                 return Err(AttnError::BufferLen { tensor, expected: shape.lse_len(), got: len });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a backward call writes its statistics (see the module docs).
+#[derive(Debug)]
+pub struct BackwardStatsMut<'a> {
+    /// `[B, Hq, Nq]`: share of each row's score-gradient mass off its argmax.
+    pub off_argmax: &'a mut [f32],
+    /// `[B, Hkv, Nk]`: score-gradient mass each key receives.
+    pub key_grad: &'a mut [f32],
+}
+
+impl BackwardStatsMut<'_> {
+    /// Checks the buffers' lengths against `shape`, naming the one that is
+    /// off.
+    pub fn check(&self, shape: &AttnShape) -> Result<(), AttnError> {
+        let keys = shape.batch() * shape.kv_heads() * shape.kv_len();
+        for (tensor, len, want) in [
+            ("off_argmax", self.off_argmax.len(), shape.lse_len()),
+            ("key_grad", self.key_grad.len(), keys),
+        ] {
+            if len != want {
+                return Err(AttnError::BufferLen { tensor, expected: want, got: len });
             }
         }
         Ok(())

@@ -522,7 +522,7 @@ impl<T: Element> Job<'_, '_, T> {
             for q in 0..nvalid {
                 let row = self.mods.mods.bias_row(b, h, i0 + q).expect("bias is set");
                 for (k, &x) in row[j0..j0 + kn].iter().enumerate() {
-                    bad |= !(x < f32::INFINITY);
+                    bad |= x.is_nan() || x == f32::INFINITY;
                     stf[k * sq * LANES + q] += x * LOG2_E;
                 }
             }

@@ -151,7 +151,7 @@ impl Flash {
                     .into(),
             });
         }
-        let (out, mut lse, mut stats) = call.outputs_and_stats();
+        let (out, mut lse, stats) = call.outputs_and_stats();
         let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
@@ -184,7 +184,7 @@ impl Flash {
                     lse: lses,
                     faults: &faults,
                     mods: &mods,
-                    stats: stats.as_deref_mut().map(|st| {
+                    stats: stats.map(|st| {
                         (
                             LseWriter::new(Some(&mut *st.max_p)),
                             LseWriter::new(Some(&mut *st.entropy)),

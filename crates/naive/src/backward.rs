@@ -114,6 +114,11 @@ impl BackwardKernel for Naive {
         &self,
         mut call: CheckedBackward<'_, '_, T>,
     ) -> Result<(), AttnError> {
+        if call.stats().is_some() {
+            return Err(AttnError::Unsupported {
+                what: "backward statistics in the naive kernel (use flash or the oracle)".into(),
+            });
+        }
         let (inputs, params, par) = (call.inputs(), call.params(), call.par());
         let shape = *inputs.shape();
         let (q, k, v) = (widened(&inputs.fwd.q), widened(&inputs.fwd.k), widened(&inputs.fwd.v));

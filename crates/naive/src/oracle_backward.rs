@@ -45,6 +45,14 @@ pub struct ReferenceGrads {
     /// One per query head, `[Hq]`: the gradient of each sink logit, summed
     /// over the batch. All zero when the call has no sinks.
     pub dsinks: Vec<f64>,
+    /// `[B, Hq, Nq]`: the share of each row's score-gradient mass
+    /// `Σ_j |dS_j|` that reaches keys other than the row's argmax (the
+    /// first key of largest probability); 0 when the row passes none
+    /// (`attn_core::stats`).
+    pub off_argmax: Vec<f64>,
+    /// `[B, Hkv, Nk]`: the score-gradient mass `Σ |dS|` each key receives
+    /// from every row of every query head of its group.
+    pub key_grad: Vec<f64>,
 }
 
 /// The gradients in f64 (see the module docs), over the K/V heads in
@@ -70,9 +78,15 @@ fn backward_on<T: Element>(
     let mut dvv = vec![0f64; s.v_dims().iter().product()];
     // dsink of each (b, h), in K/V-head order: (b·Hkv + g)·grp + hi = b·Hq + h.
     let mut dsink_bh = vec![0f64; s.batch() * s.q_heads()];
-    // One K/V head (b, g) owns its dk, dv and the dq and dsink of its
-    // group's heads.
-    let head = |bg: usize, dq: &mut [f64], dk: &mut [f64], dvh: &mut [f64], dsink: &mut [f64]| {
+    let mut off_argmax = vec![0f64; s.lse_len()];
+    let mut key_grad = vec![0f64; s.batch() * s.kv_heads() * nk];
+    // One K/V head (b, g) owns its dk, dv, key_grad and the dq, dsink and
+    // row shares of its group's heads.
+    let head = |bg: usize,
+                (dq, dk, dvh): (&mut [f64], &mut [f64], &mut [f64]),
+                dsink: &mut [f64],
+                share: &mut [f64],
+                kg: &mut [f64]| {
         let (b, g) = (bg / s.kv_heads(), bg % s.kv_heads());
         let mut scratch = Scratch::default();
         for hi in 0..grp {
@@ -80,27 +94,34 @@ fn backward_on<T: Element>(
             for i in 0..nq {
                 let dq_row = &mut dq[(hi * nq + i) * d..][..d];
                 let at = (b, h, i);
-                dsink[hi] += row_grads(inputs, params, &mods, at, dq_row, dk, dvh, &mut scratch);
+                let r = row_grads(inputs, params, &mods, at, dq_row, (dk, dvh, kg), &mut scratch);
+                dsink[hi] += r.dsink;
+                share[hi * nq + i] = r.off_argmax_share();
             }
         }
     };
     let (cq, ck, cv) = ((grp * nq * d).max(1), (nk * d).max(1), (nk * dv).max(1));
+    let (cr, cn) = ((grp * nq).max(1), nk.max(1));
     if parallel {
         dq.par_chunks_mut(cq)
             .zip(dk.par_chunks_mut(ck))
             .zip(dvv.par_chunks_mut(cv))
             .zip(dsink_bh.par_chunks_mut(grp))
+            .zip(off_argmax.par_chunks_mut(cr))
+            .zip(key_grad.par_chunks_mut(cn))
             .enumerate()
-            .for_each(|(bg, (((q, k), v), ds))| head(bg, q, k, v, ds));
+            .for_each(|(bg, (((((q, k), v), ds), sh), kg))| head(bg, (q, k, v), ds, sh, kg));
     } else {
-        for (bg, (((q, k), v), ds)) in dq
+        for (bg, (((((q, k), v), ds), sh), kg)) in dq
             .chunks_mut(cq)
             .zip(dk.chunks_mut(ck))
             .zip(dvv.chunks_mut(cv))
             .zip(dsink_bh.chunks_mut(grp))
+            .zip(off_argmax.chunks_mut(cr))
+            .zip(key_grad.chunks_mut(cn))
             .enumerate()
         {
-            head(bg, q, k, v, ds);
+            head(bg, (q, k, v), ds, sh, kg);
         }
     }
     // Sum over the batch in a fixed order.
@@ -108,7 +129,7 @@ fn backward_on<T: Element>(
     for per_b in dsink_bh.chunks(s.q_heads()) {
         dsinks.iter_mut().zip(per_b).for_each(|(a, x)| *a += x);
     }
-    ReferenceGrads { dq, dk, dv: dvv, dsinks }
+    ReferenceGrads { dq, dk, dv: dvv, dsinks, off_argmax, key_grad }
 }
 
 /// The f64 dQ of query rows `(b, h, i)` only (each O(Nk·d)): what the
@@ -126,8 +147,17 @@ pub fn reference_dq_rows<T: Element>(
             let mut dq = vec![0f64; s.head_dim()];
             let mut dk = vec![0f64; s.kv_len() * s.head_dim()];
             let mut dv = vec![0f64; s.kv_len() * s.v_dim()];
+            let mut kg = vec![0f64; s.kv_len()];
             let mut scratch = Scratch::default();
-            row_grads(inputs, params, &mods, at, &mut dq, &mut dk, &mut dv, &mut scratch);
+            row_grads(
+                inputs,
+                params,
+                &mods,
+                at,
+                &mut dq,
+                (&mut dk, &mut dv, &mut kg),
+                &mut scratch,
+            );
             dq
         })
         .collect()
@@ -140,20 +170,35 @@ struct Scratch {
     o: Vec<f64>,
 }
 
+/// What one row returns besides its gradients.
+#[derive(Default)]
+struct RowOut {
+    /// Its contribution to the head's dsink (0 without sinks).
+    dsink: f64,
+    /// `Σ_j |dS_j|`.
+    abs_sum: f64,
+    /// `|dS|` at the row's argmax (the first key of largest weight).
+    abs_at_argmax: f64,
+}
+
+impl RowOut {
+    fn off_argmax_share(&self) -> f64 {
+        if self.abs_sum > 0.0 { (self.abs_sum - self.abs_at_argmax) / self.abs_sum } else { 0.0 }
+    }
+}
+
 /// One query row `(b, h, i)`: its dq into `dq`, its contributions to the
-/// head's `dk` `[Nk][d]` and `dv` `[Nk][dv]`; returns its contribution to
-/// the head's dsink (0 without sinks).
-#[allow(clippy::too_many_arguments)]
+/// head's `dk` `[Nk][d]`, `dv` `[Nk][dv]` and `key_grad` `[Nk]` (`|dS|`);
+/// returns its dsink contribution and its score-gradient mass.
 fn row_grads<T: Element>(
     inputs: &BackwardInputs<'_, T>,
     params: &AttnParams,
     mods: &ScoreMods<'_>,
     (b, h, i): (usize, usize, usize),
     dq: &mut [f64],
-    dk: &mut [f64],
-    dv: &mut [f64],
+    (dk, dv, key_grad): (&mut [f64], &mut [f64], &mut [f64]),
     Scratch { scores, o }: &mut Scratch,
-) -> f64 {
+) -> RowOut {
     let s = inputs.shape();
     let (d, dvn) = (s.head_dim(), s.v_dim());
     let g = s.kv_head_of(h);
@@ -168,7 +213,7 @@ fn row_grads<T: Element>(
     let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
     reference_row(q.row(b, h, i), keys.clone(), scale, at, kr, vr, scores, o);
     if scores.iter().all(|s| *s == f64::NEG_INFINITY) {
-        return 0.0; // no key left: o = 0, nothing flows back
+        return RowOut::default(); // no key left: o = 0, nothing flows back
     }
     let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sink = mods.sink(h).map(f64::from);
@@ -179,6 +224,8 @@ fn row_grads<T: Element>(
     let doi: Vec<f64> = inputs.d_out.row(b, h, i).iter().map(|&e| e as f64).collect();
     let dd: f64 = doi.iter().zip(o.iter()).map(|(a, c)| a * c).sum();
     let cap = mods.softcap.map(f64::from);
+    let mut r = RowOut::default();
+    let mut p_best = 0f64;
     for (j, sj) in keys.zip(scores.iter()) {
         let pj = (sj - m).exp() / z;
         if pj == 0.0 {
@@ -187,6 +234,11 @@ fn row_grads<T: Element>(
         let vj = v.row(b, g, j);
         let dp: f64 = doi.iter().zip(vj).map(|(a, c)| a * x(c)).sum();
         let ds = pj * (dp - dd) * cap.map_or(1.0, |c| 1.0 - (sj / c) * (sj / c));
+        r.abs_sum += ds.abs();
+        key_grad[j] += ds.abs();
+        if pj > p_best {
+            (p_best, r.abs_at_argmax) = (pj, ds.abs());
+        }
         for (c, kc) in k.row(b, g, j).iter().enumerate() {
             dq[c] += scale * ds * x(kc);
             dk[j * d + c] += scale * ds * qi[c];
@@ -195,7 +247,8 @@ fn row_grads<T: Element>(
             dv[j * dvn + c] += pj * doi[c];
         }
     }
-    sink.map_or(0.0, |sk| -(sk - m).exp() / z * dd)
+    r.dsink = sink.map_or(0.0, |sk| -(sk - m).exp() / z * dd);
+    r
 }
 
 /// Writes f64 values in logical `[B, H, N, D]` order into a view.
@@ -235,6 +288,10 @@ impl BackwardKernel for crate::Oracle {
         write_view(&r.dv, &mut g.dv);
         if let Some(ds) = g.dsinks.as_deref_mut() {
             ds.iter_mut().zip(&r.dsinks).for_each(|(o, x)| *o = *x as f32);
+        }
+        if let Some(st) = call.stats() {
+            st.off_argmax.iter_mut().zip(&r.off_argmax).for_each(|(o, x)| *o = *x as f32);
+            st.key_grad.iter_mut().zip(&r.key_grad).for_each(|(o, x)| *o = *x as f32);
         }
         Ok(())
     }

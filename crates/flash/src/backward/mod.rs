@@ -8,12 +8,20 @@
 //!
 //! 1. **Rows first**: `D = rowsum(dO∘O)·scale` and `LSE·log2 e` for every
 //!    query row (`+inf` for a fully masked row, so that its `P` is 0);
-//!    dQ, dK, dV and the dQ partials are zeroed.
+//!    dQ, dK, dV and the dQ partials are zeroed. With sinks, the same pass
+//!    sums `exp(sink_h − lse_i)·D_i` per (batch, head) in row order, and
+//!    `dsinks[h] = −Σ_b` of those in batch order (fixed orders, so the bits
+//!    do not depend on the thread count).
 //! 2. **The loop nest** (`nest`): work items of (batch, K/V head, chunk of
 //!    its K/V tiles), K/V tiles outer and query tiles inner; each item
 //!    owns its tiles' dK, dV and adds into the dQ rows of its chunk.
 //! 3. **dQ reduction**: when a head's keys were split into `C > 1`
 //!    chunks, `dQ += partial_1 + … + partial_{C−1}`, in that order.
+//!
+//! Score modifiers: the bias, ALiBi and the softcap change the scores the
+//! loop nest recomputes (`nest`); the LSE given already includes the sinks.
+//! With `check_finite`, the bias entries the mask lets a row read are
+//! scanned by the call's validation (`attn_core::CheckedBackward::new`).
 //!
 //! Determinism: the chunking is a function of the shape only (`plan`), each
 //! chunk adds its K/V tiles' contributions to its own dQ target in tile
@@ -36,6 +44,7 @@ use attn_core::{
 use rayon::prelude::*;
 
 use crate::Flash;
+use crate::modify::Mods2;
 use crate::rows::RowWriter;
 use nest::BwdJob;
 use plan::BwdPlan;
@@ -58,7 +67,7 @@ impl Flash {
     /// dims, at most as many rows and no more dQ partials — the key
     /// chunking depends on `B·Hkv` — and at least as many threads; a
     /// workspace that does not fit is an error): the call allocates
-    /// nothing on the calling thread.
+    /// nothing on the calling thread (with ALiBi, but for its `Hq` slopes).
     pub fn backward_in<T: Element>(
         &self,
         inputs: &BackwardInputs<'_, T>,
@@ -72,7 +81,8 @@ impl Flash {
 }
 
 impl BackwardKernel for Flash {
-    /// `2·B·Hq·Nq` floats of per-row values, the dQ partials
+    /// `2·B·Hq·Nq` floats of per-row values, `B·Hq` of per-head sink
+    /// sums, the dQ partials
     /// (`(C − 1)·B·Hq·Nq·d` floats; `C = 1` when `B·Hkv ≥ 8`), and one
     /// tile set per worker (`~5·Bc·d + 2·Br·Bc` floats): linear in `Nq`,
     /// independent of `Nk` — never `O(N²)`.
@@ -100,24 +110,39 @@ fn run<T: Element>(
     grads.dq.data_mut().fill(0.0);
     grads.dk.data_mut().fill(0.0);
     grads.dv.data_mut().fill(0.0);
+    if let Some(ds) = grads.dsinks.as_deref_mut() {
+        ds.fill(0.0);
+    }
     let (nq, rows) = (shape.q_len(), shape.lse_len());
     if nq == 0 || shape.kv_len() == 0 {
+        // no row sees a key: D = 0 for every row, so dsinks stays 0
         return Ok(());
     }
     let partial_len = plan.partial_len(&shape);
-    let BackwardWorkspace { dsc, lse2, partial, workers, .. } = ws;
+    let heads = shape.batch() * shape.q_heads();
+    let BackwardWorkspace { dsc, lse2, sink, partial, workers, .. } = ws;
     let (dsc, lse2, partial) = (&mut dsc[..rows], &mut lse2[..rows], &mut partial[..partial_len]);
+    let sink = &mut sink[..heads];
     partial.fill(0.0);
+    let mods = Mods2::new(params, shape.q_heads());
     let scale = params.scale_for(shape.head_dim());
     let n = BackwardWorkspace::workers_for(&shape, &plan, par);
     let pdims = [(plan.chunks - 1) * shape.batch(), shape.q_heads(), nq, shape.head_dim()];
     let mut pview = TensorViewMut::new("workspace", partial, pdims, Layout::Bhnd)?;
-    let GradsMut { dq, dk, dv, .. } = grads;
+    let GradsMut { dq, dk, dv, dsinks } = grads;
+    // the sink gradient is asked for only with sinks (CheckedBackward)
+    let sinks = params.sinks.filter(|_| dsinks.is_some());
     par.install(|| {
-        row_values(inputs, scale, dsc, lse2, par.threads() > 1);
+        row_values(inputs, scale, sinks, (dsc, lse2, sink), par.threads() > 1);
+        if let Some(ds) = dsinks.as_deref_mut() {
+            for (h, x) in ds.iter_mut().enumerate() {
+                *x = -(0..shape.batch()).map(|b| sink[b * shape.q_heads() + h]).sum::<f32>();
+            }
+        }
         let job = BwdJob {
             inputs,
             params,
+            mods: &mods,
             plan,
             dsc,
             lse2,
@@ -134,33 +159,47 @@ fn run<T: Element>(
 }
 
 /// `dsc = scale·rowsum(dO∘O)` and `lse2 = LSE·log2 e` (`+inf` for a fully
-/// masked row) for every query row, `[B·Hq·Nq]`.
+/// masked row) for every query row, `[B·Hq·Nq]`; with `sinks`, also
+/// `sink[b·Hq + h] = Σ_i exp(sink_h − lse_i)·rowsum(dO∘O)_i` over the rows
+/// of `(b, h)` in order (a row with LSE `−inf` adds nothing).
 fn row_values<T: Element>(
     inputs: &BackwardInputs<'_, T>,
     scale: f32,
-    dsc: &mut [f32],
-    lse2: &mut [f32],
+    sinks: Option<&[f32]>,
+    (dsc, lse2, sink): (&mut [f32], &mut [f32], &mut [f32]),
     parallel: bool,
 ) {
     let s = inputs.shape();
     let nq = s.q_len();
-    let head = |bh: usize, d: &mut [f32], l: &mut [f32]| {
+    let head = |bh: usize, d: &mut [f32], l: &mut [f32], sk: &mut f32| {
         let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
+        let logit = sinks.map(|x| x[h]);
+        let mut acc = 0f32;
         for i in 0..nq {
             let (o, g) = (inputs.out.row(b, h, i), inputs.d_out.row(b, h, i));
-            d[i] = scale * o.iter().zip(g).map(|(x, y)| x * y).sum::<f32>();
+            let dot = o.iter().zip(g).map(|(x, y)| x * y).sum::<f32>();
+            d[i] = scale * dot;
             let lse = inputs.lse[bh * nq + i];
             l[i] = if lse == f32::NEG_INFINITY { f32::INFINITY } else { lse * attn_simd::LOG2_E };
+            if let Some(sl) = logit
+                && lse != f32::NEG_INFINITY
+            {
+                acc += (sl - lse).exp() * dot;
+            }
         }
+        *sk = acc;
     };
     if parallel {
         dsc.par_chunks_mut(nq)
             .zip(lse2.par_chunks_mut(nq))
+            .zip(sink.par_iter_mut())
             .enumerate()
-            .for_each(|(bh, (d, l))| head(bh, d, l));
+            .for_each(|(bh, ((d, l), sk))| head(bh, d, l, sk));
     } else {
-        for (bh, (d, l)) in dsc.chunks_mut(nq).zip(lse2.chunks_mut(nq)).enumerate() {
-            head(bh, d, l);
+        for (bh, ((d, l), sk)) in
+            dsc.chunks_mut(nq).zip(lse2.chunks_mut(nq)).zip(sink.iter_mut()).enumerate()
+        {
+            head(bh, d, l, sk);
         }
     }
 }

@@ -57,7 +57,8 @@ impl Scratch {
 }
 
 /// Scratch memory for [`crate::Flash::backward_in`]: `D·scale` and
-/// `LSE·log2 e` of every query row (`2·B·Hq·Nq` floats), the dQ partials
+/// `LSE·log2 e` of every query row (`2·B·Hq·Nq` floats), one sink-gradient
+/// sum per (batch, query head) (`B·Hq`), the dQ partials
 /// of the chunks past the first (`(C − 1)·B·Hq·Nq·d` floats, `C` = 1
 /// unless `B·Hkv < 8`), and one scratch set per worker.
 #[derive(Debug)]
@@ -65,6 +66,8 @@ pub struct BackwardWorkspace {
     pub(crate) plan: BwdPlan,
     pub(crate) dsc: Vec<f32>,
     pub(crate) lse2: Vec<f32>,
+    /// `Σ_i exp(sink_h − lse_i)·D_i` per (batch, query head), `[B·Hq]`.
+    pub(crate) sink: Vec<f32>,
     pub(crate) partial: Vec<f32>,
     pub(crate) workers: Vec<Scratch>,
 }
@@ -90,6 +93,7 @@ impl BackwardWorkspace {
             plan,
             dsc: try_zeroed("workspace", shape.lse_len())?,
             lse2: try_zeroed("workspace", shape.lse_len())?,
+            sink: try_zeroed("workspace", Self::heads(shape))?,
             partial: try_zeroed("workspace", plan.partial_len(shape))?,
             workers,
         })
@@ -97,7 +101,7 @@ impl BackwardWorkspace {
 
     /// Bytes [`BackwardWorkspace::new`] allocates for the same arguments.
     pub(crate) fn bytes_for(shape: &AttnShape, plan: &BwdPlan, par: Par) -> usize {
-        let rows = 2 * shape.lse_len() + plan.partial_len(shape);
+        let rows = 2 * shape.lse_len() + Self::heads(shape) + plan.partial_len(shape);
         let per_worker = plan.worker_bytes() + std::mem::size_of::<Scratch>();
         (rows * 4).saturating_add(Self::workers_for(shape, plan, par).saturating_mul(per_worker))
     }
@@ -105,8 +109,13 @@ impl BackwardWorkspace {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         let per_worker = self.plan.worker_bytes() + std::mem::size_of::<Scratch>();
-        (self.dsc.len() + self.lse2.len() + self.partial.len()) * 4
+        (self.dsc.len() + self.lse2.len() + self.sink.len() + self.partial.len()) * 4
             + self.workers.len() * per_worker
+    }
+
+    /// (Batch entry, query head) pairs: one sink sum each.
+    fn heads(shape: &AttnShape) -> usize {
+        shape.batch() * shape.q_heads()
     }
 
     /// Work items of a call: (batch, K/V head, chunk of its keys).
@@ -130,6 +139,7 @@ impl BackwardWorkspace {
         let p = &self.plan;
         let fits = (p.d, p.dv) == (plan.d, plan.dv)
             && self.dsc.len() >= shape.lse_len()
+            && self.sink.len() >= Self::heads(shape)
             && self.partial.len() >= plan.partial_len(shape)
             && self.workers.len() >= Self::workers_for(shape, plan, par);
         if fits {
@@ -138,16 +148,18 @@ impl BackwardWorkspace {
         Err(AttnError::Param {
             name: "workspace",
             reason: format!(
-                "made for d = {}, dv = {}, {} rows, {} dQ partial floats and {} workers; \
-                 this call needs d = {}, dv = {}, {} rows, {} and {}",
+                "made for d = {}, dv = {}, {} rows, {} heads, {} dQ partial floats and {} \
+                 workers; this call needs d = {}, dv = {}, {} rows, {} heads, {} and {}",
                 p.d,
                 p.dv,
                 self.dsc.len(),
+                self.sink.len(),
                 self.partial.len(),
                 self.workers.len(),
                 plan.d,
                 plan.dv,
                 shape.lse_len(),
+                Self::heads(shape),
                 plan.partial_len(shape),
                 Self::workers_for(shape, plan, par)
             ),

@@ -1,0 +1,190 @@
+//! The forward pass:
+//!
+//! ```text
+//! Q = X_q·W_Q + b_Q    [B·Nq, Hq·d]   = [B, Nq, Hq, d]    (Layout::Bnhd)
+//! K = X_kv·W_K + b_K   [B·Nk, Hkv·d]  = [B, Nk, Hkv, d]
+//! V = X_kv·W_V + b_V   [B·Nk, Hkv·dv] = [B, Nk, Hkv, dv]
+//! O = attention(Q, K, V; params)      [B·Nq, Hq·dv]       (flash, Bnhd)
+//! Y = O·W_O + b_O      [B·Nq, d_model]
+//! ```
+//!
+//! Token-major inputs make each projection one GEMM whose output is
+//! already in the `[B, N, H, D]` order the kernels read (no transposes),
+//! and the kernel's output in that order is the `[B·Nq, Hq·dv]` matrix the
+//! output projection multiplies.
+
+use attn_core::{
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Layout, Par, TensorViewMut,
+    try_zeroed,
+};
+use attn_flash::Flash;
+
+use crate::gemm::{Mat, fill_rows, gemm};
+use crate::tokens::Tokens;
+use crate::weights::{Matrix, MultiHeadAttention};
+
+/// What [`MultiHeadAttention::forward_train`] keeps for
+/// [`MultiHeadAttention::backward`]: the output and the activations
+/// (`Q`, `K`, `V`, the attention output `O` and its per-row LSE).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The layer's output `Y`, `[B, Nq, d_model]`.
+    pub y: Vec<f32>,
+    pub(crate) shape: AttnShape,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) o: Vec<f32>,
+    pub(crate) lse: Vec<f32>,
+}
+
+impl Trace {
+    /// The attention problem the forward solved (`B`, heads, `Nq`, `Nk`).
+    pub fn shape(&self) -> &AttnShape {
+        &self.shape
+    }
+    /// `Q`, `[B, Nq, Hq, d]`.
+    pub fn q(&self) -> &[f32] {
+        &self.q
+    }
+    /// `K`, `[B, Nk, Hkv, d]`.
+    pub fn k(&self) -> &[f32] {
+        &self.k
+    }
+    /// `V`, `[B, Nk, Hkv, dv]`.
+    pub fn v(&self) -> &[f32] {
+        &self.v
+    }
+    /// The attention output `O`, `[B, Nq, Hq, dv]`.
+    pub fn attention_out(&self) -> &[f32] {
+        &self.o
+    }
+    /// The attention's LSE, `[B, Hq, Nq]` (natural log).
+    pub fn lse(&self) -> &[f32] {
+        &self.lse
+    }
+}
+
+impl MultiHeadAttention {
+    /// `Y` for queries from `x_q` (`[B, Nq, d_model]`) attending to keys
+    /// and values from `x_kv` (`[B, Nk, d_model]`): self-attention when
+    /// both are the same tokens, cross-attention otherwise (any `Nk`);
+    /// causal, windows and score modifiers as `params` says (masks are
+    /// bottom-right aligned, see `docs/semantics.md`); GQA/MQA by the
+    /// config's head counts. Returns `Y`, `[B, Nq, d_model]`.
+    ///
+    /// Errors name the tensor and dimension: an `x` whose width is not
+    /// `d_model` or whose batch differs, invalid `params`, and (with
+    /// `params.check_finite`) a non-finite input.
+    pub fn forward(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<Vec<f32>, AttnError> {
+        Ok(self.run_forward(x_q, x_kv, params, par, false)?.y)
+    }
+
+    /// [`MultiHeadAttention::forward`], keeping what the backward needs.
+    pub fn forward_train(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<Trace, AttnError> {
+        self.run_forward(x_q, x_kv, params, par, true)
+    }
+
+    /// Checks `x_q` and `x_kv` against the layer and each other and
+    /// returns the attention problem they make.
+    pub(crate) fn check_inputs(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+    ) -> Result<AttnShape, AttnError> {
+        let c = self.config();
+        x_q.expect(c.d_model, None)?;
+        x_kv.expect(c.d_model, Some(x_q.batch()))?;
+        let shape = c.attn_shape(x_q.batch(), x_q.len(), x_kv.len())?;
+        params.validate_for(&shape)?;
+        if params.check_finite {
+            x_q.check_finite()?;
+            x_kv.check_finite()?;
+        }
+        Ok(shape)
+    }
+
+    fn run_forward(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+        par: Par,
+        keep: bool,
+    ) -> Result<Trace, AttnError> {
+        par.validate()?;
+        let shape = self.check_inputs(x_q, x_kv, params)?;
+        let w = self.weights();
+        let q = project("q", x_q, &w.w_q, w.b_q.as_deref(), par)?;
+        let k = project("k", x_kv, &w.w_k, w.b_k.as_deref(), par)?;
+        let v = project("v", x_kv, &w.w_v, w.b_v.as_deref(), par)?;
+        let mut o = try_zeroed("attention output", x_q.rows() * self.config().o_width())?;
+        let mut lse = if keep { try_zeroed("lse", shape.lse_len())? } else { Vec::new() };
+        attend(&shape, &q, &k, &v, &mut o, keep.then_some(&mut lse[..]), params, par)?;
+        let y = self.output_projection(&o, x_q.rows(), par)?;
+        Ok(Trace { y, shape, q, k, v, o, lse })
+    }
+
+    /// `Y = O·W_O + b_O` for `rows` rows of `O`.
+    pub(crate) fn output_projection(
+        &self,
+        o: &[f32],
+        rows: usize,
+        par: Par,
+    ) -> Result<Vec<f32>, AttnError> {
+        let (w, c) = (self.weights(), self.config());
+        let o = Tokens::new("attention output", o, [1, rows, c.o_width()])?;
+        project("y", &o, &w.w_o, w.b_o.as_deref(), par)
+    }
+}
+
+/// `X·W + b`, `[rows of x, cols of W]`, in a new buffer named `name`.
+pub(crate) fn project(
+    name: &'static str,
+    x: &Tokens<'_>,
+    w: &Matrix,
+    b: Option<&[f32]>,
+    par: Par,
+) -> Result<Vec<f32>, AttnError> {
+    let mut out = try_zeroed(name, x.rows() * w.cols())?;
+    fill_rows(&mut out, b);
+    let beta = if b.is_some() { 1.0 } else { 0.0 };
+    gemm(
+        par,
+        Mat::new(x.data(), x.rows(), x.width()),
+        Mat::new(w.data(), w.rows(), w.cols()),
+        beta,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// The flash kernel on `[B, N, H, D]` buffers: `o` (and `lse`, if given).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    shape: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    lse: Option<&mut [f32]>,
+    params: &AttnParams,
+    par: Par,
+) -> Result<(), AttnError> {
+    let inputs = AttnInputs::from_slices(*shape, Layout::Bnhd, q, k, v)?;
+    let mut ov = TensorViewMut::new("attention output", o, shape.out_dims(), Layout::Bnhd)?;
+    Flash::default().forward(&inputs, &mut ov, lse, params, par)
+}
