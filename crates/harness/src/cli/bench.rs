@@ -122,5 +122,6 @@ fn config_from_args(a: &BenchArgs) -> Result<Config, String> {
         mods: a.mods.mods()?,
     };
     cfg.shape().map_err(|e| e.to_string())?;
+    cfg.mods.validate_for(cfg.q_heads)?;
     Ok(cfg)
 }

@@ -138,26 +138,42 @@ impl Mods {
         Ok(())
     }
 
+    /// [`Mods::validate`], and that given values are one, or one per
+    /// query head of `q_heads`.
+    pub fn validate_for(&self, q_heads: usize) -> Result<(), String> {
+        self.validate()?;
+        let count = |flag: &str, v: &[f32]| match v.len() {
+            n if n == 1 || n == q_heads => Ok(()),
+            n => {
+                Err(format!("{flag}: expected 1 value or one per query head ({q_heads}), got {n}"))
+            }
+        };
+        if let Some(Slopes::Values(v)) = &self.alibi {
+            count("--alibi-slopes", v)?;
+        }
+        if let Some(Sinks::Values(v)) = &self.sinks {
+            count("--sinks", v)?;
+        }
+        Ok(())
+    }
+
     /// The modifiers' data for a call of `shape`: given values broadcast
     /// to every query head (or taken as one per head), random sinks and
-    /// bias seeded by `seed`. Errors name the flag.
+    /// bias seeded by `seed`. Errors name the flag
+    /// ([`Mods::validate_for`]).
     pub fn data(&self, shape: &AttnShape, seed: u64) -> Result<ModData, String> {
-        self.validate()?;
         let hq = shape.q_heads();
-        let per_head = |flag: &str, v: &[f32]| match v.len() {
-            1 => Ok(vec![v[0]; hq]),
-            n if n == hq => Ok(v.to_vec()),
-            n => Err(format!("{flag}: expected 1 value or one per query head ({hq}), got {n}")),
-        };
+        self.validate_for(hq)?;
+        let per_head = |v: &[f32]| if v.len() == 1 { vec![v[0]; hq] } else { v.to_vec() };
         let alibi = match &self.alibi {
             None => None,
             Some(Slopes::Default) => Some(Slopes::Default),
-            Some(Slopes::Values(v)) => Some(Slopes::Values(per_head("--alibi-slopes", v)?)),
+            Some(Slopes::Values(v)) => Some(Slopes::Values(per_head(v))),
         };
         let sinks = match &self.sinks {
             None => None,
             Some(Sinks::Random) => Some(normal::<f32>(hq, seed, SINK_STREAM)),
-            Some(Sinks::Values(v)) => Some(per_head("--sinks", v)?),
+            Some(Sinks::Values(v)) => Some(per_head(v)),
         };
         let bias = self.bias.map(|BiasSpec::Random| {
             let dims = [1, 1, shape.q_len(), shape.kv_len()];

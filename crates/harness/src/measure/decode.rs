@@ -102,13 +102,13 @@ impl<T: KvElement> DecodeRunner<T> {
         let mut cache =
             KvCache::<T>::new(cfg.batch, cfg.kv_heads, cfg.kv_len, cfg.head_dim, cfg.v_dim)
                 .map_err(e)?;
+        let shape = cache.query_shape(cfg.q_heads, cfg.q_len).map_err(e)?;
+        let mods = cfg.mods.data(&shape, seed)?;
         fill_cache(&mut cache, seed).map_err(e)?;
         let rows = cfg.batch * cfg.q_heads * cfg.q_len;
         let q = normal::<f32>(rows * cfg.head_dim, seed, 0);
         let out = vec![0.5f32; rows * cfg.v_dim];
         let lse = vec![0.5f32; rows];
-        let shape = cache.query_shape(cfg.q_heads, cfg.q_len).map_err(e)?;
-        let mods = cfg.mods.data(&shape, seed)?;
         Ok(DecodeRunner {
             cache,
             q,
