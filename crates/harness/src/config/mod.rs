@@ -354,6 +354,23 @@ mod tests {
     }
 
     #[test]
+    fn modifiers_name_themselves_in_ids_and_count_the_bias() {
+        let c = Config::prefill("flash", Grouping::Gqa, MaskSpec::Causal, 64, Dtype::F32, 1, 4096);
+        let m = Mods { softcap: Some(50.0), bias: Some(BiasSpec::Random), ..Default::default() };
+        let b = c.clone().with_mods(m);
+        assert_eq!(b.id(), "prefill/flash/gqa/causal/d64/f32/t1/softcap50+bias/4096");
+        assert_eq!(b.io_bytes(), c.io_bytes() + 4 * 4096 * 4096);
+        let d = Config::decode(Grouping::Gqa, Dtype::F32, 2, 32768)
+            .with_mods(Mods { sinks: Some(Sinks::Random), ..Default::default() });
+        assert_eq!(d.id(), "decode/flash/gqa/f32/t2/sinks/32768");
+        // the child protocol and the results carry the modifiers
+        let back: Config = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+        let plain = serde_json::to_value(&c).unwrap();
+        assert!(plain.get("mods").is_none(), "{plain}");
+    }
+
+    #[test]
     fn decode_ids_and_bytes() {
         let c = Config::decode(Grouping::Gqa, Dtype::F16, 2, 32768);
         assert_eq!(c.id(), "decode/flash/gqa/f16/t2/32768");
