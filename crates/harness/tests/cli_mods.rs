@@ -139,14 +139,14 @@ impl Case {
                     } else {
                         (l.0 - l.1).abs()
                     };
-                    if !(e <= worst.0) {
+                    if e.is_nan() || e > worst.0 {
                         worst = (e, format!("lse ({b}, {h}, {i}): {} vs {}", l.0, l.1));
                     }
                     for c in 0..dv {
                         let g = out[b * st[0] + h * st[1] + i * st[2] + c] as f64;
                         let w = want.out[r * dv + c];
                         let e = (g - w).abs();
-                        if !(e <= worst.0) {
+                        if e.is_nan() || e > worst.0 {
                             worst = (e, format!("out ({b}, {h}, {i}, {c}): {g} vs {w}"));
                         }
                     }

@@ -3,13 +3,12 @@
 //! sweep's rows, `attn bench`, `attn decode`: values given or generated,
 //! recorded in the results), and [`ModData`], the modifiers' owned data
 //! (slopes, sinks, the bias buffer) that an `AttnParams<'_>` borrows at
-//! call time ([`ModData::params`]); `attn run` and `attn grad` fill one
-//! from `.npy` files.
+//! call time ([`ModData::params`]). The runners generate theirs from a
+//! [`Mods`] (`crate::measure::mod_data`); `attn run` and `attn grad` read
+//! theirs from `.npy` files.
 
-use attnlab::{Alibi, AttnError, AttnParams, AttnShape, Layout, TensorView};
+use attnlab::{Alibi, AttnError, AttnParams, Layout, TensorView};
 use serde::{Deserialize, Serialize};
-
-use crate::measure::normal;
 
 /// ALiBi slopes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,10 +59,6 @@ pub struct Mods {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<BiasSpec>,
 }
-
-/// Input stream of the generated sinks and bias (Q, K, V, dO use 0..=3).
-const SINK_STREAM: u64 = 4;
-const BIAS_STREAM: u64 = 5;
 
 fn values_name(v: &[f32]) -> String {
     v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
@@ -156,31 +151,6 @@ impl Mods {
         }
         Ok(())
     }
-
-    /// The modifiers' data for a call of `shape`: given values broadcast
-    /// to every query head (or taken as one per head), random sinks and
-    /// bias seeded by `seed`. Errors name the flag
-    /// ([`Mods::validate_for`]).
-    pub fn data(&self, shape: &AttnShape, seed: u64) -> Result<ModData, String> {
-        let hq = shape.q_heads();
-        self.validate_for(hq)?;
-        let per_head = |v: &[f32]| if v.len() == 1 { vec![v[0]; hq] } else { v.to_vec() };
-        let alibi = match &self.alibi {
-            None => None,
-            Some(Slopes::Default) => Some(Slopes::Default),
-            Some(Slopes::Values(v)) => Some(Slopes::Values(per_head(v))),
-        };
-        let sinks = match &self.sinks {
-            None => None,
-            Some(Sinks::Random) => Some(normal::<f32>(hq, seed, SINK_STREAM)),
-            Some(Sinks::Values(v)) => Some(per_head(v)),
-        };
-        let bias = self.bias.map(|BiasSpec::Random| {
-            let dims = [1, 1, shape.q_len(), shape.kv_len()];
-            Bias { dims, data: normal::<f32>(dims.iter().product(), seed, BIAS_STREAM) }
-        });
-        Ok(ModData { softcap: self.softcap, alibi, sinks, bias })
-    }
 }
 
 /// A bias buffer: logical `[B|1, Hq|1, Nq, Nk]`, contiguous in that order.
@@ -232,19 +202,6 @@ impl ModData {
 mod tests {
     use super::*;
 
-    fn shape(hq: usize) -> AttnShape {
-        AttnShape::builder()
-            .batch(1)
-            .q_heads(hq)
-            .kv_heads(1)
-            .q_len(3)
-            .kv_len(5)
-            .head_dim(4)
-            .v_dim(4)
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn names_and_order() {
         assert_eq!(Mods::default().name(), "");
@@ -276,34 +233,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<Mods>(&text).unwrap(), all);
         let text = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<Mods>(&text).unwrap(), a);
-    }
-
-    #[test]
-    fn data_broadcasts_values_and_seeds_random_ones() {
-        let m = Mods {
-            softcap: Some(20.0),
-            alibi: Some(Slopes::Values(vec![0.5])),
-            sinks: Some(Sinks::Random),
-            bias: Some(BiasSpec::Random),
-        };
-        let d = m.data(&shape(4), 7).unwrap();
-        assert_eq!(d.alibi, Some(Slopes::Values(vec![0.5; 4])));
-        assert_eq!(d.sinks.as_ref().unwrap().len(), 4);
-        assert_eq!(d.sinks, m.data(&shape(4), 7).unwrap().sinks, "seeded");
-        assert_ne!(d.sinks, m.data(&shape(4), 8).unwrap().sinks);
-        let b = d.bias.as_ref().unwrap();
-        assert_eq!((b.dims, b.data.len()), ([1, 1, 3, 5], 15));
-        let p = d.params(&AttnParams::causal()).unwrap();
-        p.validate_for(&shape(4)).unwrap();
-        assert_eq!(p.mask, attnlab::Mask::Causal);
-        assert_eq!((p.softcap, p.sinks.map(<[f32]>::len)), (Some(20.0), Some(4)));
-        assert_eq!(p.bias.unwrap().dims(), [1, 1, 3, 5]);
-        assert_eq!(m.bias_bytes(3, 5), 60);
-        // one per head is taken as is; any other count is an error naming the flag
-        let two = Mods { sinks: Some(Sinks::Values(vec![1.0, 2.0])), ..Default::default() };
-        assert_eq!(two.data(&shape(2), 1).unwrap().sinks, Some(vec![1.0, 2.0]));
-        let e = two.data(&shape(4), 1).unwrap_err();
-        assert!(e.starts_with("--sinks: expected 1 value or one per query head (4), got 2"), "{e}");
     }
 
     #[test]

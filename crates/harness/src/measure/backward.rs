@@ -50,7 +50,7 @@ impl<T: Element> BackwardRunner<T> {
         let mut out = vec![0f32; len(shape.out_dims())];
         let mut lse = vec![0f32; shape.lse_len()];
         let (params, par, pool) = (cfg.params(), cfg.par(), thread_pool(cfg.threads)?);
-        let mods = cfg.mods.data(&shape, seed)?;
+        let mods = super::mod_data(&cfg.mods, &shape, seed)?;
         {
             let params = mods.params(&params).map_err(|e| e.to_string())?;
             let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v)

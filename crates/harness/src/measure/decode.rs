@@ -103,7 +103,7 @@ impl<T: KvElement> DecodeRunner<T> {
             KvCache::<T>::new(cfg.batch, cfg.kv_heads, cfg.kv_len, cfg.head_dim, cfg.v_dim)
                 .map_err(e)?;
         let shape = cache.query_shape(cfg.q_heads, cfg.q_len).map_err(e)?;
-        let mods = cfg.mods.data(&shape, seed)?;
+        let mods = super::mod_data(&cfg.mods, &shape, seed)?;
         fill_cache(&mut cache, seed).map_err(e)?;
         let rows = cfg.batch * cfg.q_heads * cfg.q_len;
         let q = normal::<f32>(rows * cfg.head_dim, seed, 0);

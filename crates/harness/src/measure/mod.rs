@@ -18,7 +18,8 @@
 //!    ([`check`]); a NaN or inf output is an error of +inf, and the row
 //!    an error;
 //! 5. with a bias ([`Config::mods`]), the time of reading the bias buffer
-//!    once ([`runner::read_once`], median of [`BIAS_READS`]): the memory
+//!    once ([`runner::read_once`], median of
+//!    [`crate::results::BIAS_READS`]): the memory
 //!    traffic the bias adds at the least, for the report's bound.
 //!
 //! Decode rows (ids such as `decode/flash/gqa/f16/t2/32768`) go through
@@ -43,11 +44,10 @@ pub mod inputs;
 pub mod prefill;
 pub mod runner;
 
-pub use inputs::{SEED, SplitMix64, normal, uniform};
+pub use inputs::{SEED, SplitMix64, mod_data, normal, uniform};
 pub use runner::{Runner, read_once};
 
-/// Timed reads of the bias buffer behind a row's `bias_read_ms`.
-pub const BIAS_READS: usize = 5;
+use crate::results::BIAS_READS;
 
 use crate::alloc;
 use crate::config::{Config, Kind};

@@ -41,7 +41,7 @@ impl<T: Element> PrefillRunner<T> {
         // Non-zero fill: the pages are touched now, not inside the call.
         let out = vec![0.5f32; len(shape.out_dims())];
         let lse = vec![0.5f32; shape.lse_len()];
-        let mods = cfg.mods.data(&shape, seed)?;
+        let mods = super::mod_data(&cfg.mods, &shape, seed)?;
         Ok(PrefillRunner {
             kernel,
             shape,

@@ -100,7 +100,7 @@ pub(super) fn mods_section(s: &mut String, run: &RunFile) {
          = time / plain time. **bias read once** is the time of summing the bias buffer once \
          in the same process (median of {} reads): the least extra memory traffic a bias \
          costs. The target for a call with a bias is **2 × (plain + read once)**.\n",
-        crate::measure::BIAS_READS
+        crate::results::BIAS_READS
     );
     // One table per plain configuration, in the run's order.
     let mut bases: Vec<crate::config::Config> = Vec::new();

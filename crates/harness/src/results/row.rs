@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 /// and 2 still load, their rows read as prefill and as plain calls.
 pub const SCHEMA: u32 = 3;
 
+/// Timed reads of the bias buffer behind a row's `bias_read_ms` (their
+/// median).
+pub const BIAS_READS: usize = 5;
+
 /// Outcome of one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,7 +120,7 @@ pub struct Row {
     #[serde(default)]
     pub tiles: Option<String>,
     /// Rows with a bias: the time of reading the bias buffer once in the
-    /// same process, ms (median of [`crate::measure::BIAS_READS`] reads;
+    /// same process, ms (median of [`BIAS_READS`] reads;
     /// `crate::measure::read_once`). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_read_ms: Option<f64>,

@@ -1,7 +1,7 @@
 //! The grid: which configurations a sweep of each [`Profile`] runs,
 //! prefill (N × grouping × mask × d × dtype × threads, naive and flash)
 //! and decode (L × grouping × cache dtype × threads), the score modifiers
-//! next to a plain call ([`modifier_grid`]), with a description of each
+//! next to a plain call ([`sweep_mods`]), with a description of each
 //! part for the results file.
 
 use crate::config::{BiasSpec, Config, Dtype, Grouping, Kind, MaskSpec, Mods, Sinks, Slopes};
