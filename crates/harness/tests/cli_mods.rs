@@ -1,9 +1,10 @@
 //! The score-modifier flags of `attn run`, `attn grad`, `attn bench` and
 //! `attn decode`: each flag against the f64 oracle of `attnlab::naive`
-//! given the same modifiers directly (`AttnParams`), in both layouts (the
-//! bias file is C order `[B|1, Hq|1, Nq, Nk]` whatever `--layout`); every
-//! bad input is exit 2 with one line naming the file or the flag, and
-//! leaves what was on disk as it was.
+//! given the same modifiers directly (`AttnParams`), every kernel and path
+//! (flash tiled and split-KV), in both layouts (the bias file is C order
+//! `[B|1, Hq|1, Nq, Nk]` whatever `--layout`); every bad input is exit 2
+//! with one line naming the file or the flag, and leaves what was on disk
+//! as it was.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -345,12 +346,15 @@ fn bad_bias_files_name_the_file() {
     // a NaN that a row reads, named by its index in the bias file
     let at = |h: usize, i: usize, j: usize| (h * 5 + i) * 7 + j; // in [1, 4, 5, 7]
     let mut v = vec![0.25f32; 4 * 5 * 7];
-    v[at(1, 2, 3)] = f32::NAN;
-    write_npy(&p, &[1, 4, 5, 7], &v, Order::C);
-    expect_refused(&case, &flags, &[&b, "NaN", "(0, 1, 2, 3)", "--no-check-finite"]);
-    v[at(1, 2, 3)] = f32::INFINITY;
-    write_npy(&p, &[1, 4, 5, 7], &v, Order::C);
-    expect_refused(&case, &flags, &[&b, "inf", "(0, 1, 2, 3)"]);
+    for kernel in ["oracle", "naive", "flash"] {
+        let flags = strings(&["--kernel", kernel, "--bias", &b]);
+        v[at(1, 2, 3)] = f32::NAN;
+        write_npy(&p, &[1, 4, 5, 7], &v, Order::C);
+        expect_refused(&case, &flags, &[&b, "NaN", "(0, 1, 2, 3)", "--no-check-finite"]);
+        v[at(1, 2, 3)] = f32::INFINITY;
+        write_npy(&p, &[1, 4, 5, 7], &v, Order::C);
+        expect_refused(&case, &flags, &[&b, "inf", "(0, 1, 2, 3)"]);
+    }
     // a NaN that no row reads (causal: row 0 sees keys ..= 2) is no error
     v[at(1, 2, 3)] = 0.25;
     v[at(1, 0, 6)] = f32::NAN;
@@ -577,10 +581,11 @@ fn grad_writes_dsinks_all_or_nothing() {
 }
 
 /// Every modifier alone and all together (with the sinks' gradient)
-/// through `attn grad`, against the oracle's backward, both layouts.
+/// through `attn grad`, against the oracle's backward: every kernel, both
+/// layouts.
 #[test]
 fn grad_flags_match_the_oracle_backward() {
-    grad_cases(&["oracle", "naive"]);
+    grad_cases(&["oracle", "naive", "flash"]);
 }
 
 fn all_mods(hq: usize, nq: usize, nk: usize) -> Mods {
@@ -618,19 +623,18 @@ fn grad_cases(kernels: &[&str]) {
     }
 }
 
-/// The paths that other branches of issue #13 give the modifiers: the
-/// flash kernel's split-KV path (Nq ≤ 16) and its backward. Run with
-/// `--ignored` once they are merged.
+/// The flash kernel's split-KV path (Nq ≤ 16, decode-like calls) with the
+/// modifiers, next to the oracle and naive kernels.
 #[test]
-#[ignore = "needs the split-KV (mods-decode) and flash backward (mods-bwd) modifiers of issue #13"]
-fn flash_split_kv_and_backward_with_modifiers() {
+fn split_kv_path_matches_the_oracle() {
     for nq in [8, 1] {
         let case = Case::new(shape(2, 4, 2, nq, 24, 16, 8), Layout::Bhnd, 62);
-        case.check(&all_mods(4, nq, 24), Mask::Causal, &["--causal", "1"], "flash", FLASH.1);
-        let sinks = Mods { sinks: Some(values(4, 63)), ..Default::default() };
-        case.check(&sinks, Mask::None, &[], "flash", FLASH.1);
+        for (kernel, tol) in [ORACLE, NAIVE, FLASH] {
+            case.check(&all_mods(4, nq, 24), Mask::Causal, &["--causal", "1"], kernel, tol);
+            let sinks = Mods { sinks: Some(values(4, 63)), ..Default::default() };
+            case.check(&sinks, Mask::None, &[], kernel, tol);
+        }
     }
-    grad_cases(&["flash"]);
 }
 
 // --- attn bench and attn decode: generated modifiers
@@ -721,4 +725,8 @@ fn decode_records_its_modifiers() {
         row["mods"],
         serde_json::json!({"softcap": 20.0, "alibi": {"values": [0.5]}, "sinks": "random"})
     );
+    // checked against the oracle with the same modifiers (the plain step's
+    // output would be off by ~1 with these slopes)
+    let err = row["max_abs_err"].as_f64().unwrap();
+    assert!(err < 1e-5, "{row}");
 }
