@@ -6,14 +6,14 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`config`] | what one measurement is: [`config::Config`] and its id, the one [`config::Dtype`], the one mask spec and `--window` grammar, head groupings |
+//! | [`config`] | what one measurement is: [`config::Config`] and its id, the one [`config::Dtype`], the one mask spec and `--window` grammar, head groupings, score modifiers ([`config::Mods`], [`config::ModData`]) |
 //! | [`units`] | human-readable bytes and durations |
 //! | [`alloc`] | the counting allocator (installed by each binary) |
 //! | [`machine`] | machine facts, measured peaks, `/proc` memory, the clock |
 //! | [`results`] | the results data model ([`results::Row`], [`results::RunFile`]) and its files |
-//! | [`measure`] | the prefill and decode runners, one measurement, the f64 error check, the child-process protocol |
-//! | [`npy_call`] | `attn run`'s work: `.npy` files in, one timed kernel call, `.npy` files out |
-//! | [`report`] | results → `docs/`: markdown tables, headline, plots, decode section; a row on the terminal |
+//! | [`measure`] | the prefill, decode and backward runners (seeded inputs and modifiers), one measurement, the f64 error check, the child-process protocol |
+//! | [`npy_call`] | `attn run`'s and `attn grad`'s work: `.npy` files in (modifiers' files too), one timed kernel call, `.npy` files out |
+//! | [`report`] | results → `docs/`: markdown tables, headline, plots, decode, backward and score-modifier sections; a row on the terminal |
 //! | [`sweep`] | the grid and the sweep driver behind `cargo bench -p harness` |
 //! | [`cli`] | the `attn` subcommands: flags and a `main` each |
 //!

@@ -1,8 +1,9 @@
 //! The report generator on a small synthetic result set: tables per
 //! grouping and mask, "needs X GiB" where naive stops, speedups, the
 //! headline, the decode section (tables per grouping and threads, the GB/s
-//! plot), the backward section and plot, the SVG plots, `attn report`'s round trip through a results
-//! file, and that the committed docs are what the committed results give.
+//! plot), the backward section and plot, the score-modifier section, the
+//! SVG plots, `attn report`'s round trip through a results file, and that
+//! the committed docs are what the committed results give.
 
 use harness::cli::report::ReportArgs;
 use harness::config::{Config, Dtype, Grouping, Kind, MaskSpec};
@@ -458,4 +459,98 @@ fn backward_section_and_plot_from_backward_rows() {
     assert!(
         svg.starts_with("<svg") && svg.contains("flash, causal") && svg.contains("naive, no mask")
     );
+}
+
+/// `run` with score-modifier rows: flash MHA causal N = 4096 d = 64 on 1
+/// thread, plain at 100 ms, softcap at 104 ms, a bias at 161 ms (bias read
+/// once in 3 ms: bound 2 × 103 = 206 ms), all four at 250 ms (over the
+/// bound); a GQA softcap row without its plain call; a failed ALiBi row;
+/// decode GQA f32 L = 32k with sinks at 1.25 × the plain step.
+fn with_modifiers(mut run: RunFile) -> RunFile {
+    use harness::config::{BiasSpec, Mods, Sinks, Slopes};
+    let plain = Config::prefill("flash", Grouping::Mha, MaskSpec::Causal, 64, Dtype::F32, 1, 4096);
+    let at = |cfg: Config, ms: f64, read: Option<f64>| {
+        let mut r = measured(cfg);
+        r.set_time(ms, 3, "direct", Some(100.0));
+        r.bias_read_ms = read;
+        r
+    };
+    let softcap = Mods { softcap: Some(50.0), ..Default::default() };
+    let bias = Mods { bias: Some(BiasSpec::Random), ..Default::default() };
+    let all = Mods {
+        softcap: Some(50.0),
+        alibi: Some(Slopes::Default),
+        sinks: Some(Sinks::Random),
+        bias: Some(BiasSpec::Random),
+    };
+    run.rows.push(at(plain.clone(), 100.0, None));
+    run.rows.push(at(plain.clone().with_mods(softcap.clone()), 104.0, None));
+    run.rows.push(at(plain.clone().with_mods(bias), 161.0, Some(3.0)));
+    run.rows.push(at(plain.clone().with_mods(all), 250.0, Some(3.0)));
+    let gqa = Config::prefill("flash", Grouping::Gqa, MaskSpec::Causal, 64, Dtype::F32, 1, 4096);
+    run.rows.push(at(gqa.clone().with_mods(softcap), 50.0, None));
+    let alibi = Mods { alibi: Some(Slopes::Default), ..Default::default() };
+    run.rows.push(Row::error(&gqa.with_mods(alibi), "alibi failed in this test"));
+    let dec = Config::decode(Grouping::Gqa, Dtype::F32, 2, 32768);
+    let plain_us = run.rows.iter().find(|r| r.config == dec).unwrap().median_ms.unwrap();
+    let mut r = decode_row(Grouping::Gqa, Dtype::F32, 2, 32768);
+    r = Row {
+        id: dec.clone().with_mods(Mods { sinks: Some(Sinks::Random), ..Default::default() }).id(),
+        ..r
+    };
+    r.config.mods = Mods { sinks: Some(Sinks::Random), ..Default::default() };
+    r.set_time(plain_us * 1.25, 10, "criterion", Some(200.0));
+    run.rows.push(r);
+    run
+}
+
+#[test]
+fn modifier_section_next_to_the_plain_calls() {
+    let run = with_modifiers(synthetic());
+    let md = report::render_results_md(&run, "results/test.json");
+    let (rest, section) = md.split_once("## Score modifiers\n").expect("a modifier section");
+    let section = section.split("## ¹").next().unwrap();
+    for want in [
+        "### Prefill flash, MHA (Hq = 8, Hkv = 8), causal, N = 4k, d = 64, f32, 1 thread",
+        "| modifiers | time ms | plain ms | overhead | bias | bias read once ms | 2 × (plain + read) ms | within | err |",
+        "| softcap 50 | 104 | 100 | 1.04× | – | – | – | – | 4.0e-7 |",
+        "| bias | 161 | 100 | 1.61× | 64.0 MiB | 3.00 | 206 | yes | 4.0e-7 |",
+        "| softcap 50 + ALiBi + sinks + bias | 250 | 100 | 2.50× | 64.0 MiB | 3.00 | 206 | **no** | 4.0e-7 |",
+        // no plain call in the run: no ratio; the failed row says so
+        "### Prefill flash, GQA (Hq = 8, Hkv = 2), causal, N = 4k, d = 64, f32, 1 thread",
+        "| softcap 50 | 50.0 | – | – | 4.0e-7 |",
+        "| ALiBi | error¹ | – | – | – |",
+        "### Decode, GQA (Hq = 32, Hkv = 8), f32 cache, L = 32k, nq = 1, d = 128, 2 threads",
+        "| modifiers | time µs | plain µs | overhead | err |",
+        "| sinks | 22370 | 17896 | 1.25× | 2.0e-8 |",
+    ] {
+        assert!(section.contains(want), "missing {want:?} in\n{section}");
+    }
+    assert!(md.contains("alibi failed in this test"), "the failure footnote");
+    // every other part of the page is made of plain calls only: the page
+    // without the section (and the configuration count) is that of the
+    // plain rows
+    let mut plain = run.clone();
+    plain.rows.retain(|r| r.config.mods.is_plain());
+    let old = report::render_results_md(&plain, "results/test.json");
+    let counts = |s: &str| -> String {
+        s.lines().filter(|l| !l.contains(" configurations: ")).collect::<Vec<_>>().join("\n")
+    };
+    let failed = md.split("## ¹").nth(1).unwrap();
+    let old_failed = old.split("## ¹").nth(1).unwrap();
+    assert!(
+        counts(rest) == counts(old.split("## ¹").next().unwrap()),
+        "rows with modifiers changed the rest of the page"
+    );
+    assert!(failed.contains(old_failed.trim_end()), "{failed}");
+    // a run without modifier rows has no section
+    assert!(!old.contains("Score modifiers"));
+    // rows with modifiers survive a results file
+    let dir = tmp("mods");
+    let input = dir.join("run.json");
+    std::fs::write(&input, serde_json::to_string_pretty(&run).unwrap()).unwrap();
+    assert_eq!(results::load(&input).unwrap(), run);
+    let text = std::fs::read_to_string(&input).unwrap();
+    assert_eq!(text.matches("\"mods\"").count(), 6, "only rows with modifiers carry the field");
+    assert_eq!(text.matches("\"bias_read_ms\"").count(), 2);
 }

@@ -1,6 +1,7 @@
 //! `attn bench`: one prefill configuration measured in this process, as
 //! the sweep measures it ([`crate::measure::measure`]).
 
+use super::mods::GenModArgs;
 use crate::config::{Config, Dtype, Kind, MaskSpec};
 use crate::machine::{self, PeakOptions};
 use crate::measure::{self, MeasureOpts, SEED};
@@ -65,6 +66,9 @@ pub struct BenchArgs {
     /// FMA peak (GFLOP/s) for "% of peak"; default: measured now (~0.3 s).
     #[arg(long)]
     pub peak_gflops: Option<f64>,
+    /// Score modifiers (the error check uses them too).
+    #[command(flatten)]
+    pub mods: GenModArgs,
 }
 /// Entry point of `attn bench`.
 pub fn main(args: &BenchArgs) -> ExitCode {
@@ -115,7 +119,9 @@ fn config_from_args(a: &BenchArgs) -> Result<Config, String> {
         mask,
         dtype,
         threads: a.threads.unwrap_or_else(machine::logical_cpus).max(1),
+        mods: a.mods.mods()?,
     };
     cfg.shape().map_err(|e| e.to_string())?;
+    cfg.mods.validate_for(cfg.q_heads)?;
     Ok(cfg)
 }

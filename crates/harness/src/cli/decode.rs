@@ -9,6 +9,7 @@
 //! per step, the achieved GB/s and its percentage of the read bandwidth
 //! measured by `attn peak`'s microbenchmark in the same process.
 
+use super::mods::GenModArgs;
 use crate::config::{Config, Dtype, Kind, MaskSpec};
 use crate::machine::{self, PeakOptions};
 use crate::measure::{self, MeasureOpts, SEED, decode::MAX_ERR_ROWS};
@@ -59,6 +60,10 @@ pub struct DecodeArgs {
     /// of a line of text.
     #[arg(long)]
     pub json: bool,
+    /// Score modifiers (not --bias: decode reads a KV cache, and a bias is
+    /// prefill only).
+    #[command(flatten)]
+    pub mods: GenModArgs,
 }
 /// Entry point of `attn decode`.
 pub fn main(a: &DecodeArgs) -> ExitCode {
@@ -98,6 +103,11 @@ fn config_from_args(a: &DecodeArgs) -> Result<Config, String> {
     if a.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
+    if a.mods.bias.is_some() {
+        return Err("--bias: decode takes no bias (a bias is prefill only: attn bench or \
+                    attn run take one)"
+            .into());
+    }
     let mask = match &a.window {
         Some(w) => MaskSpec::parse_window(w)?,
         None => MaskSpec::Causal,
@@ -115,7 +125,9 @@ fn config_from_args(a: &DecodeArgs) -> Result<Config, String> {
         mask,
         dtype,
         threads: a.threads.unwrap_or_else(machine::logical_cpus).max(1),
+        mods: a.mods.mods()?,
     };
     cfg.shape().map_err(|e| e.to_string())?;
+    cfg.mods.validate_for(cfg.q_heads)?;
     Ok(cfg)
 }

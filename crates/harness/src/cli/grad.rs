@@ -41,12 +41,16 @@ pub struct GradArgs {
     /// group)
     #[arg(long, value_name = "DV.npy")]
     pub dv: PathBuf,
+    /// Output dsinks, float32 (Hq,): the gradient of the --sinks logits
+    /// (summed over batch and rows); only with --sinks
+    #[arg(long, value_name = "DSINKS.npy")]
+    pub dsinks: Option<PathBuf>,
     /// Backward kernel: `oracle` (f64, scalar), `naive` (O(N²): materialises
     /// P, dP, dS) or `flash` (FlashAttention-2 backward, O(N) memory)
     #[arg(long, default_value = "flash", value_parser = kernel_parser())]
     pub kernel: Kernel,
-    /// Mask, scale, layout, threads and repetitions (as `attn run`;
-    /// `--warmup`/`--reps` count backward calls).
+    /// Mask, scale, score modifiers, layout, threads and repetitions (as
+    /// `attn run`; `--warmup`/`--reps` count backward calls).
     #[command(flatten)]
     pub call: CallArgs,
 }
@@ -55,11 +59,13 @@ const GRAD_AFTER_HELP: &str = "\
 Runs the forward once, untimed, for O and the LSE (the flash kernel; the
 oracle's own forward with --kernel oracle), then times the backward alone:
 one line `time_ms=<float>` on stdout per timed call. dQ, dK, dV are written
-after the last call, all or nothing.
+after the last call, all or nothing (with --dsinks, the sinks' gradient too).
+The score modifiers are those of `attn run` (the forward and the backward both
+use them); the ALiBi slopes and the bias get no gradient.
 
-Exit status: 0 on success; 2 on any error (as `attn run`, and a dO whose
-shape is not O's). The error is one line on stderr naming the file and the
-problem, and no output file is left behind.
+Exit status: 0 on success; 2 on any error (as `attn run`, a dO whose shape is
+not O's, --dsinks without --sinks). The error is one line on stderr naming the
+file and the problem, and no output file is left behind.
 
 Example:
   attn grad --q q.npy --k k.npy --v v.npy --do do.npy \\
@@ -81,7 +87,10 @@ pub fn main(args: &GradArgs) -> ExitCode {
 
 /// The call the flags ask for (parameters validated).
 pub fn spec_of(args: &GradArgs) -> Result<GradSpec, String> {
-    let Call { params, layout, threads, warmup, reps } = args.call.call()?;
+    let Call { params, mods, layout, threads, warmup, reps } = args.call.call()?;
+    if args.dsinks.is_some() && mods.sinks.is_none() {
+        return Err("--dsinks needs --sinks (the sink logits it is the gradient of)".into());
+    }
     Ok(GradSpec {
         q: args.q.clone(),
         k: args.k.clone(),
@@ -90,8 +99,10 @@ pub fn spec_of(args: &GradArgs) -> Result<GradSpec, String> {
         dq: args.dq.clone(),
         dk: args.dk.clone(),
         dv: args.dv.clone(),
+        dsinks: args.dsinks.clone(),
         kernel: args.kernel,
         params,
+        mods,
         layout,
         threads,
         warmup,

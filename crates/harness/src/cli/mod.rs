@@ -12,10 +12,15 @@
 //! - `attn peak`: machine limits ([`peak`], [`crate::machine::peak`]);
 //! - `attn report`: `docs/` from a results file ([`report`],
 //!   [`crate::report`]).
+//!
+//! The score-modifier flags: [`run::CallArgs`] for `attn run` and `attn
+//! grad` (files), [`mods::GenModArgs`] for `attn bench` and `attn decode`
+//! (numbers, or generated).
 
 pub mod bench;
 pub mod decode;
 pub mod grad;
+pub mod mods;
 pub mod peak;
 pub mod report;
 pub mod run;

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use attnlab::{AttnParams, Kernel, Layout};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use crate::config::MaskSpec;
+use crate::config::{MaskSpec, Mods};
 use crate::machine::logical_cpus;
-use crate::npy_call::{self, RunSpec};
+use crate::npy_call::{self, ModFiles, RunSpec};
 
 /// Memory layout of the `.npy` tensors (`--layout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -73,13 +73,14 @@ pub struct RunArgs {
     /// (tiled online softmax)
     #[arg(long, default_value = "flash", value_parser = kernel_parser())]
     pub kernel: Kernel,
-    /// Mask, scale, layout, threads and repetitions.
+    /// Mask, scale, score modifiers, layout, threads and repetitions.
     #[command(flatten)]
     pub call: CallArgs,
 }
 
-/// The flags `attn run` and `attn grad` share: the problem's mask and
-/// scale, the layout of every tensor, the threads and the timed calls.
+/// The flags `attn run` and `attn grad` share: the problem's mask, scale
+/// and score modifiers, the layout of every tensor, the threads and the
+/// timed calls.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CallArgs {
     /// Bottom-right causal mask: query i sees keys j <= i + Nk - Nq
@@ -95,6 +96,25 @@ pub struct CallArgs {
     /// Softmax scale [default: 1/sqrt(d)]
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub scale: Option<f32>,
+    /// Logit softcap C > 0: each score s becomes C·tanh(s/C), after the bias
+    /// and ALiBi (Gemma 2 uses 50)
+    #[arg(long, value_name = "C", allow_negative_numbers = true)]
+    pub softcap: Option<f32>,
+    /// ALiBi with the paper's slopes for Hq query heads: -slope_h·|i+Nk-Nq-j|
+    /// added to the scores
+    #[arg(long, conflicts_with = "alibi_slopes")]
+    pub alibi: bool,
+    /// ALiBi with these slopes: float32 .npy of shape (Hq,), one per query head
+    #[arg(long, value_name = "SLOPES.npy")]
+    pub alibi_slopes: Option<PathBuf>,
+    /// Attention sinks: float32 .npy of shape (Hq,), one logit per query head
+    /// that joins every row's softmax denominator (with no value)
+    #[arg(long, value_name = "SINKS.npy")]
+    pub sinks: Option<PathBuf>,
+    /// Additive bias: float32 .npy of shape [B|1, Hq|1, Nq, Nk] in C order,
+    /// whatever --layout (size-1 dims broadcast; -inf masks its key)
+    #[arg(long, value_name = "BIAS.npy")]
+    pub bias: Option<PathBuf>,
     /// Memory layout of every tensor (inputs and outputs)
     #[arg(long, value_enum, default_value_t = LayoutArg::Bhnd)]
     pub layout: LayoutArg,
@@ -122,6 +142,7 @@ pub struct CallArgs {
 /// What [`CallArgs`] ask for, validated.
 pub(crate) struct Call {
     pub params: AttnParams<'static>,
+    pub mods: ModFiles,
     pub layout: Layout,
     pub threads: usize,
     pub warmup: u32,
@@ -129,8 +150,9 @@ pub(crate) struct Call {
 }
 
 impl CallArgs {
-    /// The parameters, layout, threads and repetitions (mask and scale
-    /// validated).
+    /// The parameters, modifiers, layout, threads and repetitions (mask,
+    /// scale and softcap validated; the modifiers' files are read by the
+    /// call).
     pub(crate) fn call(&self) -> Result<Call, String> {
         let mask = MaskSpec::from_flags(self.causal, self.window.as_deref())?.mask();
         let params = AttnParams {
@@ -140,8 +162,17 @@ impl CallArgs {
             ..Default::default()
         };
         params.validate().map_err(|e| format!("--{e}"))?;
+        Mods { softcap: self.softcap, ..Default::default() }.validate()?;
+        let mods = ModFiles {
+            softcap: self.softcap,
+            alibi: self.alibi,
+            alibi_slopes: self.alibi_slopes.clone(),
+            sinks: self.sinks.clone(),
+            bias: self.bias.clone(),
+        };
         Ok(Call {
             params,
+            mods,
             layout: self.layout.layout(),
             threads: self.threads.map_or_else(logical_cpus, NonZeroUsize::get),
             warmup: self.warmup,
@@ -155,15 +186,24 @@ Output: one line `time_ms=<float>` on stdout per timed call, timing the kernel
 call alone (no file I/O, no output allocation). The files are written after
 the last call.
 
+Score modifiers (docs/semantics.md), in this order on each score: --bias, then
+ALiBi (--alibi or --alibi-slopes), then --softcap; the mask; --sinks join the
+softmax denominator (the LSE includes them). The bias file is read as stored,
+C order [B|1, Hq|1, Nq, Nk], whatever --layout says.
+
 Exit status: 0 on success; 2 on any error (bad flag, missing or unreadable
 file, not a .npy, dtype other than float32/float16, Fortran order, rank other
 than 4, mixed dtypes, shapes that do not fit together, non-finite input,
-unsupported kernel, failed write). The error is one line on stderr naming the
-file and the problem, and no output file is left behind.
+a softcap <= 0, slopes or sinks not one finite value per query head, a bias
+not [B|1, Hq|1, Nq, Nk], unsupported kernel, failed write). The error is one
+line on stderr naming the file (or flag) and the problem, and no output file
+is left behind.
 
 Example:
   attn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy \\
-           --kernel naive --causal 1 --threads 2 --warmup 1 --reps 5";
+           --kernel naive --causal 1 --threads 2 --warmup 1 --reps 5
+  attn run --q q.npy --k k.npy --v v.npy --out o.npy --causal 1 \\
+           --softcap 50 --alibi --sinks sinks.npy --bias bias.npy";
 /// Entry point of `attn run`: prints the error and returns exit status 2 on
 /// failure.
 pub fn main(args: &RunArgs) -> ExitCode {
@@ -180,7 +220,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
 
 /// The run the flags ask for (parameters validated).
 pub fn spec_of(args: &RunArgs) -> Result<RunSpec, String> {
-    let Call { params, layout, threads, warmup, reps } = args.call.call()?;
+    let Call { params, mods, layout, threads, warmup, reps } = args.call.call()?;
     Ok(RunSpec {
         q: args.q.clone(),
         k: args.k.clone(),
@@ -189,6 +229,7 @@ pub fn spec_of(args: &RunArgs) -> Result<RunSpec, String> {
         lse: args.lse.clone(),
         kernel: args.kernel,
         params,
+        mods,
         layout,
         threads,
         warmup,

@@ -1,15 +1,17 @@
 //! What one measurement is: a [`Config`] (kind, kernel, shape, mask,
-//! storage type, threads) and its id, built from one [`Dtype`], one
-//! [`MaskSpec`] (with the one `--window` grammar) and the sweep's head
-//! [`Grouping`]s.
+//! storage type, threads, score modifiers) and its id, built from one
+//! [`Dtype`], one [`MaskSpec`] (with the one `--window` grammar), the
+//! sweep's head [`Grouping`]s and the [`Mods`] it applies.
 
 mod dtype;
 mod grouping;
 mod mask;
+pub mod mods;
 
 pub use dtype::Dtype;
 pub use grouping::{Grouping, grouping_name};
 pub use mask::MaskSpec;
+pub use mods::{Bias, BiasSpec, ModData, Mods, Sinks, Slopes};
 
 use attnlab::{AttnError, AttnParams, AttnShape, Kernel, Par};
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,10 @@ pub struct Config {
     pub dtype: Dtype,
     /// Threads (1 = `Par::Seq`).
     pub threads: usize,
+    /// Score modifiers (absent in rows of the plain call, and in files
+    /// from before they existed).
+    #[serde(default, skip_serializing_if = "Mods::is_plain")]
+    pub mods: Mods,
 }
 
 impl Config {
@@ -96,7 +102,13 @@ impl Config {
             mask,
             dtype,
             threads,
+            mods: Mods::default(),
         }
+    }
+
+    /// The same configuration with the score modifiers `mods`.
+    pub fn with_mods(self, mods: Mods) -> Config {
+        Config { mods, ..self }
     }
 
     /// A backward configuration of the sweep: the prefill problem of the
@@ -132,6 +144,7 @@ impl Config {
             mask: MaskSpec::Causal,
             dtype,
             threads,
+            mods: Mods::default(),
         }
     }
 
@@ -143,11 +156,21 @@ impl Config {
     /// Criterion function id: `flash/mha/causal/d64/f32/t2` (plus `/b{B}`,
     /// `/h{Hq}x{Hkv}` or `/dv{dv}` when they differ from the sweep's);
     /// decode: `flash/gqa/f16/t2` (plus `/b{B}`, `/h{Hq}x{Hkv}`, `/d{d}`,
-    /// `/dv{dv}`, `/nq{nq}` or the mask when they differ from the sweep's).
+    /// `/dv{dv}`, `/nq{nq}` or the mask when they differ from the sweep's);
+    /// then the score modifiers, if any (`/softcap50+alibi`, [`Mods::name`]).
     pub fn function_id(&self) -> String {
-        if self.kind == Kind::Decode {
-            return self.decode_function_id();
+        let mut s = if self.kind == Kind::Decode {
+            self.decode_function_id()
+        } else {
+            self.prefill_function_id()
+        };
+        if !self.mods.is_plain() {
+            s += &format!("/{}", self.mods.name());
         }
+        s
+    }
+
+    fn prefill_function_id(&self) -> String {
         let mut s = format!(
             "{}/{}/{}/d{}/{}/t{}",
             self.kernel,
@@ -225,7 +248,9 @@ impl Config {
     }
 
     /// Call parameters: the mask, default scale, no finiteness scan (the
-    /// inputs are generated finite; the scan is O(size), not the kernel's).
+    /// inputs are generated finite; the scan is O(size), not the kernel's),
+    /// and no score modifier: the runners add [`Config::mods`]' data
+    /// ([`ModData::params`]).
     pub fn params(&self) -> AttnParams<'static> {
         AttnParams { mask: self.mask.mask(), check_finite: false, ..Default::default() }
     }
@@ -256,9 +281,9 @@ impl Config {
         if self.kind == Kind::Backward { 2.5 * fwd } else { fwd }
     }
 
-    /// Bytes of inputs (Q, K, V) and outputs (O and LSE, f32); decode:
-    /// the K/V cache, f32 queries, O and LSE; backward: also dO and the
-    /// f32 gradients dQ, dK, dV.
+    /// Bytes of inputs (Q, K, V, a bias) and outputs (O and LSE, f32);
+    /// decode: the K/V cache, f32 queries, O and LSE; backward: also dO
+    /// and the f32 gradients dQ, dK, dV.
     pub fn io_bytes(&self) -> u64 {
         let dt = self.dtype;
         let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
@@ -267,7 +292,8 @@ impl Config {
         let q_row = if self.kind == Kind::Decode { 4 * d } else { dt.row_bytes(d) };
         let fwd = q_row * b * hq * nq
             + b * hkv * nk * (dt.row_bytes(d) + dt.row_bytes(dv))
-            + 4 * b * hq * nq * (dv + 1);
+            + 4 * b * hq * nq * (dv + 1)
+            + self.mods.bias_bytes(self.q_len, self.kv_len);
         if self.kind == Kind::Backward {
             fwd + 4 * b * hq * nq * (dv + d) + 4 * b * hkv * nk * (d + dv)
         } else {
@@ -325,6 +351,23 @@ mod tests {
         let c = Config::prefill("naive", Grouping::Mqa, MaskSpec::Full, 128, Dtype::Bf16, 1, 512);
         assert_eq!(c.id(), "prefill/naive/mqa/full/d128/bf16/t1/512");
         assert_eq!(c.grouping(), "mqa");
+    }
+
+    #[test]
+    fn modifiers_name_themselves_in_ids_and_count_the_bias() {
+        let c = Config::prefill("flash", Grouping::Gqa, MaskSpec::Causal, 64, Dtype::F32, 1, 4096);
+        let m = Mods { softcap: Some(50.0), bias: Some(BiasSpec::Random), ..Default::default() };
+        let b = c.clone().with_mods(m);
+        assert_eq!(b.id(), "prefill/flash/gqa/causal/d64/f32/t1/softcap50+bias/4096");
+        assert_eq!(b.io_bytes(), c.io_bytes() + 4 * 4096 * 4096);
+        let d = Config::decode(Grouping::Gqa, Dtype::F32, 2, 32768)
+            .with_mods(Mods { sinks: Some(Sinks::Random), ..Default::default() });
+        assert_eq!(d.id(), "decode/flash/gqa/f32/t2/sinks/32768");
+        // the child protocol and the results carry the modifiers
+        let back: Config = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+        let plain = serde_json::to_value(&c).unwrap();
+        assert!(plain.get("mods").is_none(), "{plain}");
     }
 
     #[test]

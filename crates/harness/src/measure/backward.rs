@@ -1,12 +1,13 @@
 //! The backward runner: one `attnlab::Kernel::backward` call over seeded
-//! `[B, H, N, d]` inputs of the storage type and a seeded dO, with O and
+//! `[B, H, N, d]` inputs of the storage type, a seeded dO and the
+//! configuration's score modifiers (seeded too), with O and
 //! the LSE from one flash forward run while preparing (untimed), the
 //! gradient buffers and the thread pool ready.
 
 use super::check::row_error;
 use super::inputs::normal;
 use super::runner::{Runner, by_input_type, in_pool, thread_pool};
-use crate::config::Config;
+use crate::config::{Config, ModData};
 use attnlab::naive::reference_dq_rows;
 use attnlab::{
     AttnError, AttnInputs, AttnParams, AttnShape, BackwardInputs, Element, GradsMut, Kernel,
@@ -18,7 +19,9 @@ use attnlab::{
 pub struct BackwardRunner<T> {
     kernel: Kernel,
     shape: AttnShape,
+    /// Scale and mask; the modifiers are `mods`'.
     params: AttnParams<'static>,
+    mods: ModData,
     par: Par,
     q: Vec<T>,
     k: Vec<T>,
@@ -47,7 +50,9 @@ impl<T: Element> BackwardRunner<T> {
         let mut out = vec![0f32; len(shape.out_dims())];
         let mut lse = vec![0f32; shape.lse_len()];
         let (params, par, pool) = (cfg.params(), cfg.par(), thread_pool(cfg.threads)?);
+        let mods = super::mod_data(&cfg.mods, &shape, seed)?;
         {
+            let params = mods.params(&params).map_err(|e| e.to_string())?;
             let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v)
                 .map_err(|e| e.to_string())?;
             let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), Layout::Bhnd)
@@ -59,7 +64,21 @@ impl<T: Element> BackwardRunner<T> {
         }
         // Non-zero fill: the pages are touched now, not inside the call.
         let grads = [shape.q_dims(), shape.k_dims(), shape.v_dims()].map(|d| vec![0.5f32; len(d)]);
-        Ok(BackwardRunner { kernel, shape, params, par, q, k, v, out, lse, d_out, grads, pool })
+        Ok(BackwardRunner {
+            kernel,
+            shape,
+            params,
+            mods,
+            par,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            d_out,
+            grads,
+            pool,
+        })
     }
 
     fn inputs(&self) -> Result<BackwardInputs<'_, T>, AttnError> {
@@ -92,7 +111,8 @@ impl<T: Element> Runner for BackwardRunner<T> {
         )?;
         let [dq, dk, dv] = &mut self.grads;
         let mut g = GradsMut::from_slices(&s, l, dq, dk, dv)?;
-        let (kernel, params, par) = (self.kernel, &self.params, self.par);
+        let params = &self.mods.params(&self.params)?;
+        let (kernel, par) = (self.kernel, self.par);
         let r = in_pool(self.pool.as_ref(), || kernel.backward(&inputs, &mut g, params, par));
         std::hint::black_box(&self.grads);
         r
@@ -121,7 +141,10 @@ impl<T: Element> Runner for BackwardRunner<T> {
             }
         }
         picks.dedup();
-        let want = reference_dq_rows(&inputs, &self.params, &picks);
+        let Ok(params) = self.mods.params(&self.params) else {
+            return (f64::INFINITY, 0);
+        };
+        let want = reference_dq_rows(&inputs, &params, &picks);
         let err = picks
             .iter()
             .zip(&want)

@@ -5,7 +5,7 @@
 use super::check;
 use super::inputs::{normal, uniform};
 use super::runner::{Runner, in_pool, thread_pool};
-use crate::config::{Config, Dtype};
+use crate::config::{Config, Dtype, ModData};
 use attnlab::flash::{KvCache, KvElement, Q8_0, decode};
 use attnlab::{AttnError, AttnParams, Par, bf16, f16};
 
@@ -76,7 +76,9 @@ pub struct DecodeRunner<T> {
     q_len: usize,
     out: Vec<f32>,
     lse: Vec<f32>,
+    /// Scale and mask; the modifiers are `mods`'.
     params: AttnParams<'static>,
+    mods: ModData,
     par: Par,
     pool: Option<rayon::ThreadPool>,
     seed: u64,
@@ -100,6 +102,8 @@ impl<T: KvElement> DecodeRunner<T> {
         let mut cache =
             KvCache::<T>::new(cfg.batch, cfg.kv_heads, cfg.kv_len, cfg.head_dim, cfg.v_dim)
                 .map_err(e)?;
+        let shape = cache.query_shape(cfg.q_heads, cfg.q_len).map_err(e)?;
+        let mods = super::mod_data(&cfg.mods, &shape, seed)?;
         fill_cache(&mut cache, seed).map_err(e)?;
         let rows = cfg.batch * cfg.q_heads * cfg.q_len;
         let q = normal::<f32>(rows * cfg.head_dim, seed, 0);
@@ -113,6 +117,7 @@ impl<T: KvElement> DecodeRunner<T> {
             out,
             lse,
             params: cfg.params(),
+            mods,
             par: cfg.par(),
             pool: thread_pool(cfg.threads)?,
             seed,
@@ -126,13 +131,17 @@ impl<T: KvElement> DecodeRunner<T> {
         let shape = (cache.batch(), self.q_heads, cache.kv_heads(), self.q_len);
         let lens = cache.lens();
         let dims = (cache.head_dim(), cache.v_dim());
-        check::decode_error(kv, shape, lens, dims, q, &self.params, out, rows.min(MAX_ERR_ROWS))
+        let Ok(params) = self.mods.params(&self.params) else {
+            return (f64::INFINITY, 0); // not what the kernel ran with either
+        };
+        check::decode_error(kv, shape, lens, dims, q, &params, out, rows.min(MAX_ERR_ROWS))
     }
 }
 
 impl<T: KvElement> Runner for DecodeRunner<T> {
     fn run(&mut self) -> Result<(), AttnError> {
-        let DecodeRunner { cache, q, q_heads, q_len, out, lse, params, par, pool, .. } = self;
+        let DecodeRunner { cache, q, q_heads, q_len, out, lse, params, mods, par, pool, .. } = self;
+        let params = &mods.params(params)?;
         let call = || {
             let shape = cache.query_shape(*q_heads, *q_len)?;
             let lse = Some(std::hint::black_box(&mut lse[..]));

@@ -1,9 +1,12 @@
 //! Seeded inputs: SplitMix64 streams, standard-normal values for Q, K, V
 //! and queries ([`normal`]) and cheap unit-variance values for large K/V
-//! caches ([`uniform`]); both independent of the thread count.
+//! caches ([`uniform`]); both independent of the thread count. The score
+//! modifiers' data of a configuration ([`mod_data`]).
 
-use attnlab::Element;
+use attnlab::{AttnShape, Element};
 use rayon::prelude::*;
+
+use crate::config::{Bias, BiasSpec, ModData, Mods, Sinks, Slopes};
 
 /// Seed of every input tensor (SplitMix64 streams derived from it).
 pub const SEED: u64 = 0x5EED_A77E;
@@ -80,9 +83,78 @@ pub fn uniform(len: usize, seed: u64, stream: u64) -> Vec<f32> {
     out
 }
 
+/// Input streams of the generated sinks and bias (Q, K, V, dO use 0..=3).
+const SINK_STREAM: u64 = 4;
+const BIAS_STREAM: u64 = 5;
+
+/// The data of `mods` for a call of `shape`: given values broadcast to
+/// every query head (or taken as one per head), random sinks (one
+/// standard-normal logit per head) and bias (standard-normal `[1, 1, Nq,
+/// Nk]`) seeded by `seed`. Errors name the flag ([`Mods::validate_for`]).
+pub fn mod_data(mods: &Mods, shape: &AttnShape, seed: u64) -> Result<ModData, String> {
+    let hq = shape.q_heads();
+    mods.validate_for(hq)?;
+    let per_head = |v: &[f32]| if v.len() == 1 { vec![v[0]; hq] } else { v.to_vec() };
+    let alibi = match &mods.alibi {
+        None => None,
+        Some(Slopes::Default) => Some(Slopes::Default),
+        Some(Slopes::Values(v)) => Some(Slopes::Values(per_head(v))),
+    };
+    let sinks = match &mods.sinks {
+        None => None,
+        Some(Sinks::Random) => Some(normal::<f32>(hq, seed, SINK_STREAM)),
+        Some(Sinks::Values(v)) => Some(per_head(v)),
+    };
+    let bias = mods.bias.map(|BiasSpec::Random| {
+        let dims = [1, 1, shape.q_len(), shape.kv_len()];
+        Bias { dims, data: normal::<f32>(dims.iter().product(), seed, BIAS_STREAM) }
+    });
+    Ok(ModData { softcap: mods.softcap, alibi, sinks, bias })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mod_data_broadcasts_values_and_seeds_random_ones() {
+        let shape = |hq| {
+            AttnShape::builder()
+                .batch(1)
+                .q_heads(hq)
+                .kv_heads(1)
+                .q_len(3)
+                .kv_len(5)
+                .head_dim(4)
+                .v_dim(4)
+                .build()
+                .unwrap()
+        };
+        let m = Mods {
+            softcap: Some(20.0),
+            alibi: Some(Slopes::Values(vec![0.5])),
+            sinks: Some(Sinks::Random),
+            bias: Some(BiasSpec::Random),
+        };
+        let d = mod_data(&m, &shape(4), 7).unwrap();
+        assert_eq!(d.alibi, Some(Slopes::Values(vec![0.5; 4])));
+        assert_eq!(d.sinks.as_ref().unwrap().len(), 4);
+        assert_eq!(d.sinks, mod_data(&m, &shape(4), 7).unwrap().sinks, "seeded");
+        assert_ne!(d.sinks, mod_data(&m, &shape(4), 8).unwrap().sinks);
+        let b = d.bias.as_ref().unwrap();
+        assert_eq!((b.dims, b.data.len()), ([1, 1, 3, 5], 15));
+        let p = d.params(&attnlab::AttnParams::causal()).unwrap();
+        p.validate_for(&shape(4)).unwrap();
+        assert_eq!(p.mask, attnlab::Mask::Causal);
+        assert_eq!((p.softcap, p.sinks.map(<[f32]>::len)), (Some(20.0), Some(4)));
+        assert_eq!(p.bias.unwrap().dims(), [1, 1, 3, 5]);
+        assert_eq!(m.bias_bytes(3, 5), 60);
+        // one per head is taken as is; any other count names the flag
+        let two = Mods { sinks: Some(Sinks::Values(vec![1.0, 2.0])), ..Default::default() };
+        assert_eq!(mod_data(&two, &shape(2), 1).unwrap().sinks, Some(vec![1.0, 2.0]));
+        let e = mod_data(&two, &shape(4), 1).unwrap_err();
+        assert!(e.starts_with("--sinks: expected 1 value or one per query head (4)"), "{e}");
+    }
 
     #[test]
     fn normal_is_deterministic_and_standard() {

@@ -16,7 +16,11 @@
 //!    [`MeasureOpts`]), median of all;
 //! 4. the max abs error of sampled query rows against the f64 oracle
 //!    ([`check`]); a NaN or inf output is an error of +inf, and the row
-//!    an error.
+//!    an error;
+//! 5. with a bias ([`Config::mods`]), the time of reading the bias buffer
+//!    once ([`runner::read_once`], median of
+//!    [`crate::results::BIAS_READS`]): the memory
+//!    traffic the bias adds at the least, for the report's bound.
 //!
 //! Decode rows (ids such as `decode/flash/gqa/f16/t2/32768`) go through
 //! the same steps, one step being `attnlab::flash::decode` of `nq` new
@@ -40,8 +44,10 @@ pub mod inputs;
 pub mod prefill;
 pub mod runner;
 
-pub use inputs::{SEED, SplitMix64, normal, uniform};
-pub use runner::Runner;
+pub use inputs::{SEED, SplitMix64, mod_data, normal, uniform};
+pub use runner::{Runner, read_once};
+
+use crate::results::BIAS_READS;
 
 use crate::alloc;
 use crate::config::{Config, Kind};
@@ -141,6 +147,16 @@ pub fn measure_with_warmup(cfg: &Config, opts: &MeasureOpts, warmup: usize) -> R
         row.set_time(ms, times.len(), "direct", opts.peak_gflops);
     } else {
         row.peak_gflops = opts.peak_gflops;
+    }
+    if let Some(bias) = runner.bias() {
+        let ms: Vec<f64> = (0..BIAS_READS)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(read_once(std::hint::black_box(bias)));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        row.bias_read_ms = Some(median(&ms));
     }
     if opts.err_rows > 0 {
         let (e, n) = runner.sampled_error(opts.err_rows);

@@ -16,6 +16,25 @@ pub trait Runner {
     fn storage_error(&self, _rows: usize) -> Option<f64> {
         None
     }
+    /// The bias buffer the call reads, if it has one (for the time of
+    /// reading it once, [`read_once`]).
+    fn bias(&self) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Reads every value of `x` once (a sum in 16 independent lanes, so that
+/// the loop vectorizes and is bound by memory, not by one add chain): what
+/// a kernel must at least spend on its bias.
+pub fn read_once(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (chunks, tail) = x.as_chunks::<16>();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += *v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
 /// `$body` with `$t` the Rust type of the input dtype `$dtype` (f32, f16

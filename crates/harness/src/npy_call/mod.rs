@@ -6,9 +6,11 @@
 //! `time_ms=<float>` per timed call (the protocol of `shared/peers`), and
 //! only then writes O (float32, the input layout) and optionally the LSE
 //! (float32 `[B, Hq, Nq]`). Any error is one [`RunError`] naming the file
-//! and the problem, and no output file is left behind.
+//! and the problem, and no output file is left behind. Score modifiers
+//! (softcap, ALiBi, sinks, bias) come from flags and files ([`mods`]).
 
 pub mod grad;
+pub mod mods;
 pub mod npy;
 pub mod outputs;
 
@@ -22,6 +24,9 @@ use attnlab::{
     TensorViewMut, f16, kernel::check_outputs,
 };
 
+use crate::config::ModData;
+pub use mods::ModFiles;
+use mods::ReadMods;
 use npy::{FileError, NpyArray, NpyData, shape_str};
 
 /// One `attn run`: the files, the kernel and how to call it.
@@ -41,6 +46,8 @@ pub struct RunSpec {
     pub kernel: Kernel,
     /// Scale, mask, finiteness check (validated).
     pub params: AttnParams<'static>,
+    /// Score modifiers (the softcap validated; files read by the run).
+    pub mods: ModFiles,
     /// Memory layout of Q, K, V and O.
     pub layout: Layout,
     /// Workers of the rayon pool.
@@ -98,6 +105,8 @@ struct Files<'a> {
     kernel: Kernel,
     /// Memory-order shapes of q, k, v (and d_out for `attn grad`), once read.
     shapes: Vec<Vec<usize>>,
+    /// The bias file's shape, once read (empty without one).
+    bias_shape: Vec<usize>,
 }
 
 impl<'a> Files<'a> {
@@ -105,7 +114,34 @@ impl<'a> Files<'a> {
         let mut paths = vec![("q", spec.q.as_path()), ("k", &spec.k), ("v", &spec.v)];
         paths.push(("out", &spec.out));
         paths.push(("lse", spec.lse.as_deref().unwrap_or(&spec.out)));
-        Files { paths, layout: spec.layout, kernel: spec.kernel, shapes }
+        Files::with_mods(paths, &spec.mods, spec.layout, spec.kernel, shapes)
+    }
+
+    /// `paths` and the modifiers' files (as "bias", "sinks", "alibi
+    /// slopes", the names of attnlab's errors).
+    fn with_mods(
+        mut paths: Vec<(&'static str, &'a Path)>,
+        mods: &'a ModFiles,
+        layout: Layout,
+        kernel: Kernel,
+        shapes: Vec<Vec<usize>>,
+    ) -> Self {
+        for (name, p) in [("alibi slopes", &mods.alibi_slopes), ("sinks", &mods.sinks)] {
+            if let Some(p) = p {
+                paths.push((name, p));
+            }
+        }
+        if let Some(p) = &mods.bias {
+            paths.push(("bias", p));
+        }
+        Files { paths, layout, kernel, shapes, bias_shape: Vec::new() }
+    }
+
+    /// Reads the modifiers' files against `shape` (see [`mods`]).
+    fn read_mods(&mut self, mods: &ModFiles, shape: &AttnShape) -> Result<ModData, RunError> {
+        let ReadMods { data, bias_shape } = mods.read(shape)?;
+        self.bias_shape = bias_shape;
+        Ok(data)
     }
 
     fn path_of(&self, tensor: &str) -> &Path {
@@ -140,12 +176,13 @@ impl<'a> Files<'a> {
         };
         match e {
             AttnError::NonFinite { tensor, index, value } => {
-                let shape = &self.shapes[match tensor {
-                    "k" => 1,
-                    "v" => 2,
-                    "d_out" if self.shapes.len() > 3 => 3,
-                    _ => 0,
-                }];
+                let shape = match tensor {
+                    "bias" => &self.bias_shape,
+                    "k" => &self.shapes[1],
+                    "v" => &self.shapes[2],
+                    "d_out" if self.shapes.len() > 3 => &self.shapes[3],
+                    _ => &self.shapes[0],
+                };
                 file(
                     tensor,
                     format!(
@@ -252,13 +289,16 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
     if let Some(lse) = &spec.lse {
         targets.push(("--lse", lse.as_path()));
     }
-    let inputs = [("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
+    let mut inputs =
+        vec![("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
+    inputs.extend(spec.mods.inputs());
     let outputs = outputs::Outputs::prepare(&targets, &inputs)?;
 
     let [q, k, v] = read_qkv([&spec.q, &spec.k, &spec.v], spec.layout)?;
-    let files = Files::of_run(spec, vec![q.shape.clone(), k.shape.clone(), v.shape.clone()]);
+    let mut files = Files::of_run(spec, vec![q.shape.clone(), k.shape.clone(), v.shape.clone()]);
     let layout = spec.layout;
     let (shape, dims) = shape_of([&q, &k, &v], layout, &files)?;
+    let mods = files.read_mods(&spec.mods, &shape)?;
 
     let threads = spec.threads;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -281,6 +321,7 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         dims,
         layout,
         params: spec.params,
+        mods,
         par: Par::rayon(threads).map_err(|e| RunError::Args(format!("--threads: {e}")))?,
         warmup: spec.warmup,
         reps: spec.reps,
@@ -295,7 +336,7 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         _ => unreachable!("dtypes were checked to match"),
     })?;
     // The inputs are no longer needed: free them before writing.
-    drop((q, k, v));
+    drop((q, k, v, call));
 
     let out_shape = layout.memory_dims(shape.out_dims());
     outputs.write(0, &out_shape, &out)?;
@@ -312,7 +353,9 @@ struct Call {
     /// Logical dims of q, k, v as read (checked against `shape`).
     dims: [[usize; 4]; 3],
     layout: Layout,
+    /// Scale, mask, finiteness check; the modifiers are `mods`'.
     params: AttnParams<'static>,
+    mods: ModData,
     par: Par,
     warmup: u32,
     reps: u32,
@@ -347,11 +390,12 @@ impl Call {
         // input a row reads fails the first (warm-up or timed) call, before
         // its `time_ms=` line.
         check_outputs(&self.shape, &view, lse.as_deref()).map_err(err)?;
-        self.params.validate().map_err(err)?;
+        let params = self.mods.params(&self.params).map_err(err)?;
+        params.validate_for(&self.shape).map_err(err)?;
         for i in 0..self.warmup + self.reps {
             let start = Instant::now();
             self.kernel
-                .forward(&inputs, &mut view, lse.as_deref_mut(), &self.params, self.par)
+                .forward(&inputs, &mut view, lse.as_deref_mut(), &params, self.par)
                 .map_err(err)?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if i >= self.warmup {

@@ -12,9 +12,12 @@ use plotters::prelude::*;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-/// The run's backward rows.
+/// The run's backward rows of plain calls.
 pub(super) fn backward_rows(run: &RunFile) -> Vec<&Row> {
-    run.rows.iter().filter(|r| r.config.kind == Kind::Backward).collect()
+    run.rows
+        .iter()
+        .filter(|r| r.config.kind == Kind::Backward && r.config.mods.is_plain())
+        .collect()
 }
 
 /// One backward table: grouping, head dim, thread count.

@@ -33,6 +33,9 @@ pub fn summary(r: &Row) -> String {
             if let Some(t) = &r.tiles {
                 lines.push(format!("  tiles     {t} on {}", r.cpu));
             }
+            if let Some(b) = r.bias_read_ms {
+                lines.push(format!("  bias      read once in {b:.3} ms"));
+            }
             if let Some(e) = r.max_abs_err {
                 lines.push(format!(
                     "  accuracy  max abs err {e:.2e} over {} sampled rows (f64)",

@@ -19,10 +19,14 @@
 //! and thread count: naive and flash time, GFLOP/s at 2.5 × the forward's
 //! FLOPs, % of peak, extra memory) and `img/backward_vs_n.svg`.
 //!
+//! Rows with score modifiers (schema 3) appear only in their own section,
+//! "Score modifiers", next to the plain call of the same run ([`mods`]);
+//! every other table and plot is made of plain calls.
+//!
 //! Files: [`select`] (which rows), [`cells`] (number formats, tables),
 //! [`results_md`], [`headline`], [`chart`] (the drawing kit), [`plots`]
 //! (prefill plots), [`decode`] (decode section and plot), [`backward`]
-//! (backward section and plot), and [`console`]
+//! (backward section and plot), [`mods`] (score modifiers), and [`console`]
 //! (a row on the terminal, for `attn bench`, `attn decode` and the sweep's
 //! progress).
 
@@ -32,6 +36,7 @@ pub mod chart;
 pub mod console;
 pub mod decode;
 pub mod headline;
+pub mod mods;
 pub mod plots;
 pub mod results_md;
 pub mod select;

@@ -5,15 +5,21 @@ use crate::config::{Config, Dtype, Kind};
 use crate::results::{Row, RunFile, Status};
 use std::collections::BTreeSet;
 
-/// The run with its prefill rows only (what every part but the decode
-/// section is made of).
+/// The run with its prefill rows of plain calls only (what every part
+/// but the decode, backward and score-modifier sections is made of).
 pub(super) fn prefill_only(run: &RunFile) -> RunFile {
-    let rows = run.rows.iter().filter(|r| r.config.kind == Kind::Prefill).cloned().collect();
+    let rows = run
+        .rows
+        .iter()
+        .filter(|r| r.config.kind == Kind::Prefill && r.config.mods.is_plain())
+        .cloned()
+        .collect();
     RunFile { rows, ..run.clone() }
 }
 
+/// The decode rows of plain calls.
 pub(super) fn decode_rows(run: &RunFile) -> Vec<&Row> {
-    run.rows.iter().filter(|r| r.config.kind == Kind::Decode).collect()
+    run.rows.iter().filter(|r| r.config.kind == Kind::Decode && r.config.mods.is_plain()).collect()
 }
 
 /// The combination the main tables and plots use: d, dtype, threads.

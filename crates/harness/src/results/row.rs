@@ -9,9 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the results file format. 2 added decode rows (`kind`,
 /// `cache_dtype`, `us_per_step`, `kv_bytes`, `gbs`, `read_gbs`,
-/// `pct_bandwidth`); files of schema 1 (prefill only) still load, their
-/// rows read as prefill.
-pub const SCHEMA: u32 = 2;
+/// `pct_bandwidth`); 3 added score modifiers (`mods`, written only for
+/// rows that have any, and `bias_read_ms`), which an older `attn` would
+/// have read as rows of the plain call; files of schema 1 (prefill only)
+/// and 2 still load, their rows read as prefill and as plain calls.
+pub const SCHEMA: u32 = 3;
+
+/// Timed reads of the bias buffer behind a row's `bias_read_ms` (their
+/// median).
+pub const BIAS_READS: usize = 5;
 
 /// Outcome of one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +36,8 @@ pub enum Status {
 pub struct Row {
     /// Criterion id, `prefill/flash/mha/causal/d64/f32/t2/4096`.
     pub id: String,
-    /// The configuration.
+    /// The configuration (its score modifiers, if any, are the row's
+    /// `mods`: [`crate::config::Mods`]).
     #[serde(flatten)]
     pub config: Config,
     /// "mha", "gqa", "mqa".
@@ -112,6 +119,11 @@ pub struct Row {
     /// in rows from before it was recorded.
     #[serde(default)]
     pub tiles: Option<String>,
+    /// Rows with a bias: the time of reading the bias buffer once in the
+    /// same process, ms (median of [`BIAS_READS`] reads;
+    /// `crate::measure::read_once`). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_read_ms: Option<f64>,
 }
 
 /// The tiles `Flash` chooses for `cfg` on this CPU: `BrxBc` on the tiled
@@ -173,6 +185,7 @@ impl Row {
             pct_bandwidth: None,
             cpu: attnlab::cpu::facts().summary(),
             tiles: tiles_of(cfg),
+            bias_read_ms: None,
         }
     }
 

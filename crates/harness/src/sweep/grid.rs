@@ -1,9 +1,10 @@
 //! The grid: which configurations a sweep of each [`Profile`] runs,
 //! prefill (N × grouping × mask × d × dtype × threads, naive and flash)
-//! and decode (L × grouping × cache dtype × threads), with a description
-//! of each part for the results file.
+//! and decode (L × grouping × cache dtype × threads), the score modifiers
+//! next to a plain call ([`sweep_mods`]), with a description of each
+//! part for the results file.
 
-use crate::config::{Config, Dtype, Grouping, Kind, MaskSpec};
+use crate::config::{BiasSpec, Config, Dtype, Grouping, Kind, MaskSpec, Mods, Sinks, Slopes};
 
 /// Size of a sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     let (d, dd) = decode_grid(profile, all);
     v.extend(d);
     desc.extend(dd);
+    let (m, md) = modifier_grid(profile, all);
+    v.extend(m);
+    desc.extend(md);
     v.sort_by_key(|c| {
         let decode = c.kind == Kind::Decode;
         let dtype_key = if decode {
@@ -73,9 +77,87 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
             c.head_dim,
             dtype_key,
             c.threads,
+            c.mods.order_key(),
         )
     });
-    v.dedup();
+    // A configuration named twice (the plain calls of the modifier part)
+    // runs once, where it came first.
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|c| seen.insert(c.id()));
+    (v, desc)
+}
+
+/// The modifiers the sweep measures, each alone, and (for prefill, where
+/// a bias exists) all four together: a softcap of 50 (Gemma 2's), ALiBi
+/// with the paper's slopes, seeded sinks, a seeded `[1, 1, N, N]` bias.
+pub fn sweep_mods(prefill: bool) -> Vec<Mods> {
+    let one = Mods::default();
+    let mut v = vec![
+        Mods { softcap: Some(50.0), ..one.clone() },
+        Mods { alibi: Some(Slopes::Default), ..one.clone() },
+        Mods { sinks: Some(Sinks::Random), ..one.clone() },
+    ];
+    if prefill {
+        v.push(Mods { bias: Some(BiasSpec::Random), ..one });
+        v.push(Mods {
+            softcap: Some(50.0),
+            alibi: Some(Slopes::Default),
+            sinks: Some(Sinks::Random),
+            bias: Some(BiasSpec::Random),
+        });
+    }
+    v
+}
+
+/// The score-modifier part of [`grid`] (unsorted): each modifier of
+/// [`sweep_mods`] on a flash prefill call and a decode step, next to the
+/// same call without it (in the grid already, or added here), so that the
+/// report can divide one by the other (rows from the same run).
+fn modifier_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    use Grouping::*;
+    let all = all.max(1);
+    let mut v = Vec::new();
+    let mut desc = Vec::new();
+    let mut with_plain = |plain: Config, prefill: bool| {
+        for m in sweep_mods(prefill) {
+            v.push(plain.clone().with_mods(m));
+        }
+        v.push(plain);
+    };
+    let what = "softcap 50, ALiBi (the paper's slopes), sinks (seeded), bias (seeded [1, 1, N, \
+                N], f32)";
+    match profile {
+        Profile::Smoke => {
+            let all4 = sweep_mods(true).pop().expect("the combined modifiers");
+            v.push(
+                Config::prefill("flash", Gqa, MaskSpec::Causal, 16, Dtype::F32, 1, 64)
+                    .with_mods(all4),
+            );
+            desc.push("smoke: flash GQA causal d=16, N=64, 1 thread, all four modifiers".into());
+        }
+        Profile::Quick => {
+            let plain = Config::prefill("flash", Mha, MaskSpec::Causal, 64, Dtype::F32, all, 1024);
+            with_plain(plain, true);
+            desc.push(format!(
+                "score modifiers: flash MHA causal, N = 1024, d = 64, {all} threads: {what}, and \
+                 all four"
+            ));
+        }
+        Profile::Default | Profile::Full => {
+            for g in [Mha, Gqa] {
+                with_plain(
+                    Config::prefill("flash", g, MaskSpec::Causal, 64, Dtype::F32, 1, 4096),
+                    true,
+                );
+            }
+            with_plain(Config::decode(Gqa, Dtype::F32, all, 32768), false);
+            desc.push(format!(
+                "score modifiers, next to the plain call: flash MHA and GQA causal, N = 4096, d = \
+                 64, 1 thread: {what}, and all four; decode GQA, f32 cache, L = 32768, {all} \
+                 threads: softcap, ALiBi, sinks (at most 3 timed calls where the child times)"
+            ));
+        }
+    }
     (v, desc)
 }
 
@@ -357,6 +439,33 @@ mod tests {
             let len = |c: &Config| (c.kind == Kind::Decode, c.q_len.max(c.kv_len));
             assert!(g.windows(2).all(|w| len(&w[0]) <= len(&w[1])), "{p:?} is not sorted");
             assert!(g.iter().any(|c| c.kind == Kind::Decode), "{p:?} has no decode rows");
+            assert!(g.iter().any(|c| !c.mods.is_plain()), "{p:?} has no modifier rows");
         }
+    }
+
+    #[test]
+    fn every_modifier_row_has_its_plain_call() {
+        for p in [Profile::Quick, Profile::Default, Profile::Full] {
+            for all in [1, 2, 16] {
+                let (g, _) = grid(p, all);
+                let mods: Vec<&Config> = g.iter().filter(|c| !c.mods.is_plain()).collect();
+                assert!(mods.len() >= 5, "{p:?}");
+                for c in mods {
+                    let plain = c.clone().with_mods(Mods::default());
+                    assert!(g.contains(&plain), "{p:?}, {all} threads: no {}", plain.id());
+                }
+            }
+        }
+        let (g, _) = grid(Profile::Default, 2);
+        let ids: Vec<String> = g.iter().filter(|c| !c.mods.is_plain()).map(Config::id).collect();
+        for want in [
+            "prefill/flash/mha/causal/d64/f32/t1/softcap50/4096",
+            "prefill/flash/gqa/causal/d64/f32/t1/bias/4096",
+            "prefill/flash/gqa/causal/d64/f32/t1/softcap50+alibi+sinks+bias/4096",
+            "decode/flash/gqa/f32/t2/sinks/32768",
+        ] {
+            assert!(ids.iter().any(|i| i == want), "no {want} in {ids:?}");
+        }
+        assert!(!ids.iter().any(|i| i.starts_with("decode/") && i.contains("bias")), "{ids:?}");
     }
 }

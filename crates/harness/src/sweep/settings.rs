@@ -9,6 +9,9 @@ use crate::measure::{MeasureOpts, SEED};
 use crate::results::{Row, Status};
 use std::time::Duration;
 
+/// Most direct calls the child times for a row with score modifiers.
+pub const MODIFIER_MAX_REPS: usize = 3;
+
 /// Settings of one sweep, from the profile and the environment.
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
@@ -61,13 +64,20 @@ impl SweepSettings {
         }
     }
 
-    /// The child's [`MeasureOpts`].
+    /// The child's [`MeasureOpts`]: at most [`MODIFIER_MAX_REPS`] direct
+    /// calls for a row with score modifiers (they add ~10 rows of
+    /// ~0.2 s calls to the default sweep).
     pub fn measure_opts(&self, peak: &Peak, cfg: &Config) -> MeasureOpts {
+        let max_reps = if cfg.mods.is_plain() {
+            self.direct_max_reps
+        } else {
+            self.direct_max_reps.min(MODIFIER_MAX_REPS)
+        };
         MeasureOpts {
             seed: SEED,
             direct_min_ms: self.criterion_max_ms,
             budget_s: self.direct_budget_s,
-            max_reps: self.direct_max_reps,
+            max_reps,
             err_rows: self.err_rows,
             peak_gflops: Some(peak.fma_gflops(cfg.threads)),
         }
@@ -106,7 +116,8 @@ impl SweepSettings {
              criterion times it in the parent process (10 samples, {:.2} s warm-up, {:.2} s \
              measurement, flat sampling; the row's time is criterion's median). Otherwise the \
              child times it directly: the first call plus more calls while under {:.1} s, at \
-             most {} calls, median of all (1 call for the longest configurations).",
+             most {} calls ({MODIFIER_MAX_REPS} for rows with score modifiers), median of all \
+             (1 call for the longest configurations).",
             self.criterion_max_ms,
             self.criterion_warm_up.as_secs_f64(),
             self.criterion_measurement.as_secs_f64(),
