@@ -209,13 +209,32 @@ pub fn attention_with<T: Element>(
     params: &AttnParams,
     options: &Options,
 ) -> Result<Output, AttnError> {
+    forward_allocating(shape, [q, k, v], params, options, false).map(|(o, _)| o)
+}
+
+/// One forward call on buffers allocated here: the output, the LSE and,
+/// when `stats`, the statistics.
+fn forward_allocating<T: Element>(
+    shape: &AttnShape,
+    [q, k, v]: [&[T]; 3],
+    params: &AttnParams,
+    options: &Options,
+    stats: bool,
+) -> Result<(Output, Option<Stats>), AttnError> {
     let Options { kernel, layout, par } = *options;
     let inputs = AttnInputs::from_slices(*shape, layout, q, k, v)?;
     let mut out = error::try_zeroed("out", shape.out_dims().iter().product())?;
     let mut lse = error::try_zeroed("lse", shape.lse_len())?;
     let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
-    kernel.forward(&inputs, &mut view, Some(&mut lse), params, par)?;
-    Ok(Output { out, lse })
+    let call = CheckedCall::new(&inputs, &mut view, Some(&mut lse), params, par)?;
+    if !stats {
+        kernel.run(call)?;
+        return Ok((Output { out, lse }, None));
+    }
+    let mut max_p = error::try_zeroed("max_p", shape.lse_len())?;
+    let mut entropy = error::try_zeroed("entropy", shape.lse_len())?;
+    kernel.run(call.with_stats(StatsMut { max_p: &mut max_p, entropy: &mut entropy })?)?;
+    Ok((Output { out, lse }, Some(Stats { max_p, entropy })))
 }
 
 /// The saturation statistics of every row (`attn_core::stats`),
@@ -251,18 +270,8 @@ pub fn attention_with_stats<T: Element>(
     params: &AttnParams,
     options: &Options,
 ) -> Result<(Output, Stats), AttnError> {
-    let Options { kernel, layout, par } = *options;
-    let inputs = AttnInputs::from_slices(*shape, layout, q, k, v)?;
-    let mut out = error::try_zeroed("out", shape.out_dims().iter().product())?;
-    let mut lse = error::try_zeroed("lse", shape.lse_len())?;
-    let mut max_p = error::try_zeroed("max_p", shape.lse_len())?;
-    let mut entropy = error::try_zeroed("entropy", shape.lse_len())?;
-    let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), layout)?;
-    let stats = StatsMut { max_p: &mut max_p, entropy: &mut entropy };
-    let call =
-        CheckedCall::new(&inputs, &mut view, Some(&mut lse), params, par)?.with_stats(stats)?;
-    kernel.run(call)?;
-    Ok((Output { out, lse }, Stats { max_p, entropy }))
+    let (out, stats) = forward_allocating(shape, [q, k, v], params, options, true)?;
+    Ok((out, stats.expect("asked for")))
 }
 
 /// The gradients of one backward call, in the layout of the call.

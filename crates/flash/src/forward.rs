@@ -32,7 +32,7 @@ use attn_core::stats::RowStatsAcc;
 use attn_core::{
     AttnError, AttnInputs, AttnParams, Element, Mask, RowFaults, TensorView, try_zeroed,
 };
-use attn_simd::{LOG2_E, exp2};
+use attn_simd::{LOG2_E, exp2, tanh};
 use wide::{bytemuck, f32x8, f32x16};
 
 use crate::micro::{pv_micro, qk_micro};
@@ -164,7 +164,10 @@ impl<T: Element> Job<'_, '_, T> {
         let (kv_lo, kv_hi) = (s.lo[0], s.hi[nvalid - 1]);
         let bq = br / LANES;
         let panels = nvalid.div_ceil(NR);
-        let scale = self.params.scale_for(d) * LOG2_E;
+        // With a softcap applied in registers (no bias), Q is packed
+        // divided by c₂ as well: the block's scores come out as u/c₂, ready
+        // for tanh (`modify_block`).
+        let scale = self.params.scale_for(d) * LOG2_E * self.mods.register_prescale();
         // Whether every score the item computed is finite (`tile` sums
         // `s·0` over them): if not — a non-finite Q or K element a visible
         // score reads, or |q·k| beyond f32 — the exp2 clamp could turn a NaN
@@ -478,8 +481,11 @@ impl<T: Element> Job<'_, '_, T> {
     #[inline(always)]
     fn modify_block(&self, c: &mut [[f32x16; NV]; MR], h: usize, q0: usize, k0: usize) {
         let shape = self.inputs.shape();
+        // The scores here are u·prescale (Q was packed with it): ALiBi
+        // follows, and the softcap is then c₂·tanh of them.
+        let pre = self.mods.register_prescale();
         if let Some(slope2) = &self.mods.slope2 {
-            let slope = f32x16::splat(-slope2[h]);
+            let slope = f32x16::splat(-slope2[h] * pre);
             // Query q sits on the diagonal q + Nk − Nq.
             let off = shape.kv_len() as i64 - shape.q_len() as i64 + q0 as i64 - k0 as i64;
             for (r, cr) in c.iter_mut().enumerate() {
@@ -490,8 +496,12 @@ impl<T: Element> Job<'_, '_, T> {
             }
         }
         if let Some(c2) = self.mods.cap2 {
+            // Computed blocks hold finite scores (invisible blocks are
+            // filled with −inf without coming here, non-finite inputs are
+            // caught by the sentinel), so no −inf guard is needed.
+            let c2 = f32x16::splat(c2);
             for x in c.iter_mut().flatten() {
-                *x = cap(*x, c2);
+                *x = tanh(*x) * c2;
             }
         }
     }

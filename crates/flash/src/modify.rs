@@ -41,6 +41,17 @@ impl<'a> Mods2<'a> {
     pub fn touches_scores(&self) -> bool {
         self.mods.touches_scores()
     }
+
+    /// The factor the tiled forward folds into packed Q when it applies
+    /// the softcap in registers (no bias): `1/c₂`, so that a block's scores
+    /// come out as `u/c₂` and the cap is `c₂·tanh` of them; 1 otherwise.
+    #[inline]
+    pub fn register_prescale(&self) -> f32 {
+        match (self.cap2, &self.mods.bias) {
+            (Some(c2), None) => 1.0 / c2,
+            _ => 1.0,
+        }
+    }
 }
 
 /// `|base + t·step|` for lanes `t = 0..16`: the distances from the
