@@ -14,7 +14,7 @@
 //!         P  = 2^(S − LSE·log2e), 0 where masked            (epilogue)
 //!         dP = dO_i·Vᵀ           qk_micro
 //!         dS = P∘(dP − D)  [∘ (1 − (S/c₂)²) with a softcap]  (epilogue)
-//!         [statistics: |dS| per row and per key, argmax of P per row]
+//!         [stats: |dS| summed per row and key, P's argmax per row]  (8 rows)
 //!         dV_j += Pᵀ·dO_i         pv_micro, 8 keys × 32 columns
 //!         dK_j += dSᵀ·Q_i         pv_micro
 //!         dQ_i += dS·(K_j·scale)  rows_micro, 8 queries × 32 columns
@@ -39,9 +39,10 @@
 //! code as before. Sinks change nothing here: the forward's LSE includes
 //! them (their gradient is a per-row sum, in `mod.rs`).
 //!
-//! Statistics (`super::stats`), when asked: after a pair's `dS` epilogue,
-//! one pass over its `P` and `dS` tiles (`O(Br·Bc)` next to the products'
-//! `O(Br·Bc·d)`), one branch per pair when not asked.
+//! Statistics (`super::stats`), when asked: after the `dS` epilogue of
+//! each block of 8 rows, one pass over those rows of `P` and `dS` while
+//! they are in L1 (`O(Br·Bc)` a pair next to the products' `O(Br·Bc·d)`);
+//! one branch a block when not asked.
 //!
 //! Invariants: every mask's visible keys per query are a contiguous range,
 //! nondecreasing in the query; an item writes only the dK/dV rows of its
@@ -58,7 +59,7 @@ use wide::{bytemuck, f32x16};
 
 use super::micro::rows_micro;
 use super::plan::{BC, BR, BwdPlan, SROW, query_span};
-use super::stats::{RowArg, StatsOut, add_pair};
+use super::stats::{RowArg, StatsOut, add_rows as add_rows_stats};
 use super::workspace::Scratch;
 use crate::micro::{pv_micro, qk_micro};
 use crate::modify::{Mods2, cap, cap_slope, distances};
@@ -249,7 +250,7 @@ impl<T: Element> BwdJob<'_, '_, T> {
             usize,
             (RowWriter<'_>, usize),
         ),
-        stats: Option<(&mut [RowArg], &mut [f32])>,
+        mut stats: Option<(&mut [RowArg], &mut [f32])>,
     ) {
         let p = &self.plan;
         let shape = self.inputs.shape();
@@ -371,10 +372,12 @@ impl<T: Element> BwdJob<'_, '_, T> {
                     }
                 }
             }
-        }
-
-        if let Some((rows, kg)) = stats {
-            add_pair(&s.p, &s.ds, panels * NR, rows, kg);
+            // the block's 8 rows of P and dS are complete, and in L1 (read
+            // after the whole tile, they came from L2: 3× the cost)
+            if let Some((rows, kg)) = stats.as_mut() {
+                let (o, nr) = (q0 * SROW, MR.min(nqv - q0));
+                add_rows_stats(&s.p[o..], &s.ds[o..], panels * NR, &mut rows[q0..q0 + nr], kg);
+            }
         }
 
         // dV += Pᵀ·dO and dK += dSᵀ·Q: 8 keys × 32 columns, over the
