@@ -34,6 +34,7 @@ struct Case {
     shape: AttnShape,
     layout: Layout,
     mask: Mask,
+    scale: Option<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -84,6 +85,7 @@ impl Case {
             shape,
             layout,
             mask,
+            scale: None,
             q,
             k,
             v,
@@ -127,6 +129,7 @@ impl Case {
         let bd = [s.batch(), s.q_heads(), s.q_len(), s.kv_len()];
         AttnParams {
             mask: self.mask,
+            scale: self.scale,
             softcap: self.softcap,
             alibi: self.slopes.as_deref().map(Alibi::Slopes),
             sinks: self.sinks.as_deref(),
@@ -564,6 +567,30 @@ fn masked_and_single_key_rows_give_zero() {
     }
 }
 
+/// Any scale: the kernel's `dS` tile is in natural units, so the
+/// statistics do not depend on how the scale is folded. A negative scale,
+/// and a zero one: every score 0, every row's weights equal (exact ties,
+/// in f64 and in the kernel), so each row's argmax is its first key —
+/// checked strictly — and its mass is not 0 (dQ and dK are).
+#[test]
+fn any_scale_even_zero_or_negative() {
+    for (scale, strict) in [(-0.3f32, false), (0.0, true)] {
+        for (dims, mask) in [(SHAPES[2], Mask::Causal), (SHAPES[5], W), (SHAPES[1], Mask::None)] {
+            let mut c = Case::new(dims, mask, Layout::Bhnd, Mods::default(), 1.0, 300);
+            c.scale = Some(scale);
+            c.refresh();
+            check(&format!("scale {scale}"), &c, strict);
+            if scale == 0.0 {
+                let (g, st) = c.flash(Par::Seq, true);
+                let (off, kg) = st.unwrap();
+                assert!(g[0].iter().chain(&g[1]).all(|x| *x == 0.0));
+                assert!(off.iter().filter(|x| **x > 0.1).count() * 2 > off.len(), "{dims:?}");
+                assert!(kg.iter().any(|x| *x > 0.0));
+            }
+        }
+    }
+}
+
 /// Exact ties of the argmax across lanes, tiles and chunks: five keys of
 /// each K/V head share one K row that dominates every query's scores (by
 /// ~4.5 nats over the rest), at positions 10, 50 (tile 0), 70 (tile 1),
@@ -649,6 +676,7 @@ fn stats_backward_overhead() {
             shape,
             layout: Layout::Bhnd,
             mask: Mask::Causal,
+            scale: None,
             q,
             k,
             v,
