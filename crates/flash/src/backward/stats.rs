@@ -18,9 +18,11 @@
 //! [`add_rows`]); `3·C·B·Hq·Nq + B·Hkv·Nk` floats allocated by the call.
 //! Measured with `stats_backward_overhead` (`tests/stats_backward.rs`: N =
 //! 4096, d = 64, causal, one thread, medians of 21 alternating pairs, on a
-//! shared 2-core Zen 5): MHA with 8 heads ×1.04 (211 → 221 ms), one head
-//! (8 key chunks) ×1.06 (26.6 → 28.0 ms); the call without statistics
-//! runs as before (one test per block of 8 rows).
+//! shared 2-core Zen 5; four runs): MHA with 8 heads ×1.04–1.05 (e.g.
+//! 211 → 221 ms), one head (8 key chunks) ×1.05–1.06 (26.6 → 28.0 ms);
+//! the call without statistics runs as before (one test per block of 8
+//! rows; its time against the parent commit's, alternated: the same
+//! within the noise).
 
 use wide::f32x16;
 
