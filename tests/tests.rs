@@ -24,3 +24,5 @@ mod modifiers_decode;
 mod modifiers_backward;
 // Saturation statistics (max probability, entropy) of flash against the oracle.
 mod stats;
+// Backward statistics (off_argmax, key_grad) of the flash backward against the f64 oracle backward.
+mod stats_backward;

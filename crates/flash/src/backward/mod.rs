@@ -6,7 +6,7 @@
 //!
 //! A call runs in three steps:
 //!
-//! 1. **Rows first**: `D = rowsum(dO∘O)·scale` and `LSE·log2 e` for every
+//! 1. **Rows first**: `D = rowsum(dO∘O)` and `LSE·log2 e` for every
 //!    query row (`+inf` for a fully masked row, so that its `P` is 0);
 //!    dQ, dK, dV and the dQ partials are zeroed. With sinks, the same pass
 //!    sums `exp(sink_h − lse_i)·D_i` per (batch, head) in row order, and
@@ -17,6 +17,13 @@
 //!    owns its tiles' dK, dV and adds into the dQ rows of its chunk.
 //! 3. **dQ reduction**: when a head's keys were split into `C > 1`
 //!    chunks, `dQ += partial_1 + … + partial_{C−1}`, in that order.
+//!
+//! Statistics (`CheckedBackward::with_stats`, `attn_core::stats`): the loop
+//! nest adds each pair's `|dS|` to its keys' `key_grad` and to per-chunk
+//! row partials (`stats`), which a last step merges in chunk order into
+//! `off_argmax`. They cost one pass over each pair's `P` and `dS` tiles
+//! and `3·C·B·Hq·Nq + B·Hkv·Nk` floats, allocated by the call; nothing when not
+//! asked (measured overhead in `stats`).
 //!
 //! Score modifiers: the bias, ALiBi and the softcap change the scores the
 //! loop nest recomputes (`nest`); the LSE given already includes the sinks.
@@ -35,11 +42,12 @@
 mod micro;
 mod nest;
 mod plan;
+mod stats;
 mod workspace;
 
 use attn_core::{
     AttnError, AttnParams, AttnShape, BackwardInputs, BackwardKernel, CheckedBackward, Element,
-    GradsMut, Layout, Par, TensorViewMut,
+    GradsMut, Layout, Par, TensorViewMut, try_zeroed,
 };
 use rayon::prelude::*;
 
@@ -48,6 +56,7 @@ use crate::modify::Mods2;
 use crate::rows::RowWriter;
 use nest::BwdJob;
 use plan::BwdPlan;
+use stats::{Disjoint, RowArg, StatsOut};
 pub use workspace::BackwardWorkspace;
 
 impl Flash {
@@ -85,7 +94,10 @@ impl BackwardKernel for Flash {
     /// sums, the dQ partials
     /// (`(C − 1)·B·Hq·Nq·d` floats; `C = 1` when `B·Hkv ≥ 8`), and one
     /// tile set per worker (`~5·Bc·d + 2·Br·Bc` floats): linear in `Nq`,
-    /// independent of `Nk` — never `O(N²)`.
+    /// independent of `Nk` — never `O(N²)`. A call that asks for
+    /// statistics (`CheckedBackward::with_stats`) allocates `3·C·B·Hq·Nq +
+    /// B·Hkv·Nk` floats more, not counted here (this size does not know whether a
+    /// call will ask; [`Flash::backward_in`] never does).
     fn backward_workspace_bytes(&self, shape: &AttnShape, params: &AttnParams, par: Par) -> usize {
         BackwardWorkspace::bytes_for(shape, &BwdPlan::new(shape, &params.mask), par)
     }
@@ -97,7 +109,10 @@ impl BackwardKernel for Flash {
     }
 }
 
-/// The three steps of the module docs on a validated call.
+/// The three steps of the module docs on a validated call, and the
+/// statistics when asked: their row partials `[C][B·Hq·Nq]` and key masses
+/// `[B·Hkv·Nk]` are allocated here (the key masses are copied out at the
+/// end, when the gradients' writers no longer hold the call).
 fn run<T: Element>(
     mut call: CheckedBackward<'_, '_, T>,
     ws: &mut BackwardWorkspace,
@@ -106,6 +121,17 @@ fn run<T: Element>(
     let shape = *inputs.shape();
     let plan = BwdPlan::new(&shape, &params.mask);
     ws.check_fits(&shape, &plan, par)?;
+    let (nq, rows) = (shape.q_len(), shape.lse_len());
+    let keys = shape.batch() * shape.kv_heads() * shape.kv_len();
+    let (mut row_args, mut key_grad) = match call.stats() {
+        Some(st) => {
+            st.off_argmax.fill(0.0);
+            st.key_grad.fill(0.0);
+            let rows = if nq == 0 || shape.kv_len() == 0 { 0 } else { plan.chunks * rows };
+            (try_zeroed::<RowArg>("workspace", rows)?, Some(try_zeroed::<f32>("workspace", keys)?))
+        }
+        None => (Vec::new(), None),
+    };
     let grads = call.grads();
     grads.dq.data_mut().fill(0.0);
     grads.dk.data_mut().fill(0.0);
@@ -113,27 +139,29 @@ fn run<T: Element>(
     if let Some(ds) = grads.dsinks.as_deref_mut() {
         ds.fill(0.0);
     }
-    let (nq, rows) = (shape.q_len(), shape.lse_len());
     if nq == 0 || shape.kv_len() == 0 {
-        // no row sees a key: D = 0 for every row, so dsinks stays 0
+        // no row sees a key: D = 0 for every row, so dsinks stays 0 (and
+        // the statistics, zeroed above)
         return Ok(());
     }
     let partial_len = plan.partial_len(&shape);
     let heads = shape.batch() * shape.q_heads();
-    let BackwardWorkspace { dsc, lse2, sink, partial, workers, .. } = ws;
-    let (dsc, lse2, partial) = (&mut dsc[..rows], &mut lse2[..rows], &mut partial[..partial_len]);
+    let BackwardWorkspace { dd, lse2, sink, partial, workers, .. } = ws;
+    let (dd, lse2, partial) = (&mut dd[..rows], &mut lse2[..rows], &mut partial[..partial_len]);
     let sink = &mut sink[..heads];
     partial.fill(0.0);
     let mods = Mods2::new(params, shape.q_heads());
-    let scale = params.scale_for(shape.head_dim());
     let n = BackwardWorkspace::workers_for(&shape, &plan, par);
     let pdims = [(plan.chunks - 1) * shape.batch(), shape.q_heads(), nq, shape.head_dim()];
     let mut pview = TensorViewMut::new("workspace", partial, pdims, Layout::Bhnd)?;
     let GradsMut { dq, dk, dv, dsinks } = grads;
     // the sink gradient is asked for only with sinks (CheckedBackward)
     let sinks = params.sinks.filter(|_| dsinks.is_some());
+    let stats = key_grad
+        .as_deref_mut()
+        .map(|kg| StatsOut { rows: Disjoint::new(&mut row_args), key_grad: Disjoint::new(kg) });
     par.install(|| {
-        row_values(inputs, scale, sinks, (dsc, lse2, sink), par.threads() > 1);
+        row_values(inputs, sinks, (dd, lse2, sink), par.threads() > 1);
         if let Some(ds) = dsinks.as_deref_mut() {
             for (h, x) in ds.iter_mut().enumerate() {
                 *x = -(0..shape.batch()).map(|b| sink[b * shape.q_heads() + h]).sum::<f32>();
@@ -144,29 +172,35 @@ fn run<T: Element>(
             params,
             mods: &mods,
             plan,
-            dsc,
+            dd,
             lse2,
             dq: RowWriter::new(dq),
             partial: RowWriter::new(&mut pview),
             dk: RowWriter::new(dk),
             dv: RowWriter::new(dv),
+            stats,
         };
         job.run(&mut workers[..n]);
         if plan.chunks > 1 {
             reduce_partials(&shape, &plan, job.dq, job.partial, par.threads() > 1);
         }
-    })
+    })?;
+    if let (Some(st), Some(kg)) = (call.stats(), key_grad) {
+        st.key_grad.copy_from_slice(&kg);
+        // O(C·rows) on the calling thread, next to the call's O(rows·Nk·d)
+        stats::finish(st.off_argmax, &row_args, plan.chunks);
+    }
+    Ok(())
 }
 
-/// `dsc = scale·rowsum(dO∘O)` and `lse2 = LSE·log2 e` (`+inf` for a fully
+/// `dd = rowsum(dO∘O)` and `lse2 = LSE·log2 e` (`+inf` for a fully
 /// masked row) for every query row, `[B·Hq·Nq]`; with `sinks`, also
 /// `sink[b·Hq + h] = Σ_i exp(sink_h − lse_i)·rowsum(dO∘O)_i` over the rows
 /// of `(b, h)` in order (a row with LSE `−inf` adds nothing).
 fn row_values<T: Element>(
     inputs: &BackwardInputs<'_, T>,
-    scale: f32,
     sinks: Option<&[f32]>,
-    (dsc, lse2, sink): (&mut [f32], &mut [f32], &mut [f32]),
+    (dd, lse2, sink): (&mut [f32], &mut [f32], &mut [f32]),
     parallel: bool,
 ) {
     let s = inputs.shape();
@@ -178,7 +212,7 @@ fn row_values<T: Element>(
         for i in 0..nq {
             let (o, g) = (inputs.out.row(b, h, i), inputs.d_out.row(b, h, i));
             let dot = o.iter().zip(g).map(|(x, y)| x * y).sum::<f32>();
-            d[i] = scale * dot;
+            d[i] = dot;
             let lse = inputs.lse[bh * nq + i];
             l[i] = if lse == f32::NEG_INFINITY { f32::INFINITY } else { lse * attn_simd::LOG2_E };
             if let Some(sl) = logit
@@ -190,14 +224,14 @@ fn row_values<T: Element>(
         *sk = acc;
     };
     if parallel {
-        dsc.par_chunks_mut(nq)
+        dd.par_chunks_mut(nq)
             .zip(lse2.par_chunks_mut(nq))
             .zip(sink.par_iter_mut())
             .enumerate()
             .for_each(|(bh, ((d, l), sk))| head(bh, d, l, sk));
     } else {
         for (bh, ((d, l), sk)) in
-            dsc.chunks_mut(nq).zip(lse2.chunks_mut(nq)).zip(sink.iter_mut()).enumerate()
+            dd.chunks_mut(nq).zip(lse2.chunks_mut(nq)).zip(sink.iter_mut()).enumerate()
         {
             head(bh, d, l, sk);
         }

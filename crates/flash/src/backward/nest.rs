@@ -6,19 +6,25 @@
 //!
 //! ```text
 //! for each K/V tile j of the chunk:
-//!     pack Kᵀ·scale·log2e, Vᵀ·scale  [Bc/32][d|dv][32];  K rows [Bc][dpad]
+//!     pack Kᵀ·scale·log2e, Vᵀ  [Bc/32][d|dv][32];  K·scale rows [Bc][dpad]
 //!     dK_j = dV_j = 0                                       (scratch, L2)
 //!     for each query head h of the group, each Q tile i that sees tile j:
 //!         S  = Q_i·Kᵀ            qk_micro, 8 queries × 32 keys
 //!         S += bias·log2e − slope·log2e·|diag − j|; S = cap(S)   (modifiers)
 //!         P  = 2^(S − LSE·log2e), 0 where masked            (epilogue)
-//!         dP = dO_i·Vᵀ·scale     qk_micro
-//!         dS = P∘(dP − D·scale)  [∘ (1 − (S/c₂)²) with a softcap]  (epilogue)
+//!         dP = dO_i·Vᵀ           qk_micro
+//!         dS = P∘(dP − D)  [∘ (1 − (S/c₂)²) with a softcap]  (epilogue)
+//!         [stats: |dS| summed per row and key, P's argmax per row]  (8 rows)
 //!         dV_j += Pᵀ·dO_i         pv_micro, 8 keys × 32 columns
 //!         dK_j += dSᵀ·Q_i         pv_micro
-//!         dQ_i += dS·K_j          rows_micro, 8 queries × 32 columns
-//!     write dK_j, dV_j
+//!         dQ_i += dS·(K_j·scale)  rows_micro, 8 queries × 32 columns
+//!     write dK_j·scale, dV_j
 //! ```
+//!
+//! The `dS` tile is in natural units (the gradient of the score
+//! `q·k·scale`): the scale is folded into the K rows of the dQ product and
+//! into dK's write-out, not into `dP` and `D`, so that the statistics read
+//! `dS` itself, for any scale (0 included).
 //!
 //! `P` and `dS` are stored query-major (`[Br][Bc]`): the two products that
 //! reduce over queries broadcast 8 consecutive keys of a row, the one that
@@ -33,10 +39,17 @@
 //! code as before. Sinks change nothing here: the forward's LSE includes
 //! them (their gradient is a per-row sum, in `mod.rs`).
 //!
+//! Statistics (`super::stats`), when asked: after the `dS` epilogue of
+//! each block of 8 rows, one pass over those rows of `P` and `dS` while
+//! they are in L1 (`O(Br·Bc)` a pair next to the products' `O(Br·Bc·d)`);
+//! one branch a block when not asked.
+//!
 //! Invariants: every mask's visible keys per query are a contiguous range,
 //! nondecreasing in the query; an item writes only the dK/dV rows of its
 //! own keys and the dQ rows of its chunk's target (dQ itself for chunk 0,
-//! a partial buffer for the others), adding to them in a fixed order; so
+//! a partial buffer for the others), adding to them in a fixed order (the
+//! same for its statistics: its keys' `key_grad`, its chunk's row
+//! partials); so
 //! an item's result does not depend on which worker runs it, and the bits
 //! do not depend on the thread count.
 
@@ -46,6 +59,7 @@ use wide::{bytemuck, f32x16};
 
 use super::micro::rows_micro;
 use super::plan::{BC, BR, BwdPlan, SROW, query_span};
+use super::stats::{RowArg, StatsOut, add_rows as add_rows_stats};
 use super::workspace::Scratch;
 use crate::micro::{pv_micro, qk_micro};
 use crate::modify::{Mods2, cap, cap_slope, distances};
@@ -59,14 +73,16 @@ pub(crate) struct BwdJob<'a, 'b, T> {
     /// The call's score modifiers in log2 units.
     pub mods: &'b Mods2<'b>,
     pub plan: BwdPlan,
-    /// `D·scale` and `LSE·log2 e` per query row, `[B·Hq·Nq]`.
-    pub dsc: &'b [f32],
+    /// `D = rowsum(dO∘O)` and `LSE·log2 e` per query row, `[B·Hq·Nq]`.
+    pub dd: &'b [f32],
     pub lse2: &'b [f32],
     /// dQ (chunk 0) and the partials `[(C − 1)·B, Hq, Nq, d]`.
     pub dq: RowWriter<'b>,
     pub partial: RowWriter<'b>,
     pub dk: RowWriter<'b>,
     pub dv: RowWriter<'b>,
+    /// The statistics' outputs, when asked.
+    pub stats: Option<StatsOut<'b>>,
 }
 
 /// Rows of one operand as f32: `data[base + r·stride ..]`.
@@ -129,6 +145,22 @@ impl<T: Element> BwdJob<'_, '_, T> {
         let scale = self.params.scale_for(p.d);
         let (grp, hq) = (shape.group_size(), shape.q_heads());
         let modified = self.mods.touches_scores();
+        // The item's statistics: the row partials of its chunk and group,
+        // `[grp][Nq]`, and the `key_grad` of its keys, from `k0`.
+        let k0 = (p.bounds[c] * BC).min(nk);
+        let mut stats = self.stats.as_ref().map(|st| {
+            let rows = ((c * shape.batch() + b) * hq + g * grp) * nq;
+            let keys = (b * shape.kv_heads() + g) * nk + k0;
+            let kend = (p.bounds[c + 1] * BC).min(nk);
+            // SAFETY: the chunk's rows of the group's heads, and the
+            // chunk's keys of head (b, g), belong to this item alone.
+            let (r, k) = unsafe {
+                (st.rows.range_mut(rows, grp * nq), st.key_grad.range_mut(keys, kend - k0))
+            };
+            r.fill(RowArg::default());
+            k.fill(0.0);
+            (r, k)
+        });
         for t in p.bounds[c]..p.bounds[c + 1] {
             let j0 = t * BC;
             let kn = BC.min(nk - j0);
@@ -150,10 +182,13 @@ impl<T: Element> BwdJob<'_, '_, T> {
                     };
                     let rows = (b * hq + h) * nq + i0;
                     let at = ((b, h, i0, nqv), (j0, kn), rows, target);
+                    let st = stats.as_mut().map(|(r, k)| {
+                        (&mut r[(h - g * grp) * nq + i0..][..nqv], &mut k[j0 - k0..][..kn])
+                    });
                     if modified {
-                        self.pair::<true>(s, at);
+                        self.pair::<true>(s, at, st);
                     } else {
-                        self.pair::<false>(s, at);
+                        self.pair::<false>(s, at, st);
                     }
                     i0 += nqv;
                 }
@@ -163,14 +198,14 @@ impl<T: Element> BwdJob<'_, '_, T> {
                 // (chunks partition the K/V tiles of each head).
                 let (dk, dv) =
                     unsafe { (self.dk.row_mut(b, g, j0 + k), self.dv.row_mut(b, g, j0 + k)) };
-                dk.copy_from_slice(&s.dk[k * p.dpad..][..p.d]);
+                dk.iter_mut().zip(&s.dk[k * p.dpad..][..p.d]).for_each(|(o, x)| *o = x * scale);
                 dv.copy_from_slice(&s.dv[k * p.dvpad..][..p.dv]);
             }
         }
     }
 
     /// Packs K/V tile `j0..j0+kn` of head `(b, g)`: `Kᵀ·scale·log2 e` and
-    /// `Vᵀ·scale` in panels of 32 keys (zero past `kn`), K rows padded.
+    /// `Vᵀ` in panels of 32 keys (zero past `kn`), `K·scale` rows padded.
     fn pack_kv(&self, s: &mut Scratch, b: usize, g: usize, j0: usize, kn: usize, scale: f32) {
         let p = &self.plan;
         let (k, v) = (&self.inputs.fwd.k, &self.inputs.fwd.v);
@@ -185,22 +220,24 @@ impl<T: Element> BwdJob<'_, '_, T> {
             let kr = &mut s.krow[j * p.dpad..][..p.d];
             T::widen_slice(k.row(b, g, j0 + j), kr);
             let panel = &mut ktp[pn * p.d * NR..][..p.d * NR];
-            for (cc, x) in kr.iter().enumerate() {
-                panel[cc * NR + lane] = x * kscale;
+            for (cc, x) in kr.iter_mut().enumerate() {
+                panel[cc * NR + lane] = *x * kscale;
+                *x *= scale;
             }
             // (the dO tile buffer, free between pairs, converts the V row)
             let vr = &mut s.dobuf[..p.dv];
             T::widen_slice(v.row(b, g, j0 + j), vr);
             let panel = &mut vtp[pn * p.dv * NR..][..p.dv * NR];
             for (cc, x) in vr.iter().enumerate() {
-                panel[cc * NR + lane] = x * scale;
+                panel[cc * NR + lane] = *x;
             }
         }
     }
 
     /// One (query tile, K/V tile) pair of head `h`: `P`, `dS`, then the
     /// three products. `rows` is the flat index of query row `i0` in the
-    /// per-row vectors; `target` the dQ writer and its batch index. `M`:
+    /// per-row vectors; `target` the dQ writer and its batch index; `stats`
+    /// the pair's rows' partials and its keys' `key_grad`, when asked. `M`:
     /// whether a modifier touches scores (bias, ALiBi, softcap).
     #[inline(never)]
     #[allow(clippy::type_complexity)]
@@ -213,6 +250,7 @@ impl<T: Element> BwdJob<'_, '_, T> {
             usize,
             (RowWriter<'_>, usize),
         ),
+        mut stats: Option<(&mut [RowArg], &mut [f32])>,
     ) {
         let p = &self.plan;
         let shape = self.inputs.shape();
@@ -233,7 +271,7 @@ impl<T: Element> BwdJob<'_, '_, T> {
         let qr = rows_of(&self.inputs.fwd.q, (b, h, i0, nqv), p.dpad, &mut qbuf);
         let dor = rows_of(&self.inputs.d_out, (b, h, i0, nqv), p.dvpad, &mut dobuf);
         let lse2 = &self.lse2[rows..rows + nqv];
-        let dsc = &self.dsc[rows..rows + nqv];
+        let dd = &self.dd[rows..rows + nqv];
 
         // P and dS, 8 queries × 32 keys at a time.
         let panels = kn.div_ceil(NR);
@@ -322,17 +360,23 @@ impl<T: Element> BwdJob<'_, '_, T> {
                 let dpc =
                     qk_micro(std::array::from_fn(|r| dor.at(arow(r))), &s.vtp[pn * p.dv..][..p.dv]);
                 for (r, cr) in dpc.iter().enumerate() {
-                    let dd = f32x16::splat(dsc[(q0 + r).min(nqv - 1)]);
+                    let d = f32x16::splat(dd[(q0 + r).min(nqv - 1)]);
                     for (t, x) in cr.iter().enumerate() {
                         let o = at(r) + t * LANES;
                         let pv = attn_simd::load(&s.p[o..]);
-                        let mut v = pv * (*x - dd);
+                        let mut v = pv * (*x - d);
                         if cap2.is_some() {
                             v *= attn_simd::load(&s.ds[o..]);
                         }
                         s.ds[o..o + LANES].copy_from_slice(v.as_array());
                     }
                 }
+            }
+            // the block's 8 rows of P and dS are complete, and in L1 (read
+            // after the whole tile, they came from L2: 3× the cost)
+            if let Some((rows, kg)) = stats.as_mut() {
+                let (o, nr) = (q0 * SROW, MR.min(nqv - q0));
+                add_rows_stats(&s.p[o..], &s.ds[o..], panels * NR, &mut rows[q0..q0 + nr], kg);
             }
         }
 
@@ -351,7 +395,8 @@ impl<T: Element> BwdJob<'_, '_, T> {
             acc_cols(&mut s.dk[kb * MR * p.dpad..], p.dpad, dst, qr, qa, qz - qa);
         }
 
-        // dQ += dS·K: 8 queries × 32 columns, over the keys those rows see.
+        // dQ += dS·(K·scale): 8 queries × 32 columns, over the keys those
+        // rows see.
         for qb in 0..nb {
             let q0 = qb * MR;
             let nr = MR.min(nqv - q0);

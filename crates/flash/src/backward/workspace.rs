@@ -17,9 +17,9 @@ pub(crate) struct Scratch {
     /// `Kᵀ·scale·log2 e` of the K/V tile in panels of 32 keys:
     /// `[Bc/32][d]` of 32 lanes.
     pub ktp: Vec<[f32x16; NV]>,
-    /// `Vᵀ·scale` of the tile, the same way: `[Bc/32][dv]`.
+    /// `Vᵀ` of the tile, the same way: `[Bc/32][dv]`.
     pub vtp: Vec<[f32x16; NV]>,
-    /// K rows of the tile, `[Bc][dpad]`, zero-padded.
+    /// `K·scale` rows of the tile, `[Bc][dpad]`, zero-padded.
     pub krow: Vec<f32>,
     /// `dK` and `dV` of the tile: `[Bc][dpad]`, `[Bc][dvpad]`.
     pub dk: Vec<f32>,
@@ -56,15 +56,17 @@ impl Scratch {
     }
 }
 
-/// Scratch memory for [`crate::Flash::backward_in`]: `D·scale` and
+/// Scratch memory for [`crate::Flash::backward_in`]: `D` and
 /// `LSE·log2 e` of every query row (`2·B·Hq·Nq` floats), one sink-gradient
 /// sum per (batch, query head) (`B·Hq`), the dQ partials
 /// of the chunks past the first (`(C − 1)·B·Hq·Nq·d` floats, `C` = 1
-/// unless `B·Hkv < 8`), and one scratch set per worker.
+/// unless `B·Hkv < 8`), and one scratch set per worker. (A call that asks
+/// for statistics allocates their row partials itself, see
+/// `BackwardKernel::backward_workspace_bytes`.)
 #[derive(Debug)]
 pub struct BackwardWorkspace {
     pub(crate) plan: BwdPlan,
-    pub(crate) dsc: Vec<f32>,
+    pub(crate) dd: Vec<f32>,
     pub(crate) lse2: Vec<f32>,
     /// `Σ_i exp(sink_h − lse_i)·D_i` per (batch, query head), `[B·Hq]`.
     pub(crate) sink: Vec<f32>,
@@ -91,7 +93,7 @@ impl BackwardWorkspace {
         }
         Ok(BackwardWorkspace {
             plan,
-            dsc: try_zeroed("workspace", shape.lse_len())?,
+            dd: try_zeroed("workspace", shape.lse_len())?,
             lse2: try_zeroed("workspace", shape.lse_len())?,
             sink: try_zeroed("workspace", Self::heads(shape))?,
             partial: try_zeroed("workspace", plan.partial_len(shape))?,
@@ -109,7 +111,7 @@ impl BackwardWorkspace {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         let per_worker = self.plan.worker_bytes() + std::mem::size_of::<Scratch>();
-        (self.dsc.len() + self.lse2.len() + self.sink.len() + self.partial.len()) * 4
+        (self.dd.len() + self.lse2.len() + self.sink.len() + self.partial.len()) * 4
             + self.workers.len() * per_worker
     }
 
@@ -138,7 +140,7 @@ impl BackwardWorkspace {
     ) -> Result<(), AttnError> {
         let p = &self.plan;
         let fits = (p.d, p.dv) == (plan.d, plan.dv)
-            && self.dsc.len() >= shape.lse_len()
+            && self.dd.len() >= shape.lse_len()
             && self.sink.len() >= Self::heads(shape)
             && self.partial.len() >= plan.partial_len(shape)
             && self.workers.len() >= Self::workers_for(shape, plan, par);
@@ -152,7 +154,7 @@ impl BackwardWorkspace {
                  workers; this call needs d = {}, dv = {}, {} rows, {} heads, {} and {}",
                 p.d,
                 p.dv,
-                self.dsc.len(),
+                self.dd.len(),
                 self.sink.len(),
                 self.partial.len(),
                 self.workers.len(),
