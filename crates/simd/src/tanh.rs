@@ -14,10 +14,11 @@
 //! - `P(0) = Q(0) = 1` and the numerator evaluated as `x + x·s·P₁(s)`:
 //!   for tiny `|x|` (`x² ≲ 1e-8`, subnormals, `±0`) the result is `x`
 //!   itself, which is `tanh(x)` rounded to `f32`; no cancellation.
-//! - `|x|` is clamped to 9, where `tanh` is within `3.1e-8` of 1 (below
-//!   half an ulp of 1); the fit's error there is positive and the f32
-//!   evaluation gives exactly 1, so lanes with `|x| ≥ 9` and `±inf` give
-//!   exactly `±1`. Rounding in the evaluation can lift the quotient an
+//! - `|x|` is clamped to 9, where `tanh` is `1 − 3.05e-8` (its f32
+//!   rounding is `1 − 2⁻²⁴`); the fit's error there is positive and the
+//!   f32 evaluation with FMA gives exactly 1, so with FMA lanes with
+//!   `|x| ≥ 9` and `±inf` give exactly `±1`; where `mul_add` rounds twice
+//!   (the baseline x86-64 build) they give `±(1 − 2⁻²⁴)`. Rounding in the evaluation can lift the quotient an
 //!   ulp above 1 nearer the clamp (seen at `x ≈ 8.26`), so the result is
 //!   clamped to `[−1, 1]` as well.
 //! - Error: the fit's `2.1e-8` becomes `4.3e-8` with `f32` coefficients;
@@ -32,7 +33,7 @@
 
 use wide::f32x16;
 
-/// The argument clamp: `tanh(9) = 1 − 3.05e-8`; the fit gives exactly 1 there.
+/// The argument clamp: `tanh(9) = 1 − 3.05e-8`; the fit gives 1 there (with FMA).
 const CLAMP: f32 = 9.0;
 /// `P(s) = 1 + s·P₁(s)`, `P₁(s) = P1[0] + P1[1]·s + P1[2]·s² + P1[3]·s³`.
 const P1: [f32; 4] = [0.133_839_77, 0.003_498_992, 2.066_119e-5, 1.341_971_6e-8];
@@ -167,8 +168,12 @@ mod tests {
         }
     }
 
+    /// Beyond 9 the argument is clamped, so every |x| ≥ 9 gives the value
+    /// at 9: 1 with FMA; one ulp below 1 (0.99999994, which is tanh(9)
+    /// correctly rounded) when `mul_add` is two roundings (the baseline
+    /// x86-64 build). Both are within the stated error of ±1.
     #[test]
-    fn saturates_to_exactly_one_and_keeps_nan() {
+    fn saturates_to_one_and_keeps_nan() {
         let big = [
             9.0,
             9.001,
@@ -188,8 +193,10 @@ mod tests {
             -f32::NAN,
         ];
         let got = tanh(f32x16::new(big)).to_array();
+        let below_one = 1.0 - f32::EPSILON / 2.0;
         for (g, x) in got[..14].iter().zip(big) {
-            assert_eq!(*g, x.signum(), "tanh({x:e})");
+            let m = g * x.signum();
+            assert!(m == 1.0 || m == below_one, "tanh({x:e}) = {g}");
         }
         assert!(got[14].is_nan() && got[15].is_nan());
     }
