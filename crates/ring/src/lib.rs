@@ -4,9 +4,12 @@
 //! by log-sum-exp (`attn_flash::merge_partials`) in a fixed order.
 //!
 //! - [`transport`]: how a block moves to the next rank ([`Transport`]);
-//!   the schedule never knows whether it is threads or MPI.
+//!   the schedule never knows whether it is threads or MPI;
+//! - [`model`]: the scaling model behind `docs/ring.md` (time per layer,
+//!   and whether each transfer hides behind compute).
 #![warn(missing_docs)]
 
+pub mod model;
 pub mod transport;
 
 pub use transport::{ShiftTiming, Transport, TransportError};
