@@ -27,7 +27,7 @@
 //! - [`in_process`]: a whole ring in one process ([`ring_in_process`]);
 //! - [`model`]: the scaling model behind `docs/ring.md` (time per layer,
 //!   and whether each transfer hides behind compute);
-//! - [`error`]: [`RingError`].
+//! - [`error`]: the ring's error type, [`RingError`].
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
