@@ -46,7 +46,8 @@ pub struct RankTiming {
     /// did not hide behind it.
     pub exposed_comm: Duration,
     /// Wall time of the closing agreement (`P − 1` one-element shifts: no
-    /// rank returns a result unless every rank computed its own).
+    /// rank returns a result unless every rank computed its own). It
+    /// includes waiting for the slowest rank: load imbalance shows here.
     pub agreement: Duration,
     /// Wall time of the whole rank, packing, the final rescale and the
     /// agreement included.
@@ -55,8 +56,8 @@ pub struct RankTiming {
     pub pairs_computed: usize,
     /// Block calls skipped as invisible.
     pub pairs_skipped: usize,
-    /// Visible (query, key) pairs computed, per head (the FLOP count is
-    /// `4·d`-ish times this times `B·Hq`, see `AttnShape`'s FLOP helpers).
+    /// Visible (query, key) pairs computed, per (batch entry, query
+    /// head): the rank's FLOPs are `visible_pairs · B · Hq · 2·(d + dv)`.
     pub visible_pairs: u64,
     /// Bytes this rank sent (`P − 1` blocks).
     pub bytes_sent: u64,
