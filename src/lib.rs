@@ -11,7 +11,9 @@
 //!   kernel;
 //! - [`flash`] (`attn-flash`): the tiled [`Flash`] kernel;
 //! - [`layer`] (`attn-layer`): the [`MultiHeadAttention`] layer
-//!   (projections, backward, KV-cache decoding) and its f64 reference.
+//!   (projections, backward, KV-cache decoding) and its f64 reference;
+//! - [`ring`] (`attn-ring`): ring (context-parallel) attention over
+//!   ranks joined by a transport (threads here, MPI behind a feature).
 //!
 //! [`Kernel`] names every kernel so that tools and tests can pick any of
 //! them; [`attention`] is the one-call entry point, and
@@ -36,19 +38,22 @@ pub use attn_flash as flash;
 pub use attn_naive as naive;
 
 pub use attn_core::{
-    Alibi, AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element,
-    HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, StatsMut, TensorView, TensorViewMut,
-    bf16, f16,
+    Alibi, AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall,
+    ChunkPositions, Element, HeadRowsMut, Layout, Mask, Par, ScoreMods, ShapeBuilder, StatsMut,
+    TensorView, TensorViewMut, bf16, f16,
 };
 pub use attn_core::{
     BackwardInputs, BackwardKernel, BackwardStatsMut, CheckedBackward, GradsMut, backward,
 };
-pub use attn_core::{element, error, kernel, mask, modifiers, par, params, shape, stats, view};
+pub use attn_core::{
+    element, error, kernel, mask, modifiers, par, params, positions, shape, stats, view,
+};
 pub use attn_flash::BackwardWorkspace;
 pub use attn_flash::Flash;
 pub use attn_layer as layer;
 pub use attn_layer::{Init, LayerConfig, LayerGrads, MultiHeadAttention, Tokens, Weights};
 pub use attn_naive::{Naive, Oracle};
+pub use attn_ring as ring;
 pub use attn_simd as simd;
 pub use attn_simd::{cpu, isa};
 

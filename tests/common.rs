@@ -129,7 +129,7 @@ pub fn tolerance<T: Element>(inputs: &AttnInputs<'_, T>, params: &AttnParams) ->
             let g = s.kv_head_of(h);
             for i in 0..s.q_len() {
                 let q = inputs.q.row(b, h, i);
-                for j in params.mask.key_range(i, s.q_len(), s.kv_len()) {
+                for j in params.key_range(i, s.q_len(), s.kv_len()) {
                     let k = inputs.k.row(b, g, j);
                     let l: f64 = q
                         .iter()

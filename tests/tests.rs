@@ -26,3 +26,5 @@ mod modifiers_backward;
 mod stats;
 // Backward statistics (off_argmax, key_grad) of the flash backward against the f64 oracle backward.
 mod stats_backward;
+// Chunks at global positions (flash and the oracle) and ring attention over in-process ranks: against flash and the oracle, identical bits, the plan, failures.
+mod ring;

@@ -248,6 +248,7 @@ impl<'c, 'g, T: Element> CheckedBackward<'c, 'g, T> {
     ) -> Result<Self, AttnError> {
         grads.check(inputs.shape())?;
         params.validate_for(inputs.shape())?;
+        params.refuse_positions("the backward")?;
         if grads.dsinks.is_some() && params.sinks.is_none() {
             return Err(AttnError::Param {
                 name: "dsinks",

@@ -19,7 +19,8 @@
 //!
 //! Modules: [`shape`] (validated sizes), [`view`] (strided views),
 //! [`mask`], [`params`] (scale, mask, finiteness checks, score
-//! modifiers), [`modifiers`] (bias, ALiBi, softcap, sinks: their order
+//! modifiers, chunk positions), [`positions`] (a chunk of a longer
+//! problem: masks on global positions, for ring attention), [`modifiers`] (bias, ALiBi, softcap, sinks: their order
 //! and f64 definition), [`par`]
 //! ([`Par`]: how many threads a call runs on), [`element`]
 //! (f32/f16/bf16), [`kernel`] (the [`AttentionKernel`] trait and
@@ -39,6 +40,7 @@ pub mod mask;
 pub mod modifiers;
 pub mod par;
 pub mod params;
+pub mod positions;
 pub mod shape;
 pub mod stats;
 pub mod view;
@@ -53,6 +55,7 @@ pub use mask::Mask;
 pub use modifiers::{Alibi, ScoreMods};
 pub use par::Par;
 pub use params::AttnParams;
+pub use positions::ChunkPositions;
 pub use shape::{AttnShape, ShapeBuilder};
 pub use stats::{BackwardStatsMut, StatsMut};
 pub use view::{HeadRowsMut, Layout, TensorView, TensorViewMut};

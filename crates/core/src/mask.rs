@@ -7,6 +7,9 @@
 //! - causal: keys `j <= i + offset`;
 //! - window `(left, right)`: keys `i + offset - left <= j <= i + offset + right`,
 //!   either side `None` for unbounded. Causal is the window `(None, Some(0))`.
+//!
+//! A chunk of a longer problem ([`crate::positions`]) has its diagonal
+//! elsewhere: [`Mask::key_range_on`] takes the diagonal itself.
 
 use std::ops::Range;
 
@@ -38,11 +41,23 @@ impl Mask {
     }
 
     /// Visible keys of query row `i` for lengths `nq`, `nk`; empty when the
-    /// row is fully masked.
+    /// row is fully masked. The row's diagonal is key `i + nk − nq`
+    /// ([`Mask::key_range_on`]).
     #[inline]
     pub fn key_range(&self, i: usize, nq: usize, nk: usize) -> Range<usize> {
+        self.key_range_on(i as i64 + nk as i64 - nq as i64, nk)
+    }
+
+    /// Visible keys, among `0..nk`, of a query whose diagonal sits on key
+    /// `diag` (any integer: a chunk of a longer problem may have its
+    /// diagonal before its first key or past its last, see
+    /// [`crate::positions`]); empty when the row is fully masked. The one
+    /// definition of every mask: causal keeps `j <= diag`, a window
+    /// `diag − left <= j <= diag + right`.
+    #[inline]
+    pub fn key_range_on(&self, diag: i64, nk: usize) -> Range<usize> {
         let (left, right) = self.as_window();
-        let diag = i as i128 + nk as i128 - nq as i128;
+        let diag = diag as i128;
         let lo = match left {
             None => 0,
             Some(l) => (diag - l as i128).max(0),
@@ -107,6 +122,24 @@ mod tests {
         let w = Mask::Window { left: Some(0), right: Some(0) };
         assert!(w.key_range(0, 6, 2).is_empty());
         assert_eq!(Mask::None.key_range(3, 4, 0), 0..0);
+    }
+
+    #[test]
+    fn diagonals_outside_the_keys() {
+        // A chunk whose diagonal lies before its first key: causal sees
+        // nothing, an unbounded right side sees from the start.
+        assert!(Mask::Causal.key_range_on(-1, 8).is_empty());
+        assert_eq!(Mask::Causal.key_range_on(0, 8), 0..1);
+        assert_eq!(Mask::Window { left: Some(2), right: None }.key_range_on(-50, 8), 0..8);
+        assert!(Mask::Window { left: None, right: Some(3) }.key_range_on(-4, 8).is_empty());
+        assert_eq!(Mask::Window { left: None, right: Some(3) }.key_range_on(-3, 8), 0..1);
+        // ... or past its last key: causal sees every key, a bounded left
+        // side nothing once the window has passed.
+        assert_eq!(Mask::Causal.key_range_on(1 << 40, 8), 0..8);
+        assert!(Mask::Window { left: Some(2), right: Some(0) }.key_range_on(10, 8).is_empty());
+        assert_eq!(Mask::Window { left: Some(2), right: Some(0) }.key_range_on(9, 8), 7..8);
+        assert_eq!(Mask::None.key_range_on(i64::MIN, 3), 0..3);
+        assert_eq!(Mask::None.key_range_on(i64::MAX, 3), 0..3);
     }
 
     #[test]

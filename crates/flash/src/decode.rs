@@ -117,6 +117,7 @@ pub fn decode_in<T: KvElement>(
         });
     }
     params.validate_for(shape)?;
+    params.refuse_positions("decode over a KV cache")?;
     let par = ws.par;
     ws.ws.check_fits(&SplitKvPlan::new(shape, par.threads()))?;
     if shape.q_len() == 0 {

@@ -23,7 +23,8 @@
 //! broadcast operand the `P·V` micro-kernel wants.
 //!
 //! Invariants: every tile's visible keys per query are a contiguous range
-//! (`Mask::key_range`), nondecreasing in the query index; an item writes
+//! (`Mask::key_range_on` of the row's diagonal `i + diag`, which chunk
+//! positions move), nondecreasing in the query index; an item writes
 //! only its own output rows and LSE entries; an item's result does not
 //! depend on which worker runs it, so any thread count gives the same bits.
 
@@ -108,6 +109,9 @@ pub(crate) struct Job<'a, 'b, T> {
     pub mods: &'b Mods2<'b>,
     /// Where the saturation statistics go (`max_p`, `entropy`), when asked.
     pub stats: Option<(LseWriter<'b>, LseWriter<'b>)>,
+    /// Query row `i` sits on key `i + diag` (`AttnParams::diagonal`:
+    /// `Nk − Nq`, or the global diagonal of a chunk at positions).
+    pub diag: i64,
 }
 
 impl<T: Element> Job<'_, '_, T> {
@@ -158,7 +162,7 @@ impl<T: Element> Job<'_, '_, T> {
         let nh = p.heads_per_item.min((g + 1) * shape.group_size() - h0);
 
         for q in 0..nvalid {
-            let r = mask.key_range(i0 + q, nq, nk);
+            let r = mask.key_range_on((i0 + q) as i64 + self.diag, nk);
             (s.lo[q], s.hi[q]) = (r.start, r.end);
         }
         let (kv_lo, kv_hi) = (s.lo[0], s.hi[nvalid - 1]);
@@ -480,14 +484,13 @@ impl<T: Element> Job<'_, '_, T> {
     /// `c[r][t]` holds key `k0 + r` against queries `q0 + 16t + lane`.
     #[inline(always)]
     fn modify_block(&self, c: &mut [[f32x16; NV]; MR], h: usize, q0: usize, k0: usize) {
-        let shape = self.inputs.shape();
         // The scores here are u·prescale (Q was packed with it): ALiBi
         // follows, and the softcap is then c₂·tanh of them.
         let pre = self.mods.register_prescale();
         if let Some(slope2) = &self.mods.slope2 {
             let slope = f32x16::splat(-slope2[h] * pre);
-            // Query q sits on the diagonal q + Nk − Nq.
-            let off = shape.kv_len() as i64 - shape.q_len() as i64 + q0 as i64 - k0 as i64;
+            // Query q sits on the diagonal q + diag.
+            let off = self.diag + q0 as i64 - k0 as i64;
             for (r, cr) in c.iter_mut().enumerate() {
                 for (t, x) in cr.iter_mut().enumerate() {
                     let base = off + (t * LANES) as i64 - r as i64;
@@ -525,7 +528,6 @@ impl<T: Element> Job<'_, '_, T> {
         nvalid: usize,
         used: usize,
     ) -> f32 {
-        let shape = self.inputs.shape();
         let mut bad = false;
         if self.mods.mods.bias.is_some() {
             let stf: &mut [f32] = bytemuck::cast_slice_mut(st);
@@ -539,8 +541,8 @@ impl<T: Element> Job<'_, '_, T> {
         }
         if let Some(slope2) = &self.mods.slope2 {
             let slope = f32x16::splat(-slope2[h]);
-            // Query i0 + 16v + t sits on the diagonal i + Nk − Nq.
-            let off = shape.kv_len() as i64 - shape.q_len() as i64 + i0 as i64;
+            // Query i0 + 16v + t sits on the diagonal i + diag.
+            let off = self.diag + i0 as i64;
             for (k, row) in st.chunks_mut(sq).take(kn).enumerate() {
                 let j = (j0 + k) as i64;
                 for (v, x) in row[..used].iter_mut().enumerate() {

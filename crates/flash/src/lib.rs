@@ -12,7 +12,9 @@
 //!   through an atomic counter, each worker with its own reusable scratch,
 //!   so results are bitwise identical for any thread count.
 //! - Masks: causal and sliding windows skip invisible K/V tiles entirely
-//!   and mask partial tiles in registers.
+//!   and mask partial tiles in registers; with chunk positions
+//!   (`AttnParams::positions`) on the global positions of a longer
+//!   problem, so a rank of ring attention computes its block directly.
 //!
 //! Decode: [`KvCache`] (f32/f16/bf16/[`Q8_0`] storage, ragged lengths) and
 //! [`decode()`], split-KV across threads with the fixed-order log-sum-exp
@@ -107,6 +109,18 @@ impl Flash {
         }
     }
 
+    /// The path a call with `params` takes: [`Flash::path`], except that
+    /// a call with chunk positions (`AttnParams::positions`) always takes
+    /// the tiled path, the one that computes masks on global positions.
+    pub fn path_for(&self, shape: &AttnShape, params: &AttnParams) -> Path {
+        match self.path(shape) {
+            Path::SplitKv if params.positions.is_some() => {
+                Path::Tiled(Plan::new(shape, TileConfig::for_shape(shape)))
+            }
+            p => p,
+        }
+    }
+
     /// Allocates the scratch a call on `shape` with `par` needs: exactly
     /// [`AttentionKernel::workspace_bytes`], or an error naming the
     /// workspace if it cannot be allocated.
@@ -116,8 +130,10 @@ impl Flash {
 
     /// Like [`AttentionKernel::forward`], on a caller-provided workspace
     /// (from [`Flash::workspace`] for a shape with the same head dims and
-    /// group size, the same tiles, and at least as many threads): the call
-    /// allocates nothing on the calling thread.
+    /// group size, the same tiles, and at least as many threads; for a call
+    /// with chunk positions, one made for [`Flash::path_for`]'s tiled path,
+    /// e.g. `Workspace::new(shape, flash.path_for(shape, params), par)`):
+    /// the call allocates nothing on the calling thread.
     pub fn forward_in<T: Element>(
         &self,
         inputs: &AttnInputs<'_, T>,
@@ -128,7 +144,7 @@ impl Flash {
         ws: &mut Workspace,
     ) -> Result<(), AttnError> {
         let call = CheckedCall::new(inputs, out, lse, params, par)?;
-        self.run_in(call, self.path(inputs.shape()), ws)
+        self.run_in(call, self.path_for(inputs.shape(), params), ws)
     }
 
     /// Runs a validated call on `path` with `ws`.
@@ -155,6 +171,9 @@ impl Flash {
         let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
+                // `path_for` never sends chunk positions here; a caller's
+                // split-KV path (`run_in`) must not ignore them.
+                params.refuse_positions("flash's split-KV path")?;
                 let kv = ViewKv { k: &inputs.k, v: &inputs.v };
                 let (hq, nq, nk) = (shape.q_heads(), shape.q_len(), shape.kv_len());
                 let ws = ws.split_kv_mut().expect("checked by check_fits");
@@ -176,6 +195,7 @@ impl Flash {
                 let workers = &mut ws.tiled_mut().expect("checked by check_fits")[..n];
                 let (rows, lses) = (RowWriter::new(out), LseWriter::new(lse.as_deref_mut()));
                 let mods = Mods2::new(params, shape.q_heads());
+                let diag = params.diagonal(shape.q_len(), shape.kv_len());
                 let job = Job {
                     inputs,
                     params,
@@ -190,6 +210,7 @@ impl Flash {
                             LseWriter::new(Some(&mut *st.entropy)),
                         )
                     }),
+                    diag,
                 };
                 par.install(|| job.run(workers))?;
             }
@@ -208,8 +229,8 @@ impl AttentionKernel for Flash {
     /// partial results (at most 64 chunks per K/V head, whatever `Nk`) and
     /// per-thread buffers on the split-KV path. Independent of `Nk`, and of
     /// `Nq` past the first tile.
-    fn workspace_bytes(&self, shape: &AttnShape, _: &AttnParams, par: Par) -> usize {
-        Workspace::bytes_for(shape, self.path(shape), par)
+    fn workspace_bytes(&self, shape: &AttnShape, params: &AttnParams, par: Par) -> usize {
+        Workspace::bytes_for(shape, self.path_for(shape, params), par)
     }
 
     /// Runs on the calling thread's cached workspace when it fits this
@@ -219,7 +240,7 @@ impl AttentionKernel for Flash {
     /// 414 → 363 µs, the same as `forward_in` on a kept workspace).
     fn run<T: Element>(&self, call: CheckedCall<'_, '_, T>) -> Result<(), AttnError> {
         let (shape, par) = (*call.shape(), call.par());
-        let path = self.path(&shape);
+        let path = self.path_for(&shape, call.params());
         let cached = CACHED.with(|c| c.borrow_mut().take());
         let mut ws = match cached {
             Some(ws) if ws.check_fits(&shape, path, par).is_ok() => ws,

@@ -142,9 +142,9 @@ pub fn repair_rows<T: Element>(
         let g = s.kv_head_of(h);
         let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
         let exact = ExactRow {
-            row: RowAt::new(&mods, b, h, i, nq, nk),
+            row: RowAt::in_call(&mods, params, (b, h, i), nq, nk),
             q: q.row(b, h, i),
-            keys: params.mask.key_range(i, nq, nk),
+            keys: params.key_range(i, nq, nk),
             k_row: &kr,
             v_row: &vr,
         };

@@ -79,6 +79,7 @@ impl AttentionKernel for Naive {
             });
         }
         let (inputs, params, par) = (call.inputs(), call.params(), call.par());
+        params.refuse_positions("the naive kernel")?;
         let shape = *inputs.shape();
         let owned;
         let views = match (

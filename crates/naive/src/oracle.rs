@@ -86,14 +86,14 @@ fn row_of<T: Element>(
 ) -> f64 {
     let s = inputs.shape();
     let g = s.kv_head_of(h);
-    let keys = params.mask.key_range(i, s.q_len(), s.kv_len());
+    let keys = params.key_range(i, s.q_len(), s.kv_len());
     let scale = params.scale.map(f64::from).unwrap_or(1.0 / (s.head_dim() as f64).sqrt());
     let (k, v) = (&inputs.k, &inputs.v);
     reference_row(
         inputs.q.row(b, h, i),
         keys,
         scale,
-        RowAt::new(mods, b, h, i, s.q_len(), s.kv_len()),
+        RowAt::in_call(mods, params, (b, h, i), s.q_len(), s.kv_len()),
         |j| k.row(b, g, j),
         |j| v.row(b, g, j),
         scores,
@@ -102,8 +102,9 @@ fn row_of<T: Element>(
 }
 
 /// Where a row sits, for its score modifiers: `(b, h, i)`, the diagonal
-/// `diag = i + Nk − Nq` (with the row's own `Nk` for a ragged cache) and
-/// the call's modifiers ([`ScoreMods::default`] for none).
+/// `diag = i + Nk − Nq` (with the row's own `Nk` for a ragged cache; the
+/// global diagonal in local keys for a call with chunk positions) and the
+/// call's modifiers ([`ScoreMods::default`] for none).
 #[derive(Debug, Clone, Copy)]
 pub struct RowAt<'m, 'a> {
     /// The call's modifiers.
@@ -114,7 +115,8 @@ pub struct RowAt<'m, 'a> {
     pub h: usize,
     /// Query row.
     pub i: usize,
-    /// `i + Nk − Nq`: the key on the row's bottom-right aligned diagonal.
+    /// `i + Nk − Nq` (or `i + positions.diagonal()`): the key on the
+    /// row's bottom-right aligned diagonal.
     pub diag: i64,
 }
 
@@ -129,6 +131,19 @@ impl<'m, 'a> RowAt<'m, 'a> {
         nk: usize,
     ) -> Self {
         RowAt { mods, b, h, i, diag: i as i64 + nk as i64 - nq as i64 }
+    }
+
+    /// Row `(b, h, i)` of a call with `nq` queries over `nk` keys and
+    /// `params` (its chunk positions, if any, place the diagonal:
+    /// [`AttnParams::diagonal`]).
+    pub fn in_call(
+        mods: &'m ScoreMods<'a>,
+        params: &AttnParams,
+        (b, h, i): (usize, usize, usize),
+        nq: usize,
+        nk: usize,
+    ) -> Self {
+        RowAt { mods, b, h, i, diag: i as i64 + params.diagonal(nq, nk) }
     }
 }
 
@@ -252,7 +267,7 @@ impl AttentionKernel for Oracle {
                         lse[idx] = l;
                     }
                     // non-finite inputs, or an LSE beyond f32: named by repair
-                    let visible = !params.mask.key_range(i, nq, nk).is_empty();
+                    let visible = !params.key_range(i, nq, nk).is_empty();
                     if visible && suspect || RowFaults::is_fault(visible, l, row) {
                         faults.report(idx);
                     }

@@ -202,14 +202,14 @@ fn row_grads<T: Element>(
     let s = inputs.shape();
     let (d, dvn) = (s.head_dim(), s.v_dim());
     let g = s.kv_head_of(h);
-    let keys = params.mask.key_range(i, s.q_len(), s.kv_len());
+    let keys = params.key_range(i, s.q_len(), s.kv_len());
     let scale = params.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
     let x = |e: &T| e.to_f32() as f64;
     let (q, k, v) = (&inputs.fwd.q, &inputs.fwd.k, &inputs.fwd.v);
     // The forward row: `scores` holds the modified s_j of the visible keys.
     o.clear();
     o.resize(dvn, 0.0);
-    let at = RowAt::new(mods, b, h, i, s.q_len(), s.kv_len());
+    let at = RowAt::in_call(mods, params, (b, h, i), s.q_len(), s.kv_len());
     let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
     reference_row(q.row(b, h, i), keys.clone(), scale, at, kr, vr, scores, o);
     if scores.iter().all(|s| *s == f64::NEG_INFINITY) {

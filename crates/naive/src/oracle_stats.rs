@@ -36,14 +36,14 @@ pub fn reference_stats<T: Element>(
             let (bh, i) = (idx / nq, idx % nq);
             let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
             let g = s.kv_head_of(h);
-            let keys = params.mask.key_range(i, nq, nk);
+            let keys = params.key_range(i, nq, nk);
             let (mut scores, mut out) = (Vec::new(), vec![0f64; s.v_dim()]);
             let (k, v) = (&inputs.k, &inputs.v);
             let lse = reference_row(
                 inputs.q.row(b, h, i),
                 keys,
                 scale,
-                RowAt::new(&mods, b, h, i, nq, nk),
+                RowAt::in_call(&mods, params, (b, h, i), nq, nk),
                 |j| k.row(b, g, j),
                 |j| v.row(b, g, j),
                 &mut scores,

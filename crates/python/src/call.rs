@@ -227,7 +227,16 @@ impl<'py> Mods<'py> {
             ),
         };
         let sinks = self.sinks.as_ref().map(|s| c_slice("sinks", s)).transpose()?;
-        Ok(AttnParams { scale, mask, check_finite, softcap: self.softcap, alibi, sinks, bias })
+        Ok(AttnParams {
+            scale,
+            mask,
+            check_finite,
+            softcap: self.softcap,
+            alibi,
+            sinks,
+            bias,
+            positions: None,
+        })
     }
 }
 

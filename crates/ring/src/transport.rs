@@ -85,4 +85,14 @@ pub trait Transport {
         incoming: &mut [f32],
         work: impl FnOnce() -> R,
     ) -> Result<(R, ShiftTiming), TransportError>;
+
+    /// Tells the ring that this rank failed with `message` and will shift
+    /// no more blocks, so that its neighbours stop waiting for it and
+    /// report [`TransportError::Peer`] instead of a timeout. Best effort,
+    /// never blocks; the default does nothing (the neighbours then time
+    /// out, or see the rank hang up). The ring driver calls it on every
+    /// error.
+    fn abort(&mut self, message: &str) {
+        let _ = message;
+    }
 }
