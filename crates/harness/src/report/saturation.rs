@@ -397,9 +397,8 @@ fn reading(d: &Data) -> Vec<String> {
     }
     if let (Some(a), Some(b)) = (pt("iid", "plain", n_lo, t_hi), pt("iid", "plain", n_hi, t_hi)) {
         let why = if trend(a.max_p, b.max_p) == "falls" {
-            " — among more keys the largest logits crowd closer together (the gap between the \
-             two largest of N normal logits shrinks like `t/√(2 ln N)`), so the winner's lead \
-             narrows"
+            ", as expected when more keys compete: the gap between the two largest of N \
+             normal logits shrinks like `t/√(2 ln N)`, so the winner's lead narrows"
         } else {
             ""
         };
@@ -845,6 +844,13 @@ fn modifier_color(m: &str) -> RGBColor {
     }
 }
 
+/// A lighter tint of a modifier's colour, for its dashed (lower `t`)
+/// series: the legend tells them apart by colour.
+fn light(c: RGBColor) -> RGBColor {
+    let up = |x: u8| x + (255 - x) / 2;
+    RGBColor(up(c.0), up(c.1), up(c.2))
+}
+
 /// The three SVGs of [`PLOTS`], in that order.
 pub fn plots(run: &SaturationFile) -> [Result<String, String>; 3] {
     let d = Data { run };
@@ -966,7 +972,9 @@ fn plot_modifiers(d: &Data) -> PlotResult {
     let mods = d.modifiers();
     let pick: Vec<(&str, f32)> =
         ts.iter().flat_map(|t| mods.iter().map(move |m| (*m, *t))).collect();
-    single_grid(d, "", &pick, &|_, m, t| (modifier_color(m), t != th))
+    let color =
+        |m: &str, t: f32| if t == th { modifier_color(m) } else { light(modifier_color(m)) };
+    single_grid(d, "", &pick, &|_, m, t| (color(m, t), t != th))
 }
 
 type DepthMetric = (&'static str, &'static str, fn(&DepthLayer) -> f64, bool);
@@ -995,7 +1003,11 @@ fn plot_depth(d: &Data) -> PlotResult {
                 .iter()
                 .map(|r| Series {
                     label: format!("{}, t = {}", r.modifier, t_label(r.t)),
-                    color: modifier_color(&r.modifier),
+                    color: if r.t == th {
+                        modifier_color(&r.modifier)
+                    } else {
+                        light(modifier_color(&r.modifier))
+                    },
                     dashed: r.t != th,
                     hollow: false,
                     points: r
@@ -1024,6 +1036,9 @@ fn linear_x_panel<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let pts = || series.iter().flat_map(|s| s.points.iter());
     let x1 = pts().map(|p| p.0).fold(1.0, f64::max);
+    let top = pts().map(|p| p.1).fold(0.0, f64::max);
+    // linear labels: enough decimals that a small range's ticks differ
+    let digits = if top < 0.05 { 3 } else { 2 };
     let mut b = ChartBuilder::on(area);
     b.caption(title, ("sans-serif", 17)).margin(12).x_label_area_size(40).y_label_area_size(70);
     macro_rules! draw {
@@ -1033,6 +1048,10 @@ fn linear_x_panel<DB: DrawingBackend>(
                 .configure_mesh()
                 .x_desc("block (1 = input side)")
                 .y_desc(y_desc)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| {
+                    if y_log { fmt_axis(*y) } else { format!("{y:.*}", digits) }
+                })
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
                 .map_err(e2s)?;
@@ -1046,8 +1065,13 @@ fn linear_x_panel<DB: DrawingBackend>(
                 } else {
                     chart.draw_series(LineSeries::new(s.points.clone(), style)).map_err(e2s)?
                 };
+                let dashed = s.dashed;
                 anno.label(s.label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    // a dashed series gets a dashed key: two strokes
+                    let ends = if dashed { [(0, 7), (11, 18)] } else { [(0, 18), (0, 18)] };
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(ends[0].0, 0), (ends[0].1, 0)], c.stroke_width(2))
+                        + PathElement::new(vec![(ends[1].0, 0), (ends[1].1, 0)], c.stroke_width(2))
                 });
             }
             chart
@@ -1070,7 +1094,7 @@ fn linear_x_panel<DB: DrawingBackend>(
         let (lo, hi) = if hi / lo < 4.0 { (lo / 2.0, hi * 2.0) } else { (lo / 1.5, hi * 1.5) };
         draw!(b.build_cartesian_2d(0.5f64..x1 + 0.5, (lo..hi).log_scale()).map_err(e2s)?)
     } else {
-        let hi = pts().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.05;
+        let hi = top.max(1e-3) * 1.05;
         draw!(b.build_cartesian_2d(0.5f64..x1 + 0.5, 0f64..hi).map_err(e2s)?)
     }
 }

@@ -1,7 +1,7 @@
 //! The saturation study's results file (`results/saturation.json`): the
 //! machine and commit, the settings every number depends on, one
 //! [`SinglePoint`] per one-layer point and one [`DepthRun`] per stack.
-//! Written all or nothing ([`write`]: a temporary file renamed over the
+//! Written all or nothing ([`write()`]: a temporary file renamed over the
 //! old one), read back by `attn saturate --report-only` ([`load`]).
 
 use crate::machine::MachineInfo;
