@@ -11,10 +11,16 @@
 //! ```
 //!
 //! For self-attention (`X_q = X_kv = X`), `dX = dX_q + dX_kv`
-//! ([`LayerGrads::dx_self`]).
+//! ([`LayerGrads::dx_self`]). [`MultiHeadAttention::backward_with_stats`]
+//! also writes the flash backward's saturation statistics
+//! (`attn_core::stats`: each row's off-argmax share of its score-gradient
+//! mass, each key's received mass), for the same gradients.
 
 use attn_core::try_zeroed;
-use attn_core::{AttnError, AttnParams, BackwardInputs, BackwardKernel, GradsMut, Layout, Par};
+use attn_core::{
+    AttnError, AttnParams, BackwardInputs, BackwardKernel, BackwardStatsMut, CheckedBackward,
+    GradsMut, Layout, Par,
+};
 use attn_flash::Flash;
 
 use crate::forward::Trace;
@@ -62,6 +68,40 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<LayerGrads, AttnError> {
+        self.run_backward(trace, [x_q, x_kv], dy, params, par, None)
+    }
+
+    /// [`MultiHeadAttention::backward`] that also writes the attention's
+    /// backward statistics (`attn_core::stats`): `off_argmax`
+    /// `[B, Hq, Nq]`, the share of each row's score-gradient mass
+    /// `Σ_j |dS_ij|` off its argmax key, and `key_grad` `[B, Hkv, Nk]`,
+    /// the mass each key receives, where `dS` is the gradient of the
+    /// attention scores for this `dy`. The gradients are the same bits as
+    /// without statistics. Buffers of the wrong length are an error naming
+    /// them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_stats(
+        &self,
+        trace: &Trace,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        dy: &[f32],
+        params: &AttnParams,
+        par: Par,
+        stats: BackwardStatsMut<'_>,
+    ) -> Result<LayerGrads, AttnError> {
+        self.run_backward(trace, [x_q, x_kv], dy, params, par, Some(stats))
+    }
+
+    fn run_backward(
+        &self,
+        trace: &Trace,
+        [x_q, x_kv]: [&Tokens<'_>; 2],
+        dy: &[f32],
+        params: &AttnParams,
+        par: Par,
+        stats: Option<BackwardStatsMut<'_>>,
+    ) -> Result<LayerGrads, AttnError> {
         par.validate()?;
         let shape = self.check_inputs(x_q, x_kv, params)?;
         if shape != trace.shape {
@@ -72,6 +112,9 @@ impl MultiHeadAttention {
                     trace.shape
                 ),
             });
+        }
+        if let Some(st) = &stats {
+            st.check(&shape)?;
         }
         let (c, w) = (self.config(), self.weights());
         let (tq, tk) = (x_q.rows(), x_kv.rows());
@@ -100,7 +143,12 @@ impl MultiHeadAttention {
                 BackwardInputs::from_slices(shape, l, q, k, v, &trace.o, &trace.lse, &d_o)?;
             let mut grads = GradsMut::from_slices(&shape, l, &mut dq, &mut dk, &mut dv)?;
             grads.dsinks = dsinks.as_deref_mut();
-            Flash::default().backward(&inputs, &mut grads, params, par)?;
+            let call = CheckedBackward::new(&inputs, &mut grads, params, par)?;
+            let call = match stats {
+                Some(st) => call.with_stats(st)?,
+                None => call,
+            };
+            Flash::default().run_backward(call)?;
         }
 
         // Input projections.

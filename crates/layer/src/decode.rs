@@ -139,7 +139,7 @@ impl MultiHeadAttention {
         if fresh {
             // Every key is new: the tiled kernel on the projections, before
             // anything is appended.
-            attend(&shape, &q, &k, &v, &mut o, None, params, par)?;
+            attend(&shape, [&q, &k, &v], &mut o, None, None, params, par)?;
             append_all(cache, &k, &v, n)?;
         } else {
             if params.check_finite

@@ -12,10 +12,13 @@
 //! already in the `[B, N, H, D]` order the kernels read (no transposes),
 //! and the kernel's output in that order is the `[B·Nq, Hq·dv]` matrix the
 //! output projection multiplies.
+//!
+//! [`MultiHeadAttention::forward_train_with_stats`] asks the flash kernel
+//! for the rows' saturation statistics as well (same output bits).
 
 use attn_core::{
-    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, Layout, Par, TensorViewMut,
-    try_zeroed,
+    AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Layout, Par,
+    StatsMut, TensorViewMut, try_zeroed,
 };
 use attn_flash::Flash;
 
@@ -83,7 +86,7 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<Vec<f32>, AttnError> {
-        Ok(self.run_forward(x_q, x_kv, params, par, false)?.y)
+        Ok(self.run_forward(x_q, x_kv, params, par, false, None)?.y)
     }
 
     /// [`MultiHeadAttention::forward`], keeping what the backward needs.
@@ -94,7 +97,26 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<Trace, AttnError> {
-        self.run_forward(x_q, x_kv, params, par, true)
+        self.run_forward(x_q, x_kv, params, par, true, None)
+    }
+
+    /// [`MultiHeadAttention::forward_train`] that also writes the
+    /// attention's saturation statistics (`attn_core::stats`: each row's
+    /// largest probability and entropy, `[B, Hq, Nq]` each), computed
+    /// inside the flash kernel in O(1) extra state per row. The kernel
+    /// computes them on its tiled path only: a call with at most 16
+    /// queries per sequence and head is refused
+    /// ([`AttnError::Unsupported`]). Buffers of the wrong length are an
+    /// error naming them.
+    pub fn forward_train_with_stats(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+        par: Par,
+        stats: StatsMut<'_>,
+    ) -> Result<Trace, AttnError> {
+        self.run_forward(x_q, x_kv, params, par, true, Some(stats))
     }
 
     /// Checks `x_q` and `x_kv` against the layer and each other and
@@ -124,16 +146,21 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
         keep: bool,
+        stats: Option<StatsMut<'_>>,
     ) -> Result<Trace, AttnError> {
         par.validate()?;
         let shape = self.check_inputs(x_q, x_kv, params)?;
+        if let Some(st) = &stats {
+            st.check(&shape)?;
+        }
         let w = self.weights();
         let q = project("q", x_q, &w.w_q, w.b_q.as_deref(), par)?;
         let k = project("k", x_kv, &w.w_k, w.b_k.as_deref(), par)?;
         let v = project("v", x_kv, &w.w_v, w.b_v.as_deref(), par)?;
         let mut o = try_zeroed("attention output", x_q.rows() * self.config().o_width())?;
         let mut lse = if keep { try_zeroed("lse", shape.lse_len())? } else { Vec::new() };
-        attend(&shape, &q, &k, &v, &mut o, keep.then_some(&mut lse[..]), params, par)?;
+        let lse_out = keep.then_some(&mut lse[..]);
+        attend(&shape, [&q, &k, &v], &mut o, lse_out, stats, params, par)?;
         let y = self.output_projection(&o, x_q.rows(), par)?;
         Ok(Trace { y, shape, q, k, v, o, lse })
     }
@@ -172,19 +199,23 @@ pub(crate) fn project(
     Ok(out)
 }
 
-/// The flash kernel on `[B, N, H, D]` buffers: `o` (and `lse`, if given).
-#[allow(clippy::too_many_arguments)]
+/// The flash kernel on `[B, N, H, D]` buffers `[q, k, v]`: `o` (and
+/// `lse` and the statistics, if given).
 pub(crate) fn attend(
     shape: &AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    [q, k, v]: [&[f32]; 3],
     o: &mut [f32],
     lse: Option<&mut [f32]>,
+    stats: Option<StatsMut<'_>>,
     params: &AttnParams,
     par: Par,
 ) -> Result<(), AttnError> {
     let inputs = AttnInputs::from_slices(*shape, Layout::Bnhd, q, k, v)?;
     let mut ov = TensorViewMut::new("attention output", o, shape.out_dims(), Layout::Bnhd)?;
-    Flash::default().forward(&inputs, &mut ov, lse, params, par)
+    let call = CheckedCall::new(&inputs, &mut ov, lse, params, par)?;
+    let call = match stats {
+        Some(st) => call.with_stats(st)?,
+        None => call,
+    };
+    Flash::default().run(call)
 }

@@ -25,6 +25,10 @@
 //!   activations for [`MultiHeadAttention::backward`], which goes back
 //!   through the flash backward to `dX_q`, `dX_kv`, every `dW` and `db`
 //!   (and the sink gradient).
+//!   [`MultiHeadAttention::forward_train_with_stats`] and
+//!   [`MultiHeadAttention::backward_with_stats`] also return the
+//!   attention's saturation statistics (`attn_core::stats`), computed by
+//!   the flash kernels in O(1) extra state per row.
 //! - [`MultiHeadAttention::prefill`] / [`MultiHeadAttention::step`]:
 //!   incremental decoding over an [`attn_flash::KvCache`], equal to the
 //!   causal forward over the whole sequence; all-or-nothing on the cache.

@@ -12,3 +12,5 @@ mod grads;
 mod decode;
 // Bad input: wrong widths, batches and weight shapes, non-finite values, foreign caches, each named.
 mod errors;
+// Saturation statistics through the layer: unchanged outputs and gradients, values equal to the oracle's.
+mod stats;

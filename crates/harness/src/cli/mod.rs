@@ -11,7 +11,9 @@
 //!   sweep's decode runner);
 //! - `attn peak`: machine limits ([`peak`], [`crate::machine::peak`]);
 //! - `attn report`: `docs/` from a results file ([`report`],
-//!   [`crate::report`]).
+//!   [`crate::report`]);
+//! - `attn saturate`: the softmax-saturation study and
+//!   `docs/saturation.md` ([`saturate`], work in [`crate::saturate`]).
 //!
 //! The score-modifier flags: [`run::CallArgs`] for `attn run` and `attn
 //! grad` (files), [`mods::GenModArgs`] for `attn bench` and `attn decode`
@@ -24,6 +26,7 @@ pub mod mods;
 pub mod peak;
 pub mod report;
 pub mod run;
+pub mod saturate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -55,6 +58,10 @@ enum Command {
     Report(report::ReportArgs),
     /// Benchmark one KV-cache decode configuration (split-KV, GB/s of K+V)
     Decode(decode::DecodeArgs),
+    /// The softmax-saturation study: statistics of one layer vs N, scale
+    /// and modifiers, and of a 32-block stack; writes
+    /// results/saturation.json and docs/saturation.md
+    Saturate(saturate::SaturateArgs),
 }
 
 /// Parses the command line and runs the subcommand. Warns first on stderr
@@ -74,5 +81,6 @@ pub fn main() -> ExitCode {
         Command::Peak(args) => peak::main(&args),
         Command::Report(args) => report::main(&args),
         Command::Decode(args) => decode::main(&args),
+        Command::Saturate(args) => saturate::main(&args),
     }
 }

@@ -28,7 +28,8 @@
 //! (prefill plots), [`decode`] (decode section and plot), [`backward`]
 //! (backward section and plot), [`mods`] (score modifiers), and [`console`]
 //! (a row on the terminal, for `attn bench`, `attn decode` and the sweep's
-//! progress).
+//! progress). [`saturation`] is separate: `docs/saturation.md` and its
+//! plots from a saturation study's results (`attn saturate`).
 
 pub mod backward;
 pub mod cells;
@@ -39,6 +40,7 @@ pub mod headline;
 pub mod mods;
 pub mod plots;
 pub mod results_md;
+pub mod saturation;
 pub mod select;
 
 pub use backward::plot_backward_vs_n;
