@@ -7,6 +7,8 @@
 //!   the schedule never knows whether it is threads or MPI.
 #![warn(missing_docs)]
 
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod transport;
 
 pub use transport::{ShiftTiming, Transport, TransportError};
