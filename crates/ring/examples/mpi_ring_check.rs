@@ -20,6 +20,7 @@
 //!   overlap of a shift with a dummy compute (both progress modes).
 #![warn(missing_docs)]
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,6 @@ fn dummy_compute(d: Duration) -> f32 {
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "check".into());
     let mut t = match MpiTransport::init() {
-        Ok(t) if mode == "stall-rank0" => t.with_deadline(Duration::from_secs(2)),
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -76,7 +76,10 @@ fn main() -> ExitCode {
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rank {rank}: error: {e}");
+            // One write: mpirun interleaves the ranks' output write by write,
+            // and eprintln! writes each formatted piece separately.
+            let line = format!("rank {rank}: error: {e}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             ExitCode::FAILURE
         }
     };
@@ -144,6 +147,23 @@ fn check(t: &mut MpiTransport) -> Result<(), TransportError> {
     }
 
     t.set_progress(Progress::Thread);
+
+    // The deadline counts from the end of the work: work longer than the
+    // deadline is no timeout (inline progress only starts waiting then).
+    t.set_deadline(Duration::from_millis(200));
+    let out = block(rank, 1 << 18);
+    for progress in [Progress::Inline, Progress::Thread] {
+        t.set_progress(progress);
+        let mut inc = vec![0.0; out.len()];
+        let long = t.shift_during(&out, &mut inc, || dummy_compute(Duration::from_millis(300)));
+        f.check(long.is_ok(), || {
+            format!("{progress:?}: work longer than the deadline: {:?}", long.err())
+        });
+        f.check(inc == block((rank + size - 1) % size, out.len()), || {
+            format!("{progress:?}: work longer than the deadline: wrong block")
+        });
+    }
+    t.set_deadline(attn_ring::mpi::DEFAULT_DEADLINE);
 
     // 2. A wrong length is a Length error on both sides, and the transport
     // stays usable (nothing is left on the wire).
@@ -230,6 +250,7 @@ fn fail_rank0(t: &mut MpiTransport) -> Result<(), TransportError> {
 }
 
 fn stall_rank0(t: &mut MpiTransport) -> Result<(), TransportError> {
+    t.set_deadline(Duration::from_secs(2));
     let len = 1 << 18;
     let out = block(t.rank(), len);
     let mut inc = vec![0.0; len];

@@ -29,8 +29,9 @@
 //! before `work` and completed after it on the calling thread.
 //!
 //! # Failures and deadlines
-//! Every wait polls with `MPI_Test`/`MPI_Improbe` until [`MpiTransport::deadline`]
-//! (default [`DEFAULT_DEADLINE`]): a block that does not come is
+//! Every wait polls with `MPI_Test`/`MPI_Improbe` for at most
+//! [`MpiTransport::deadline`] (default [`DEFAULT_DEADLINE`]; in a shift,
+//! counted from the end of `work`): a block that does not come is
 //! [`TransportError::Timeout`], never a hang. Under `mpirun`, a rank that
 //! exits without `MPI_Finalize` (a crash, a non-zero exit, an `MPI_Abort`)
 //! makes `mpirun` kill every other rank at once, before any deadline; the
@@ -58,7 +59,7 @@ use self::wait::{Pace, Pending};
 use crate::transport::{ShiftTiming, Transport, TransportError};
 
 /// How long a transfer may take before it is a [`TransportError::Timeout`],
-/// unless [`MpiTransport::with_deadline`] says otherwise: generous, since a
+/// unless [`MpiTransport::set_deadline`] says otherwise: generous, since a
 /// rank may wait for its neighbour's whole block computation.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -144,10 +145,9 @@ impl MpiTransport {
         })
     }
 
-    /// The same transport with another deadline for every wait.
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+    /// Sets the deadline of every later wait.
+    pub fn set_deadline(&mut self, deadline: Duration) {
         self.deadline = deadline;
-        self
     }
 
     /// How long any single wait may take before it is an error.
@@ -256,7 +256,7 @@ impl Transport for MpiTransport {
         count_fits(outgoing.len(), "outgoing block")?;
         count_fits(incoming.len(), "incoming block")?;
         let start = Instant::now();
-        let deadline = start + self.deadline;
+        let deadline = self.deadline;
         let (next, prev) = (self.next(), self.prev());
         let world = &self.world;
         let send_buf = &mut self.send_buf;
@@ -331,7 +331,8 @@ impl Transport for MpiTransport {
 /// One shift's traffic, all MPI calls on the current thread: copies
 /// `outgoing` into `send_buf`, sends it to `next`, receives `prev`'s block
 /// into `recv_buf` once its length is known to match, copies it into
-/// `incoming`. Polls with [`POLL`] sleeps until `work_done`, then without.
+/// `incoming`. Polls with [`POLL`] sleeps until `work_done`, then without,
+/// for at most `deadline` after `work_done`.
 #[allow(clippy::too_many_arguments)]
 fn exchange(
     world: &SimpleCommunicator,
@@ -341,7 +342,7 @@ fn exchange(
     incoming: &mut [f32],
     send_buf: &mut Vec<f32>,
     recv_buf: &mut Vec<f32>,
-    deadline: Instant,
+    deadline: Duration,
     work_done: &AtomicBool,
 ) -> Result<(), TransportError> {
     exchange_with(
@@ -369,7 +370,7 @@ fn exchange_with(
     incoming: &mut [f32],
     send_buf: &mut Vec<f32>,
     recv_buf: &mut Vec<f32>,
-    deadline: Instant,
+    deadline: Duration,
     work_done: &AtomicBool,
     between: impl FnOnce(),
 ) -> Result<(), TransportError> {
@@ -387,6 +388,7 @@ fn exchange_with(
         let mut recv_buf = Some(&mut recv_buf[..]);
         between();
         let mut pace = Pace::new();
+        let mut waiting_since: Option<Instant> = None;
         loop {
             send = send.test();
             if let Some(buf) = recv_buf.take_if(|_| recv.is_idle()) {
@@ -411,8 +413,18 @@ fn exchange_with(
             if send.is_done() && recv.is_done() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                let waited = pace.waited();
+            // The deadline runs from the end of the work: while it runs, a
+            // neighbour may still be computing its previous block.
+            let waited = match waiting_since {
+                Some(t) => t.elapsed(),
+                None => {
+                    if work_done.load(Ordering::Acquire) {
+                        waiting_since = Some(Instant::now());
+                    }
+                    Duration::ZERO
+                }
+            };
+            if waited >= deadline {
                 let recv_missing = !recv.is_done();
                 send.abandon();
                 recv.abandon();
