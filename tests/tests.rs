@@ -26,3 +26,5 @@ mod modifiers_backward;
 mod stats;
 // Backward statistics (off_argmax, key_grad) of the flash backward against the f64 oracle backward.
 mod stats_backward;
+// Saturation statistics on flash's split-KV path: decode over every cache dtype and calls over plain K/V against the oracle.
+mod stats_decode;
