@@ -316,6 +316,50 @@ fn decode_stats_buffers_are_checked() {
     }
 }
 
+#[test]
+fn rows_recomputed_exactly_get_exact_stats() {
+    // |q·k·scale| = 2e40 overflows f32: every row is recomputed in f64,
+    // its statistics with it. 600 equal keys: max_p = 1/600, H = ln 600.
+    let (n, d) = (600, 4);
+    let big = vec![1e20f32; n * d];
+    let (p_want, h_want) = (1.0 / n as f64, (n as f64).ln());
+    let close = |p: &[f32], h: &[f32], what: &str| {
+        for (p, h) in p.iter().zip(h) {
+            let ok = (*p as f64 - p_want).abs() <= 1e-6 * p_want
+                && (*h as f64 - h_want).abs() <= 1e-6 * h_want;
+            assert!(ok, "{what}: max_p {p}, entropy {h}");
+        }
+    };
+    let mut cache = attnlab::flash::KvCache::<f32>::new(1, 1, n, d, d).unwrap();
+    cache.append(0, &big, &vec![1.0; n * d]).unwrap();
+    let qs = cache.query_shape(2, 1).unwrap();
+    let q = vec![1e20f32; 2 * d];
+    let (mut out, mut p, mut h) = (vec![0f32; 2 * d], vec![0f32; 2], vec![0f32; 2]);
+    let st = StatsMut { max_p: &mut p, entropy: &mut h };
+    decode_with_stats(&cache, &qs, &q, &mut out, None, st, &AttnParams::causal(), Par::Seq)
+        .unwrap();
+    assert!(out.iter().all(|x| *x == 1.0), "{out:?}");
+    close(&p, &h, "decode");
+    // plain K/V: split-KV (nq = 2) and the tiled path (forced tiles)
+    let shape = shape_of([1, 2, 1, 2, n, d, d]);
+    let q = vec![1e20f32; 2 * 2 * d];
+    let v = vec![1.0f32; n * d];
+    let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &big, &v).unwrap();
+    let (p, h) = views_stats(&inputs, &AttnParams::default(), Par::Seq);
+    close(&p, &h, "split-KV");
+    let tiled = Flash::with_tiles(attnlab::flash::TileConfig { br: 32, bc: 8 }).unwrap();
+    let mut out = vec![0f32; 2 * 2 * d];
+    let (mut p, mut h) = (vec![0f32; 4], vec![0f32; 4]);
+    let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), Layout::Bhnd).unwrap();
+    let params = AttnParams::default();
+    let call = CheckedCall::new(&inputs, &mut view, None, &params, Par::Seq)
+        .unwrap()
+        .with_stats(StatsMut { max_p: &mut p, entropy: &mut h })
+        .unwrap();
+    tiled.run(call).unwrap();
+    close(&p, &h, "tiled");
+}
+
 /// Statistics of a call over plain K/V on flash's default kernel, which
 /// takes the split-KV path for at most `SPLIT_KV_MAX_Q` queries per head.
 fn views_stats(

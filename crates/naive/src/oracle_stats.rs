@@ -82,6 +82,9 @@ pub fn row_stats(scores: &[f64], lse: f64, sink: Option<f64>) -> (f64, f64) {
 /// recompute exactly (`crate::exact`). A NaN or `+inf` score (a non-finite
 /// input, `check_finite` off) gives NaN for both.
 pub fn scores_stats(scores: &[f64], sink: Option<f64>) -> (f64, f64) {
+    if scores.iter().any(|s| s.is_nan()) {
+        return (f64::NAN, f64::NAN);
+    }
     let m = scores.iter().copied().fold(sink.unwrap_or(f64::NEG_INFINITY), f64::max);
     if m == f64::NEG_INFINITY {
         return row_stats(&[], m, sink);
@@ -118,7 +121,9 @@ mod tests {
         }
         assert_eq!(scores_stats(&[ninf], None), (0.0, 0.0));
         assert_eq!(scores_stats(&[], Some(3.0)), (1.0, 0.0));
-        let (p, h) = scores_stats(&[0.0, f64::NAN], None);
-        assert!(p.is_nan() && h.is_nan());
+        for nan in [&[0.0, f64::NAN][..], &[f64::NAN], &[f64::INFINITY, 1.0]] {
+            let (p, h) = scores_stats(nan, Some(0.5));
+            assert!(p.is_nan() && h.is_nan(), "{nan:?}");
+        }
     }
 }
