@@ -21,13 +21,13 @@ fn shape(hq: usize, hkv: usize, nq: usize, nk: usize) -> AttnShape {
 /// The `.npz`'s three arrays, checked for names and shape.
 fn read_stats(path: &Path, shape: &AttnShape) -> [Vec<f32>; 3] {
     let arrays = npz::read_f32(path).unwrap();
-    let names: Vec<_> = arrays.iter().map(|a| a.0.as_str()).collect();
+    let names: Vec<_> = arrays.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["max_p", "entropy", "support"]);
     let want = vec![shape.batch(), shape.q_heads(), shape.q_len()];
     for a in &arrays {
-        assert_eq!(a.1, want, "{}", a.0);
+        assert_eq!(a.shape, want, "{}", a.name);
     }
-    let mut it = arrays.into_iter().map(|a| a.2);
+    let mut it = arrays.into_iter().map(|a| a.data);
     [it.next().unwrap(), it.next().unwrap(), it.next().unwrap()]
 }
 
@@ -178,6 +178,6 @@ fn stats_are_all_or_nothing_with_the_other_outputs() {
     let o = files.run(&["--stats", s, "--no-check-finite"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let arrays = npz::read_f32(&stats).unwrap();
-    let h = &arrays[1].2;
+    let h = &arrays[1].data;
     assert!(h[1].is_nan() && h.iter().filter(|x| x.is_nan()).count() == 1, "{h:?}");
 }

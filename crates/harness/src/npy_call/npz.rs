@@ -117,15 +117,25 @@ pub fn write_f32(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> io::Result
     out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
+/// One array of an `.npz` ([`read_f32`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpzArray {
+    /// The member's name without `.npy`.
+    pub name: String,
+    /// C-order shape.
+    pub shape: Vec<usize>,
+    /// The values.
+    pub data: Vec<f32>,
+}
+
 fn bad(problem: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, problem.into())
 }
 
 /// Reads an `.npz` of stored float32 members (what [`write_f32`] and
-/// `np.savez` write): `(name without .npy, shape, data)` in directory
-/// order, every member's CRC checked. For tests and tools; compressed
+/// `np.savez` write): its arrays in directory order, every member's CRC checked. For tests and tools; compressed
 /// members (`np.savez_compressed`) are an error.
-pub fn read_f32(path: &Path) -> io::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn read_f32(path: &Path) -> io::Result<Vec<NpzArray>> {
     let bytes = std::fs::read(path)?;
     let u16_at = |i: usize| bytes.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at =
@@ -163,7 +173,7 @@ pub fn read_f32(path: &Path) -> io::Result<Vec<(String, Vec<usize>, Vec<f32>)>> 
         let npy = npyz::NpyFile::new(body)?;
         let shape = npy.shape().iter().map(|&d| d as usize).collect();
         let data = npy.into_vec::<f32>()?;
-        arrays.push((name.trim_end_matches(".npy").to_string(), shape, data));
+        arrays.push(NpzArray { name: name.trim_end_matches(".npy").to_string(), shape, data });
         at += 46 + name_len + extra + comment;
     }
     Ok(arrays)
@@ -188,16 +198,11 @@ mod tests {
         write_f32(&p, &[("max_p", &[1, 2, 3], &a), ("entropy", &[1], &b), ("empty", &[0, 4], &[])])
             .unwrap();
         let back = read_f32(&p).unwrap();
-        assert_eq!(back.len(), 3);
-        assert_eq!(
-            (back[0].0.as_str(), &back[0].1[..], &back[0].2[..]),
-            ("max_p", &[1, 2, 3][..], &a[..])
-        );
-        assert_eq!(
-            (back[1].0.as_str(), &back[1].1[..], &back[1].2[..]),
-            ("entropy", &[1][..], &b[..])
-        );
-        assert_eq!((back[2].1.clone(), back[2].2.len()), (vec![0, 4], 0));
+        let names: Vec<&str> = back.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["max_p", "entropy", "empty"]);
+        assert_eq!((&back[0].shape[..], &back[0].data[..]), (&[1, 2, 3][..], &a[..]));
+        assert_eq!((&back[1].shape[..], &back[1].data[..]), (&[1][..], &b[..]));
+        assert_eq!((&back[2].shape[..], back[2].data.len()), (&[0, 4][..], 0));
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[..4], b"PK\x03\x04");
         assert_eq!(&bytes[30..39], b"max_p.npy");
