@@ -418,7 +418,7 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     scale: f32,
     (b, g): (usize, usize),
     (c0, c1): (usize, usize),
-    (pout, pml, pe): (&mut [f32], &mut [f32], Option<&mut [f32]>),
+    (pout, pml, mut pe): (&mut [f32], &mut [f32], Option<&mut [f32]>),
     s: &mut DecodeScratch,
 ) {
     let (d, dv) = (cache.head_dim(), cache.v_dim());
@@ -524,7 +524,6 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     }
 
     let sentinel = sentinel.reduce_add();
-    let mut pe = pe;
     for r in 0..rows {
         let o = &mut pout[r * dv..(r + 1) * dv];
         // A row whose every visible key has a −inf bias keeps m = −inf
