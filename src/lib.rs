@@ -264,9 +264,9 @@ impl Stats {
 
 /// [`attention_with`] that also returns each row's saturation statistics,
 /// computed inside the kernel in O(1) extra state per row (no `N²`
-/// buffer). The flash kernel computes them on its tiled path (calls with
-/// more than 16 queries per head, or forced tiles) and the oracle
-/// everywhere; other paths refuse the call.
+/// buffer). The flash kernel computes them on both its paths (tiled and
+/// split-KV) and the oracle everywhere; the naive kernel refuses the call.
+/// Decode over a KV cache: `flash::decode_with_stats`.
 pub fn attention_with_stats<T: Element>(
     shape: &AttnShape,
     q: &[T],

@@ -152,6 +152,16 @@ fn no_allocation_on_a_caller_workspace() {
         r.unwrap();
         assert_eq!(bytes, 0, "decode step {step} allocated {bytes} bytes");
         assert!(out.iter().all(|&x| (x - 1.0).abs() < 1e-6));
+        // with saturation statistics: no more (600·(step + 1) equal keys)
+        let (mut mp, mut ent) = (vec![0f32; 8], vec![0f32; 8]);
+        let (r, bytes) = allocated(|| {
+            let st = attnlab::StatsMut { max_p: &mut mp, entropy: &mut ent };
+            attnlab::flash::decode_in_with_stats(&cache, &qs, &q, &mut out, None, st, &p, &mut ws)
+        });
+        r.unwrap();
+        assert_eq!(bytes, 0, "decode step {step} with statistics allocated {bytes} bytes");
+        let n = 600.0 * (step + 1) as f32;
+        assert!(ent.iter().all(|&h| (h - n.ln()).abs() < 1e-4), "{ent:?}");
     }
 }
 

@@ -28,3 +28,5 @@ mod stats;
 mod stats_backward;
 // Chunks at global positions (flash and the oracle) and ring attention over in-process ranks: against flash and the oracle, identical bits, the plan, failures.
 mod ring;
+// Saturation statistics on flash's split-KV path: decode over every cache dtype and calls over plain K/V against the oracle.
+mod stats_decode;

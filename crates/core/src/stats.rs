@@ -102,8 +102,44 @@ pub struct RowStatsAcc {
 }
 
 impl RowStatsAcc {
-    /// `(max_p, entropy in nats)` of the row (see the module docs).
+    /// The accumulators of a row whose keys were split into parts (the
+    /// chunks of split-KV), from each part's `(m2, l, e)`, combined in
+    /// the order given: relative to `M = max m2`, part `c` weighs
+    /// `w_c = 2^(m2_c − M)`, so `l = Σ w_c·l_c` and
+    /// `e = Σ w_c·(e_c + l_c·(m2_c − M))` (a part's deviations `u − m2_c`
+    /// shift by `m2_c − M`, as in [`rescale_mean`]). A part with `l = 0`
+    /// saw no key and drops out; a NaN `m2` (a faulty part) makes the
+    /// result NaN.
+    pub fn merge(
+        parts: impl Iterator<Item = (f32, f32, f32)> + Clone,
+        sink2: Option<f32>,
+    ) -> RowStatsAcc {
+        let mut big = f32::NEG_INFINITY;
+        for (m2, l, _) in parts.clone() {
+            if m2.is_nan() {
+                return RowStatsAcc { m2, l: f32::NAN, e: f32::NAN, sink2 };
+            }
+            if l > 0.0 {
+                big = big.max(m2);
+            }
+        }
+        let (mut l, mut e) = (0f32, 0f32);
+        if big > f32::NEG_INFINITY {
+            for (m2, lc, ec) in parts.filter(|p| p.1 > 0.0) {
+                let (delta, w) = (m2 - big, (m2 - big).exp2());
+                l += w * lc;
+                e += w * (ec + lc * delta);
+            }
+        }
+        RowStatsAcc { m2: big, l, e, sink2 }
+    }
+
+    /// `(max_p, entropy in nats)` of the row (see the module docs); NaN
+    /// when an accumulator is NaN (a row the kernel could not evaluate).
     pub fn finish(&self) -> (f32, f32) {
+        if self.m2.is_nan() || self.l.is_nan() || self.e.is_nan() {
+            return (f32::NAN, f32::NAN);
+        }
         let (m2, l, e) = (self.m2 as f64, self.l as f64, self.e as f64);
         let keys = l > 0.0 && m2.is_finite();
         match (keys, self.sink2.map(f64::from)) {
@@ -158,6 +194,25 @@ mod tests {
         // A huge sink takes all the mass.
         let (p, h) = acc(&[1.0, 1.0], Some(1e4)).finish();
         assert_eq!((p, h), (1.0, 0.0));
+    }
+
+    #[test]
+    fn merging_parts_equals_the_whole_row() {
+        let u = [0.5f64, -3.0, 2.25, 7.0, 6.5, -40.0, 1.0];
+        let whole = acc(&u, Some(1.5));
+        // split in three parts, one of them empty
+        let parts = [acc(&u[..3], None), acc(&[], None), acc(&u[3..], None)];
+        let merged = RowStatsAcc::merge(parts.iter().map(|p| (p.m2, p.l, p.e)), Some(1.5));
+        assert_eq!(merged.m2, whole.m2);
+        assert!((merged.l - whole.l).abs() < 1e-6 && (merged.e - whole.e).abs() < 1e-5);
+        let ((p0, h0), (p1, h1)) = (merged.finish(), whole.finish());
+        assert!((p0 - p1).abs() < 1e-7 && (h0 - h1).abs() < 1e-6);
+        // nothing seen: a row with no distribution
+        let none = RowStatsAcc::merge([(f32::NEG_INFINITY, 0.0, 0.0)].into_iter(), None);
+        assert_eq!(none.finish(), (0.0, 0.0));
+        // a faulty part: NaN, never a plausible value
+        let bad = RowStatsAcc::merge([(1.0, 1.0, 0.0), (f32::NAN, 0.0, 0.0)].into_iter(), None);
+        assert!(bad.finish().0.is_nan() && bad.finish().1.is_nan());
     }
 
     #[test]

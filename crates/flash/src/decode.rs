@@ -9,8 +9,8 @@
 //! cached sequence.
 
 use attn_core::{
-    AttnError, AttnParams, AttnShape, Layout, Par, RowFaults, ScoreMods, TensorView, TensorViewMut,
-    check_outputs, try_zeroed,
+    AttnError, AttnParams, AttnShape, Layout, Par, RowFaults, ScoreMods, StatsMut, TensorView,
+    TensorViewMut, check_outputs, try_zeroed,
 };
 use attn_naive::RowAt;
 use attn_naive::exact::{Culprit, ExactRow};
@@ -98,6 +98,57 @@ pub fn decode_in<T: KvElement>(
     params: &AttnParams,
     ws: &mut DecodeWorkspace,
 ) -> Result<(), AttnError> {
+    decode_impl(cache, shape, q, out, lse, None, params, ws)
+}
+
+/// [`decode`] that also writes each row's saturation statistics
+/// (`attn_core::stats`: `max_p` and `entropy`, `[B, Hq, nq]` each),
+/// computed in the split-KV loop in O(1) extra state per row and chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_with_stats<T: KvElement>(
+    cache: &KvCache<T>,
+    shape: &AttnShape,
+    q: &[f32],
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    stats: StatsMut<'_>,
+    params: &AttnParams,
+    par: Par,
+) -> Result<(), AttnError> {
+    par.validate()?;
+    let plan = SplitKvPlan::new(shape, par.threads());
+    let mut ws = DecodeWorkspace { par, ws: SplitKvWorkspace::new(plan)? };
+    decode_impl(cache, shape, q, out, lse, Some(stats), params, &mut ws)
+}
+
+/// [`decode_with_stats`] on a caller's workspace (from [`workspace`]):
+/// allocates nothing on the calling thread, as [`decode_in`].
+#[allow(clippy::too_many_arguments)]
+pub fn decode_in_with_stats<T: KvElement>(
+    cache: &KvCache<T>,
+    shape: &AttnShape,
+    q: &[f32],
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    stats: StatsMut<'_>,
+    params: &AttnParams,
+    ws: &mut DecodeWorkspace,
+) -> Result<(), AttnError> {
+    decode_impl(cache, shape, q, out, lse, Some(stats), params, ws)
+}
+
+/// The decode call, with or without statistics.
+#[allow(clippy::too_many_arguments)]
+fn decode_impl<T: KvElement>(
+    cache: &KvCache<T>,
+    shape: &AttnShape,
+    q: &[f32],
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+    mut stats: Option<StatsMut<'_>>,
+    params: &AttnParams,
+    ws: &mut DecodeWorkspace,
+) -> Result<(), AttnError> {
     let want = cache.query_shape(shape.q_heads(), shape.q_len())?;
     if *shape != want {
         return Err(AttnError::Param {
@@ -108,6 +159,9 @@ pub fn decode_in<T: KvElement>(
     let qv = TensorView::new("q", q, shape.q_dims(), Layout::Bhnd)?;
     let ov = TensorViewMut::new("out", out, shape.out_dims(), Layout::Bhnd)?;
     check_outputs(shape, &ov, lse.as_deref())?;
+    if let Some(st) = &stats {
+        st.check(shape)?;
+    }
     if params.bias.is_some() {
         return Err(AttnError::Param {
             name: "bias",
@@ -126,19 +180,23 @@ pub fn decode_in<T: KvElement>(
     let (q_heads, q_len, dv) = (shape.q_heads(), shape.q_len(), shape.v_dim());
     let mut lse = lse;
     let faults = RowFaults::new();
-    split_kv(cache, &qv, params, par, &mut ws.ws, |b, h, t, row, l| {
+    let want_stats = stats.is_some();
+    split_kv(cache, &qv, params, par, &mut ws.ws, want_stats, |b, h, t, row, l, st| {
         let idx = (b * q_heads + h) * q_len + t;
         let o = &mut out[idx * dv..(idx + 1) * dv];
         o.copy_from_slice(row);
         if let Some(lse) = lse.as_deref_mut() {
             lse[idx] = l;
         }
+        if let (Some(dst), Some((p, e))) = (stats.as_mut(), st) {
+            (dst.max_p[idx], dst.entropy[idx]) = (p, e);
+        }
         let visible = !params.mask.key_range(t, q_len, cache.lens()[b]).is_empty();
         if RowFaults::is_fault(visible, l, o) {
             faults.report(idx);
         }
     })?;
-    repair(cache, &qv, params, faults, out, lse)
+    repair(cache, &qv, params, faults, out, lse, stats)
 }
 
 /// The exact recomputation of [`attn_naive::exact`] for rows of a decode
@@ -147,7 +205,8 @@ pub fn decode_in<T: KvElement>(
 /// that overflowed f32 with finite inputs is recomputed from its visible
 /// K and V rows widened to f32 (exact for every storage type: the values
 /// the kernel read), which takes `O(keys · (d + dv))` memory on this rare
-/// path.
+/// path. The row's statistics, if asked, are recomputed with it (from
+/// its f64 scores).
 fn repair<T: KvElement>(
     cache: &KvCache<T>,
     q: &TensorView<'_, f32>,
@@ -155,6 +214,7 @@ fn repair<T: KvElement>(
     faults: RowFaults,
     out: &mut [f32],
     mut lse: Option<&mut [f32]>,
+    mut stats: Option<StatsMut<'_>>,
 ) -> Result<(), AttnError> {
     let rows = faults.into_sorted();
     if rows.is_empty() {
@@ -199,6 +259,12 @@ fn repair<T: KvElement>(
         }
         for (dst, x) in out[idx * dv..(idx + 1) * dv].iter_mut().zip(&o) {
             *dst = *x as f32;
+        }
+        if let Some(st) = stats.as_mut() {
+            // `scores` holds the row's f64 scores (`reference_row`).
+            let (p, e) =
+                attn_naive::oracle_stats::scores_stats(&scores, mods.sink(h).map(f64::from));
+            (st.max_p[idx], st.entropy[idx]) = (p as f32, e as f32);
         }
     }
     Ok(())

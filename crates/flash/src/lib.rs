@@ -22,6 +22,10 @@
 //! with at most [`SPLIT_KV_MAX_Q`] queries per head take the split-KV path
 //! too.
 //!
+//! Saturation statistics (`attn_core::stats`, asked through
+//! `CheckedCall::with_stats`, or [`decode_with_stats`] over a cache) on
+//! both paths, in O(1) extra state per row (and per chunk on split-KV).
+//!
 //! Gradients: `Flash` is also an [`attn_core::BackwardKernel`] — the
 //! FlashAttention-2 backward (`backward`: K/V tiles outer, `P` recomputed
 //! from the LSE, deterministic dQ without atomics; extra memory `O(N)`:
@@ -59,13 +63,13 @@ pub mod workspace;
 
 use attn_core::{
     AttentionKernel, AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Par,
-    RowFaults, TensorViewMut,
+    RowFaults, ScoreMods, StatsMut, TensorViewMut,
 };
 
 pub use attn_simd::{cpu, isa};
 pub use backward::{BackwardWorkspace, tiles as backward_tiles};
 pub use cache::KvCache;
-pub use decode::{decode, decode_in};
+pub use decode::{decode, decode_in, decode_in_with_stats, decode_with_stats};
 pub use kv_element::{KvElement, Q8_0};
 pub use merge::{Partial, merge_partials};
 pub use split_kv::SplitKvWorkspace;
@@ -160,14 +164,7 @@ impl Flash {
         if shape.q_len() == 0 {
             return Ok(());
         }
-        if call.wants_stats() && path == Path::SplitKv {
-            return Err(AttnError::Unsupported {
-                what: "saturation statistics on flash's split-KV path (at most 16 queries per \
-                       head); force the tiled path with Flash::with_tiles"
-                    .into(),
-            });
-        }
-        let (out, mut lse, stats) = call.outputs_and_stats();
+        let (out, mut lse, mut stats) = call.outputs_and_stats();
         let faults = RowFaults::new();
         match path {
             Path::SplitKv => {
@@ -177,12 +174,16 @@ impl Flash {
                 let kv = ViewKv { k: &inputs.k, v: &inputs.v };
                 let (hq, nq, nk) = (shape.q_heads(), shape.q_len(), shape.kv_len());
                 let ws = ws.split_kv_mut().expect("checked by check_fits");
-                split_kv(&kv, &inputs.q, params, par, ws, |b, h, t, row, l| {
+                let want = stats.is_some();
+                split_kv(&kv, &inputs.q, params, par, ws, want, |b, h, t, row, l, st| {
                     let o = out.row_mut(b, h, t);
                     o.copy_from_slice(row);
                     let idx = (b * hq + h) * nq + t;
                     if let Some(lse) = lse.as_deref_mut() {
                         lse[idx] = l;
+                    }
+                    if let (Some(dst), Some((p, e))) = (stats.as_deref_mut(), st) {
+                        (dst.max_p[idx], dst.entropy[idx]) = (p, e);
                     }
                     let visible = !params.mask.key_range(t, nq, nk).is_empty();
                     if RowFaults::is_fault(visible, l, o) {
@@ -204,7 +205,7 @@ impl Flash {
                     lse: lses,
                     faults: &faults,
                     mods: &mods,
-                    stats: stats.map(|st| {
+                    stats: stats.as_deref_mut().map(|st| {
                         (
                             LseWriter::new(Some(&mut *st.max_p)),
                             LseWriter::new(Some(&mut *st.entropy)),
@@ -215,7 +216,43 @@ impl Flash {
                 par.install(|| job.run(workers))?;
             }
         }
-        attn_naive::exact::repair_rows(inputs, params, faults, out, lse)
+        let rows = faults.into_sorted();
+        let faults = RowFaults::new();
+        rows.iter().for_each(|&r| faults.report(r));
+        attn_naive::exact::repair_rows(inputs, params, faults, out, lse)?;
+        if let Some(st) = stats {
+            repair_stats(inputs, params, &rows, st);
+        }
+        Ok(())
+    }
+}
+
+/// The exact statistics (f64, from the oracle's row) of the rows a call
+/// recomputed, whose f32 accumulators are not those of the row: the
+/// statistics follow the output, as the LSE does.
+fn repair_stats<T: Element>(
+    inputs: &AttnInputs<'_, T>,
+    params: &AttnParams,
+    rows: &[usize],
+    st: &mut StatsMut<'_>,
+) {
+    let s = inputs.shape();
+    let (nq, nk) = (s.q_len(), s.kv_len());
+    let scale = params.scale.map(f64::from).unwrap_or(1.0 / (s.head_dim() as f64).sqrt());
+    let mods = ScoreMods::new(params, s.q_heads());
+    let (mut scores, mut o) = (Vec::new(), vec![0f64; s.v_dim()]);
+    let (k, v) = (&inputs.k, &inputs.v);
+    for &idx in rows {
+        let (bh, i) = (idx / nq, idx % nq);
+        let (b, h) = (bh / s.q_heads(), bh % s.q_heads());
+        let g = s.kv_head_of(h);
+        let at = attn_naive::RowAt::new(&mods, b, h, i, nq, nk);
+        let keys = params.mask.key_range(i, nq, nk);
+        let (kr, vr) = (|j| k.row(b, g, j), |j| v.row(b, g, j));
+        let q = inputs.q.row(b, h, i);
+        attn_naive::reference_row(q, keys, scale, at, kr, vr, &mut scores, &mut o);
+        let (p, e) = attn_naive::oracle_stats::scores_stats(&scores, mods.sink(h).map(f64::from));
+        (st.max_p[idx], st.entropy[idx]) = (p as f32, e as f32);
     }
 }
 

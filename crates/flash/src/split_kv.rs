@@ -11,10 +11,19 @@
 //!       K/V read in place (f32; f16/bf16/q8_0 when one quad uses them),
 //!       else widened once into f32 scratch; per quad: scores, [score
 //!       modifiers], online softmax, acc = α·acc + P·V
-//!   partial (out normalized, max, sum) per row → slot (b, g, c)
+//!   partial (out normalized, max, sum [, e]) per row → slot (b, g, c)
 //! then per (b, g, row): merge the partials over c = 0, 1, … in order
 //!   [and the row's sink logit, as one more term of the denominator]
 //! ```
+//!
+//! Saturation statistics (`attn_core::stats`), when asked: each row also
+//! keeps `e = Σ 2^(u − m)·(u − m)` beside its max `m` and sum `l`,
+//! rescaled with `l` when `m` grows (`rescale_mean`), one FMA and one
+//! horizontal sum per row and block of 16 keys — in a copy of the block
+//! loop monomorphized on `STATS`, so a call without them runs the plain
+//! loop; the merge combines the chunks' `(m, l, e)` with the same
+//! rescaling (`RowStatsAcc::merge`), so the statistics are those of the
+//! whole row, in O(1) extra state per row and chunk.
 //!
 //! Score modifiers (`docs/semantics.md`; log2-domain helpers in
 //! `modify`): the bias (views only: decode over a cache refuses it),
@@ -31,6 +40,7 @@
 
 use std::sync::Mutex;
 
+use attn_core::stats::{RowStatsAcc, rescale_mean};
 use attn_core::{AttnError, AttnParams, AttnShape, Element, Par, RowFaults, TensorView};
 use attn_simd::{Ahead, LANES, LOG2_E, exp2, f32x16, hmax, load, tanh};
 use rayon::prelude::*;
@@ -178,7 +188,7 @@ impl SplitKvPlan {
     /// Exactly the bytes [`SplitKvWorkspace::new`] allocates (saturating).
     pub(crate) fn bytes(&self) -> usize {
         let (rows, dv) = (self.rows, self.dv);
-        let partials = self.items.saturating_mul(rows).saturating_mul(dv + 2);
+        let partials = self.items.saturating_mul(rows).saturating_mul(dv + 3);
         let merged = rows * (dv + 1);
         let floats = partials.saturating_add(merged);
         floats
@@ -194,8 +204,9 @@ impl SplitKvPlan {
     }
 }
 
-/// Scratch of split-KV calls: the per-chunk partial outputs and LSEs, the
-/// merge buffers and one scratch per thread. Its size is bounded by
+/// Scratch of split-KV calls: the per-chunk partial outputs, their
+/// `(max, sum)` and statistics accumulator, the merge buffers and one
+/// scratch per thread. Its size is bounded by
 /// `tiles::decode::MAX_CHUNKS` (64) chunks per K/V head however long the
 /// sequence is.
 #[derive(Debug)]
@@ -204,6 +215,8 @@ pub struct SplitKvWorkspace {
     pout: Vec<f32>,
     /// `[m, l]` of each partial row: its max (log2 domain) and its sum.
     pml: Vec<f32>,
+    /// `e` of each partial row (written only by calls with statistics).
+    pe: Vec<f32>,
     mo: Vec<f32>,
     ml: Vec<f32>,
     scratch: Vec<Mutex<DecodeScratch>>,
@@ -217,6 +230,7 @@ impl SplitKvWorkspace {
             plan,
             pout: attn_core::try_zeroed("workspace", n.saturating_mul(dv))?,
             pml: attn_core::try_zeroed("workspace", n.saturating_mul(2))?,
+            pe: attn_core::try_zeroed("workspace", n)?,
             mo: vec![0.0; rows * dv],
             ml: vec![0.0; rows],
             scratch: (0..plan.threads).map(|_| Mutex::new(DecodeScratch::new(&plan))).collect(),
@@ -243,15 +257,18 @@ impl SplitKvWorkspace {
 /// Split-KV attention of `nq` queries per head (`q`: `[B, Hq, nq, d]`
 /// logical) against `kv`, bottom-right masks, on `ws` (which
 /// [`SplitKvWorkspace::check_fits`] the call); `write(b, h, t, out_row,
-/// lse)` receives every output row exactly once, in a fixed order.
-/// Validation is the caller's; runs on `par`'s threads.
+/// lse, stats)` receives every output row exactly once, in a fixed order,
+/// with its `(max_p, entropy)` when `stats`. Validation is the caller's;
+/// runs on `par`'s threads.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
     kv: &S,
     q: &TensorView<'_, Tq>,
     params: &AttnParams,
     par: Par,
     ws: &mut SplitKvWorkspace,
-    mut write: impl FnMut(usize, usize, usize, &[f32], f32),
+    stats: bool,
+    mut write: impl FnMut(usize, usize, usize, &[f32], f32, Option<(f32, f32)>),
 ) -> Result<(), AttnError> {
     let (bsz, hkv, d, dv) = (kv.batch(), kv.kv_heads(), kv.head_dim(), kv.v_dim());
     let [_, q_heads, q_len, _] = q.dims();
@@ -264,30 +281,32 @@ pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
     let items = bsz * hkv * nc;
     let scale = params.scale_for(d) * LOG2_E;
     let mods = Mods2::new(params, q_heads);
-    let SplitKvWorkspace { pout, pml, mo, ml, scratch, .. } = ws;
+    let SplitKvWorkspace { pout, pml, pe, mo, ml, scratch, .. } = ws;
     let (pout, pml) = (&mut pout[..items * rows * dv], &mut pml[..items * rows * 2]);
+    let pe = &mut pe[..items * rows];
 
-    let run = |item: usize, po: &mut [f32], pl: &mut [f32]| {
+    let run = |item: usize, po: &mut [f32], pl: &mut [f32], e: &mut [f32]| {
         let (bg, c) = (item / nc, item % nc);
         let (b, g) = (bg / hkv, bg % hkv);
         // One scratch per pool thread (index < threads inside `par`).
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(|e| e.into_inner());
         let chunk = (c * clen, (c + 1) * clen);
-        chunk_partial(kv, q, params, &mods, scale, (b, g), chunk, po, pl, &mut s);
+        let e = stats.then_some(e);
+        chunk_partial(kv, q, params, &mods, scale, (b, g), chunk, (po, pl, e), &mut s);
     };
     par.install(|| {
         if par.threads() == 1 {
-            for (i, (po, pl)) in
-                pout.chunks_mut(rows * dv).zip(pml.chunks_mut(rows * 2)).enumerate()
-            {
-                run(i, po, pl);
+            let parts = pout.chunks_mut(rows * dv).zip(pml.chunks_mut(rows * 2));
+            for (i, ((po, pl), e)) in parts.zip(pe.chunks_mut(rows)).enumerate() {
+                run(i, po, pl, e);
             }
         } else {
             pout.par_chunks_mut(rows * dv)
                 .zip(pml.par_chunks_mut(rows * 2))
+                .zip(pe.par_chunks_mut(rows))
                 .enumerate()
-                .for_each(|(i, (po, pl))| run(i, po, pl));
+                .for_each(|(i, ((po, pl), e))| run(i, po, pl, e));
         }
     })?;
 
@@ -306,7 +325,16 @@ pub(crate) fn split_kv<T: KvElement, Tq: Element, S: KvSource<T>>(
         merge_rows(nc, out_of, stat, sink, Base::Two, dv, mo, ml);
         for r in 0..rows {
             let (hg, t) = (r / q_len, r % q_len);
-            write(b, g * group + hg, t, &mo[r * dv..(r + 1) * dv], ml[r]);
+            // The chunks' (m, l, e) merged like their outputs.
+            let row_stats = stats.then(|| {
+                let part = |c: usize| {
+                    let (m, l) = stat(c, r);
+                    (m, l, pe[(bg * nc + c) * rows + r])
+                };
+                let sink2 = sink(r).map(|x| x * LOG2_E);
+                RowStatsAcc::merge((0..nc).map(part), sink2).finish()
+            });
+            write(b, g * group + hg, t, &mo[r * dv..(r + 1) * dv], ml[r], row_stats);
         }
     }
     Ok(())
@@ -322,6 +350,7 @@ pub(crate) struct DecodeScratch {
     acc: Vec<f32>,               // quad rows × dvp
     m: Vec<f32>,                 // quad rows
     l: Vec<f32>,                 // quad rows
+    e: Vec<f32>,                 // quad rows (statistics only)
     kbuf: Vec<f32>,              // KB × dp, a widened K block
     vbuf: Vec<f32>,              // KB × dvp, a widened V block
     ranges: Vec<(usize, usize)>, // visible keys of each row within the chunk
@@ -352,6 +381,7 @@ impl DecodeScratch {
             acc: vec![0.0; rows * dvp],
             m: vec![0.0; rows],
             l: vec![0.0; rows],
+            e: vec![0.0; rows],
             kbuf: vec![0.0; KB * dp],
             vbuf: vec![0.0; KB * dvp],
             ranges: Vec::with_capacity(rows),
@@ -362,7 +392,7 @@ impl DecodeScratch {
     /// Bytes one scratch holds, with its slot in the workspace.
     fn bytes(p: &SplitKvPlan) -> usize {
         let (rows, dp, dvp) = padded(p);
-        let floats = rows * (dp + dvp + 2) + KB * (dp + dvp);
+        let floats = rows * (dp + dvp + 3) + KB * (dp + dvp);
         4 * floats
             + rows * std::mem::size_of::<(usize, usize)>()
             + rows * std::mem::size_of::<RowMods>()
@@ -371,7 +401,8 @@ impl DecodeScratch {
 }
 
 /// One item: rows of (b, g) against keys `c0..c1` (one chunk); writes the
-/// normalized partial output and the (max, sum) of each row.
+/// normalized partial output, the (max, sum) of each row and, when `pe`
+/// is given, its statistics accumulator `e`.
 ///
 /// K and V rows are read in place when whole vectors of them can be
 /// (f32, f16, bf16 with head dims a multiple of 16; q8_0 always) and
@@ -387,8 +418,7 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     scale: f32,
     (b, g): (usize, usize),
     (c0, c1): (usize, usize),
-    pout: &mut [f32],
-    pml: &mut [f32],
+    (pout, pml, mut pe): (&mut [f32], &mut [f32], Option<&mut [f32]>),
     s: &mut DecodeScratch,
 ) {
     let (d, dv) = (cache.head_dim(), cache.v_dim());
@@ -403,6 +433,7 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
     s.acc[..quads * QUAD * dvp].fill(0.0);
     s.m.fill(f32::NEG_INFINITY);
     s.l.fill(0.0);
+    s.e.fill(0.0);
     s.ranges.clear();
     s.rows.clear();
     let modified = mods.touches_scores();
@@ -478,17 +509,16 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
                 rows: &s.rows,
             },
         };
-        let st = State { qs: &s.qs, m: &mut s.m, l: &mut s.l, acc: &mut s.acc };
-        // Monomorphized on the modifiers: the plain loop stays as it was.
-        sentinel += match (k_in_place, v_in_place, modified) {
-            (true, true, false) => blk.run::<_, _, false>(&kt, &vt, st),
-            (true, false, false) => blk.run::<_, _, false>(&kt, &vf, st),
-            (false, true, false) => blk.run::<_, _, false>(&kf, &vt, st),
-            (false, false, false) => blk.run::<_, _, false>(&kf, &vf, st),
-            (true, true, true) => blk.run::<_, _, true>(&kt, &vt, st),
-            (true, false, true) => blk.run::<_, _, true>(&kt, &vf, st),
-            (false, true, true) => blk.run::<_, _, true>(&kf, &vt, st),
-            (false, false, true) => blk.run::<_, _, true>(&kf, &vf, st),
+        let st = State { qs: &s.qs, m: &mut s.m, l: &mut s.l, e: &mut s.e, acc: &mut s.acc };
+        // Monomorphized on the modifiers and the statistics: the plain
+        // loop stays as it was.
+        let (kr, vr) = ((&kt, &kf), (&vt, &vf));
+        let inp = (k_in_place, v_in_place);
+        sentinel += match (modified, pe.is_some()) {
+            (false, false) => blk.dispatch::<_, _, false, false>(kr, vr, inp, st),
+            (true, false) => blk.dispatch::<_, _, true, false>(kr, vr, inp, st),
+            (false, true) => blk.dispatch::<_, _, false, true>(kr, vr, inp, st),
+            (true, true) => blk.dispatch::<_, _, true, true>(kr, vr, inp, st),
         };
         j += jb;
     }
@@ -506,6 +536,9 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
                 *x = a * inv;
             }
             (pml[2 * r], pml[2 * r + 1]) = (s.m[r], s.l[r]);
+            if let Some(pe) = pe.as_deref_mut() {
+                pe[r] = s.e[r];
+            }
             // Not finite (a non-finite input, or f32 overflow): NaN marks
             // the partial so the merge cannot hide it; the row is then
             // recomputed exactly.
@@ -516,6 +549,9 @@ fn chunk_partial<T: KvElement, Tq: Element, S: KvSource<T>>(
         } else {
             o.fill(0.0);
             (pml[2 * r], pml[2 * r + 1]) = (f32::NEG_INFINITY, 0.0);
+            if let Some(pe) = pe.as_deref_mut() {
+                pe[r] = 0.0;
+            }
         }
     }
 }
@@ -630,16 +666,36 @@ struct State<'a> {
     qs: &'a [f32],
     m: &'a mut [f32],
     l: &'a mut [f32],
+    /// `Σ 2^(u − m)·(u − m)` per row (kept only by `run::<_, _, _, true>`).
+    e: &'a mut [f32],
     acc: &'a mut [f32],
 }
 
 impl Block<'_> {
+    /// [`Block::run`] on K and V read in place (`inp.0`, `inp.1`) or from
+    /// the widened f32 scratch.
+    #[inline(always)]
+    fn dispatch<UK: Load16, UV: Load16, const MODS: bool, const STATS: bool>(
+        &self,
+        (kt, kf): (&[&[UK]; KB], &[&[f32]; KB]),
+        (vt, vf): (&[&[UV]; KB], &[&[f32]; KB]),
+        inp: (bool, bool),
+        st: State<'_>,
+    ) -> f32x16 {
+        match inp {
+            (true, true) => self.run::<_, _, MODS, STATS>(kt, vt, st),
+            (true, false) => self.run::<_, _, MODS, STATS>(kt, vf, st),
+            (false, true) => self.run::<_, _, MODS, STATS>(kf, vt, st),
+            (false, false) => self.run::<_, _, MODS, STATS>(kf, vf, st),
+        }
+    }
+
     /// Scores, online softmax and `P·V` of every quad of rows that sees a
     /// key of the block; returns the sentinel `Σ s·0` of its scores (and
     /// NaN for a non-finite bias entry read). `MODS`: apply the score
-    /// modifiers ([`BlockMods::apply`]).
+    /// modifiers ([`BlockMods::apply`]); `STATS`: keep each row's `e`.
     #[inline(always)]
-    fn run<UK: Load16, UV: Load16, const MODS: bool>(
+    fn run<UK: Load16, UV: Load16, const MODS: bool, const STATS: bool>(
         &self,
         k: &[&[UK]; KB],
         v: &[&[UV]; KB],
@@ -660,6 +716,7 @@ impl Block<'_> {
             let mut p = [[0f32; KB]; QUAD];
             let (mut m_old, mut m_new) = ([0f32; LANES], [0f32; LANES]);
             let mut lsum = [0f32; QUAD];
+            let mut esum = [0f32; QUAD];
             for r in 0..QUAD {
                 sentinel = sc[r].mul_add(f32x16::ZERO, sentinel);
                 let (lo, hi) = ranges[r];
@@ -685,8 +742,13 @@ impl Block<'_> {
                     continue; // every key so far has a −inf bias: as above
                 }
                 (m_old[r], m_new[r]) = (st.m[r0 + r], m);
-                let e = exp2(x - f32x16::splat(m));
+                let dev = x - f32x16::splat(m);
+                let e = exp2(dev);
                 lsum[r] = e.reduce_add();
+                if STATS {
+                    // Masked keys: e = 0 and dev = −inf; 0·(−1000) = 0.
+                    esum[r] = (e * dev.fast_max(f32x16::splat(-1000.0))).reduce_add();
+                }
                 p[r] = e.to_array();
                 st.m[r0 + r] = m;
             }
@@ -695,6 +757,10 @@ impl Block<'_> {
             let alpha = exp2(f32x16::new(m_old) - f32x16::new(m_new)).to_array();
             let alpha: [f32; QUAD] = std::array::from_fn(|r| alpha[r]);
             for r in 0..QUAD {
+                if STATS {
+                    let (e, l, delta) = (st.e[r0 + r], st.l[r0 + r], m_new[r] - m_old[r]);
+                    st.e[r0 + r] = rescale_mean(e, l, delta, alpha[r]) + esum[r];
+                }
                 st.l[r0 + r] = st.l[r0 + r] * alpha[r] + lsum[r];
             }
             let acc = &mut st.acc[r0 * dvp..(r0 + QUAD) * dvp];

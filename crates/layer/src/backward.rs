@@ -23,7 +23,7 @@ use attn_core::{
 };
 use attn_flash::Flash;
 
-use crate::forward::Trace;
+use crate::forward::{PhaseTimes, Trace, attn, proj};
 use crate::gemm::{Mat, column_sums, gemm};
 use crate::tokens::Tokens;
 use crate::weights::{Matrix, MultiHeadAttention, Weights};
@@ -68,7 +68,7 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<LayerGrads, AttnError> {
-        self.run_backward(trace, [x_q, x_kv], dy, params, par, None)
+        self.run_backward(trace, [x_q, x_kv], dy, params, par, None, None)
     }
 
     /// [`MultiHeadAttention::backward`] that also writes the attention's
@@ -90,9 +90,28 @@ impl MultiHeadAttention {
         par: Par,
         stats: BackwardStatsMut<'_>,
     ) -> Result<LayerGrads, AttnError> {
-        self.run_backward(trace, [x_q, x_kv], dy, params, par, Some(stats))
+        self.run_backward(trace, [x_q, x_kv], dy, params, par, Some(stats), None)
     }
 
+    /// [`MultiHeadAttention::backward`] that also says how long the
+    /// projections' gradients and the flash backward took
+    /// ([`PhaseTimes`]; the harness's layer benchmark).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_timed(
+        &self,
+        trace: &Trace,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        dy: &[f32],
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<(LayerGrads, PhaseTimes), AttnError> {
+        let mut t = PhaseTimes::default();
+        let g = self.run_backward(trace, [x_q, x_kv], dy, params, par, None, Some(&mut t))?;
+        Ok((g, t))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn run_backward(
         &self,
         trace: &Trace,
@@ -101,6 +120,7 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
         stats: Option<BackwardStatsMut<'_>>,
+        mut timing: Option<&mut PhaseTimes>,
     ) -> Result<LayerGrads, AttnError> {
         par.validate()?;
         let shape = self.check_inputs(x_q, x_kv, params)?;
@@ -127,16 +147,19 @@ impl MultiHeadAttention {
         // Output projection.
         let o = Mat::new(&trace.o, tq, c.o_width());
         let dym = Mat::new(dy.data(), tq, c.d_model);
-        gemm(par, o.t(), dym, 0.0, g.w_o.data_mut())?;
-        let mut d_o = try_zeroed("d_out", tq * c.o_width())?;
-        gemm(par, dym, mat(&w.w_o).t(), 0.0, &mut d_o)?;
+        let d_o = PhaseTimes::time(&mut timing, proj, || {
+            gemm(par, o.t(), dym, 0.0, g.w_o.data_mut())?;
+            let mut d_o = try_zeroed("d_out", tq * c.o_width())?;
+            gemm(par, dym, mat(&w.w_o).t(), 0.0, &mut d_o)?;
+            Ok::<_, AttnError>(d_o)
+        })?;
 
         // Attention.
-        let mut dq = try_zeroed("dq", tq * c.q_width())?;
-        let mut dk = try_zeroed("dk", tk * c.k_width())?;
-        let mut dv = try_zeroed("dv", tk * c.v_width())?;
         let mut dsinks = params.sinks.map(|s| vec![0f32; s.len()]);
-        {
+        let (dq, dk, dv) = PhaseTimes::time(&mut timing, attn, || {
+            let mut dq = try_zeroed("dq", tq * c.q_width())?;
+            let mut dk = try_zeroed("dk", tk * c.k_width())?;
+            let mut dv = try_zeroed("dv", tk * c.v_width())?;
             let (q, k, v) = (&trace.q, &trace.k, &trace.v);
             let l = Layout::Bnhd;
             let inputs =
@@ -149,9 +172,11 @@ impl MultiHeadAttention {
                 None => call,
             };
             Flash::default().run_backward(call)?;
-        }
+            Ok::<_, AttnError>((dq, dk, dv))
+        })?;
 
         // Input projections.
+        let start = timing.is_some().then(std::time::Instant::now);
         let xq = Mat::new(x_q.data(), tq, c.d_model);
         let xkv = Mat::new(x_kv.data(), tk, c.d_model);
         let (dqm, dkm, dvm) = (
@@ -167,6 +192,9 @@ impl MultiHeadAttention {
         let mut dx_kv = try_zeroed("dx_kv", tk * c.d_model)?;
         gemm(par, dkm, mat(&w.w_k).t(), 0.0, &mut dx_kv)?;
         gemm(par, dvm, mat(&w.w_v).t(), 1.0, &mut dx_kv)?;
+        if let (Some(t), Some(s)) = (timing, start) {
+            t.projections += s.elapsed();
+        }
 
         if c.bias {
             g.b_q = Some(column_sums(&dq, c.q_width()));

@@ -22,6 +22,8 @@ use attn_core::{
 };
 use attn_flash::Flash;
 
+use std::time::{Duration, Instant};
+
 use crate::gemm::{Mat, fill_rows, gemm};
 use crate::tokens::Tokens;
 use crate::weights::{Matrix, MultiHeadAttention};
@@ -68,6 +70,45 @@ impl Trace {
     }
 }
 
+/// Where a call's wall-clock time went, for benchmarks
+/// ([`MultiHeadAttention::forward_timed`],
+/// [`MultiHeadAttention::backward_timed`]): the projections' GEMMs (with
+/// their output buffers) and the attention kernel (with its output
+/// buffers); the rest of the call (checks) is neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Q, K, V and output projections (backward: their gradients).
+    pub projections: Duration,
+    /// The flash kernel (backward: the flash backward).
+    pub attention: Duration,
+}
+
+impl PhaseTimes {
+    /// Runs `f`, adding its time to `slot` when timing.
+    pub(crate) fn time<R>(
+        timing: &mut Option<&mut PhaseTimes>,
+        slot: fn(&mut PhaseTimes) -> &mut Duration,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let t = timing.is_some().then(Instant::now);
+        let r = f();
+        if let (Some(pt), Some(t)) = (timing.as_mut(), t) {
+            *slot(pt) += t.elapsed();
+        }
+        r
+    }
+}
+
+/// [`PhaseTimes::time`]'s slot of the projections.
+pub(crate) fn proj(p: &mut PhaseTimes) -> &mut Duration {
+    &mut p.projections
+}
+
+/// [`PhaseTimes::time`]'s slot of the attention.
+pub(crate) fn attn(p: &mut PhaseTimes) -> &mut Duration {
+    &mut p.attention
+}
+
 impl MultiHeadAttention {
     /// `Y` for queries from `x_q` (`[B, Nq, d_model]`) attending to keys
     /// and values from `x_kv` (`[B, Nk, d_model]`): self-attention when
@@ -86,7 +127,7 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<Vec<f32>, AttnError> {
-        Ok(self.run_forward(x_q, x_kv, params, par, false, None)?.y)
+        Ok(self.run_forward(x_q, x_kv, params, par, false, None, None)?.y)
     }
 
     /// [`MultiHeadAttention::forward`], keeping what the backward needs.
@@ -97,7 +138,7 @@ impl MultiHeadAttention {
         params: &AttnParams,
         par: Par,
     ) -> Result<Trace, AttnError> {
-        self.run_forward(x_q, x_kv, params, par, true, None)
+        self.run_forward(x_q, x_kv, params, par, true, None, None)
     }
 
     /// [`MultiHeadAttention::forward_train`] that also writes the
@@ -116,7 +157,22 @@ impl MultiHeadAttention {
         par: Par,
         stats: StatsMut<'_>,
     ) -> Result<Trace, AttnError> {
-        self.run_forward(x_q, x_kv, params, par, true, Some(stats))
+        self.run_forward(x_q, x_kv, params, par, true, Some(stats), None)
+    }
+
+    /// [`MultiHeadAttention::forward_train`] that also says how long the
+    /// projections and the attention took ([`PhaseTimes`]; the harness's
+    /// layer benchmark). The same arithmetic: the same bits.
+    pub fn forward_timed(
+        &self,
+        x_q: &Tokens<'_>,
+        x_kv: &Tokens<'_>,
+        params: &AttnParams,
+        par: Par,
+    ) -> Result<(Trace, PhaseTimes), AttnError> {
+        let mut t = PhaseTimes::default();
+        let trace = self.run_forward(x_q, x_kv, params, par, true, None, Some(&mut t))?;
+        Ok((trace, t))
     }
 
     /// Checks `x_q` and `x_kv` against the layer and each other and
@@ -139,6 +195,7 @@ impl MultiHeadAttention {
         Ok(shape)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_forward(
         &self,
         x_q: &Tokens<'_>,
@@ -147,6 +204,7 @@ impl MultiHeadAttention {
         par: Par,
         keep: bool,
         stats: Option<StatsMut<'_>>,
+        mut timing: Option<&mut PhaseTimes>,
     ) -> Result<Trace, AttnError> {
         par.validate()?;
         let shape = self.check_inputs(x_q, x_kv, params)?;
@@ -154,14 +212,22 @@ impl MultiHeadAttention {
             st.check(&shape)?;
         }
         let w = self.weights();
-        let q = project("q", x_q, &w.w_q, w.b_q.as_deref(), par)?;
-        let k = project("k", x_kv, &w.w_k, w.b_k.as_deref(), par)?;
-        let v = project("v", x_kv, &w.w_v, w.b_v.as_deref(), par)?;
-        let mut o = try_zeroed("attention output", x_q.rows() * self.config().o_width())?;
-        let mut lse = if keep { try_zeroed("lse", shape.lse_len())? } else { Vec::new() };
-        let lse_out = keep.then_some(&mut lse[..]);
-        attend(&shape, [&q, &k, &v], &mut o, lse_out, stats, params, par)?;
-        let y = self.output_projection(&o, x_q.rows(), par)?;
+        let (q, k, v) = PhaseTimes::time(&mut timing, proj, || {
+            Ok::<_, AttnError>((
+                project("q", x_q, &w.w_q, w.b_q.as_deref(), par)?,
+                project("k", x_kv, &w.w_k, w.b_k.as_deref(), par)?,
+                project("v", x_kv, &w.w_v, w.b_v.as_deref(), par)?,
+            ))
+        })?;
+        let (o, lse) = PhaseTimes::time(&mut timing, attn, || {
+            let mut o = try_zeroed("attention output", x_q.rows() * self.config().o_width())?;
+            let mut lse = if keep { try_zeroed("lse", shape.lse_len())? } else { Vec::new() };
+            let lse_out = keep.then_some(&mut lse[..]);
+            attend(&shape, [&q, &k, &v], &mut o, lse_out, stats, params, par)?;
+            Ok::<_, AttnError>((o, lse))
+        })?;
+        let y =
+            PhaseTimes::time(&mut timing, proj, || self.output_projection(&o, x_q.rows(), par))?;
         Ok(Trace { y, shape, q, k, v, o, lse })
     }
 

@@ -72,7 +72,7 @@ pub mod weights;
 
 pub use backward::LayerGrads;
 pub use config::{Init, LayerConfig};
-pub use forward::Trace;
+pub use forward::{PhaseTimes, Trace};
 pub use reference::{ReferenceGrads, ReferenceLayer, ReferenceTrace};
 pub use tokens::Tokens;
 pub use weights::{Matrix, MultiHeadAttention, Weights};

@@ -111,3 +111,32 @@ fn identical_bits_for_any_thread_count() {
         assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{par:?}");
     }
 }
+
+#[test]
+fn timed_calls_give_the_same_bits_and_split_their_time() {
+    let c = LayerConfig::new(64, 8, 2, 8).with_bias(true);
+    let (layer, _) = layers(c, Init::XavierUniform, 9);
+    let x = values(2 * 40 * 64, 1.0, 10);
+    let x = Tokens::new("x", &x, [2, 40, 64]).unwrap();
+    let p = AttnParams::causal();
+    for par in [Par::Seq, Par::rayon(2).unwrap()] {
+        let wall = std::time::Instant::now();
+        let (tr, t) = layer.forward_timed(&x, &x, &p, par).unwrap();
+        let wall = wall.elapsed();
+        assert_eq!(tr.y, layer.forward(&x, &x, &p, par).unwrap());
+        assert!(
+            t.projections > std::time::Duration::ZERO && t.attention > std::time::Duration::ZERO
+        );
+        assert!(t.projections + t.attention <= wall, "{t:?} > {wall:?}");
+        let dy = values(tr.y.len(), 1.0, 11);
+        let plain = layer.backward(&tr, &x, &x, &dy, &p, par).unwrap();
+        let wall = std::time::Instant::now();
+        let (g, t) = layer.backward_timed(&tr, &x, &x, &dy, &p, par).unwrap();
+        let wall = wall.elapsed();
+        assert_eq!(layer_grads_of(&g), layer_grads_of(&plain));
+        assert!(
+            t.projections > std::time::Duration::ZERO && t.attention > std::time::Duration::ZERO
+        );
+        assert!(t.projections + t.attention <= wall, "{t:?} > {wall:?}");
+    }
+}

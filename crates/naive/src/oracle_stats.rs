@@ -74,3 +74,56 @@ pub fn row_stats(scores: &[f64], lse: f64, sink: Option<f64>) -> (f64, f64) {
     }
     (max_p, h)
 }
+
+/// `(max_p, entropy)` of a row from its modified scores alone (as
+/// [`reference_row`] leaves them; `−inf` for keys that drop out) and its
+/// sink, the LSE taken in f64 from the same scores, so the statistics stay
+/// exact at any logit magnitude: what the kernels write for a row they
+/// recompute exactly (`crate::exact`). A NaN or `+inf` score (a non-finite
+/// input, `check_finite` off) gives NaN for both.
+pub fn scores_stats(scores: &[f64], sink: Option<f64>) -> (f64, f64) {
+    if scores.iter().any(|s| s.is_nan()) {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = scores.iter().copied().fold(sink.unwrap_or(f64::NEG_INFINITY), f64::max);
+    if m == f64::NEG_INFINITY {
+        return row_stats(&[], m, sink);
+    }
+    // Relative to the max, not to the LSE: `s − m` keeps its digits where
+    // `s − lse` would lose them to `lse`'s rounding.
+    let terms = || scores.iter().chain(sink.as_ref()).filter(|s| **s != f64::NEG_INFINITY);
+    let sum: f64 = terms().map(|s| (s - m).exp()).sum();
+    let (mut max_p, mut dev) = (0f64, 0f64);
+    for s in terms() {
+        let p = (s - m).exp() / sum;
+        max_p = max_p.max(p);
+        dev += p * (s - m);
+    }
+    let h = sum.ln() - dev;
+    if max_p.is_finite() && h.is_finite() && !sum.is_nan() {
+        (max_p, h)
+    } else {
+        (f64::NAN, f64::NAN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_stats_at_any_magnitude() {
+        let ninf = f64::NEG_INFINITY;
+        // two equal keys and a masked one, shifted far beyond f32
+        for shift in [0.0, 1e40, -1e300] {
+            let (p, h) = scores_stats(&[shift + 1.0, ninf, shift + 1.0], None);
+            assert!((p - 0.5).abs() < 1e-12 && (h - 2f64.ln()).abs() < 1e-12, "{shift}");
+        }
+        assert_eq!(scores_stats(&[ninf], None), (0.0, 0.0));
+        assert_eq!(scores_stats(&[], Some(3.0)), (1.0, 0.0));
+        for nan in [&[0.0, f64::NAN][..], &[f64::NAN], &[f64::INFINITY, 1.0]] {
+            let (p, h) = scores_stats(nan, Some(0.5));
+            assert!(p.is_nan() && h.is_nan(), "{nan:?}");
+        }
+    }
+}

@@ -3,12 +3,11 @@
 
 use attnlab::flash::{self, KvElement, Q8_0};
 use attnlab::{AttnError, Layout, bf16, error, f16};
-use numpy::ndarray::{Array3, Array4};
+use numpy::ndarray::Array4;
 use numpy::{IntoPyArray, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
-use crate::call::{Ctx, Mods, c_slice, dims4, mask, par, shape_str, value_error};
+use crate::call::{Ctx, Mods, RowOutputs, c_slice, dims4, mask, par, shape_str, value_error};
 
 /// The cache, one variant per storage type.
 enum Store {
@@ -214,7 +213,7 @@ impl KvCache {
     /// last `nq` positions of each sequence (already appended).
     #[pyo3(signature = (
         q, *, causal=false, window=None, scale=None, threads=None, return_lse=false,
-        check_finite=true, softcap=None, alibi=None, sinks=None
+        check_finite=true, softcap=None, alibi=None, sinks=None, return_stats=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn decode<'py>(
@@ -230,6 +229,7 @@ impl KvCache {
         softcap: Option<f32>,
         alibi: Option<&Bound<'py, PyAny>>,
         sinks: Option<&Bound<'py, PyAny>>,
+        return_stats: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let qs = dims4(q.shape());
         let ctx = Ctx { layout: Layout::Bhnd, kernel: None, tensors: vec![("q", qs.to_vec())] };
@@ -251,25 +251,20 @@ impl KvCache {
         let out_dims = shape.out_dims();
         let mut out =
             error::try_zeroed::<f32>("out", out_dims.iter().product()).map_err(|e| ctx.err(e))?;
-        let mut lse = match return_lse {
-            true => Some(error::try_zeroed::<f32>("lse", shape.lse_len()).map_err(|e| ctx.err(e))?),
-            false => None,
-        };
-        let (store, lse_buf, out_buf) = (&self.store, lse.as_deref_mut(), &mut out[..]);
-        py.detach(|| {
-            with_cache!(store, c => flash::decode(c, &shape, qv, out_buf, lse_buf, &params, par))
+        let mut rows = RowOutputs::new(&shape, return_lse, return_stats, &ctx)?;
+        let (store, out_buf) = (&self.store, &mut out[..]);
+        let (lse_buf, stats) = rows.buffers();
+        py.detach(|| match stats {
+            None => with_cache!(store, c => flash::decode(
+                c, &shape, qv, out_buf, lse_buf, &params, par
+            )),
+            Some(st) => with_cache!(store, c => flash::decode_with_stats(
+                c, &shape, qv, out_buf, lse_buf, st, &params, par
+            )),
         })
         .map_err(|e| ctx.err(e))?;
         let out = Array4::from_shape_vec(out_dims, out).expect("sized").into_pyarray(py).into_any();
-        match lse {
-            None => Ok(out),
-            Some(l) => {
-                let dims = (shape.batch(), shape.q_heads(), shape.q_len());
-                let lse =
-                    Array3::from_shape_vec(dims, l).expect("sized").into_pyarray(py).into_any();
-                Ok(PyTuple::new(py, [out, lse])?.into_any())
-            }
-        }
+        rows.result(py, out)
     }
 }
 

@@ -9,15 +9,17 @@
 
 use attnlab::{
     Alibi, AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Mask, Par,
-    TensorView, f16,
+    StatsMut, TensorView, f16,
 };
+use numpy::IntoPyArray;
+use numpy::ndarray::Array3;
 use numpy::{
     Element as NpElement, PyArray4, PyReadonlyArray, PyReadonlyArray1, PyReadonlyArray4,
     PyReadwriteArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBool;
+use pyo3::types::{PyBool, PyDict, PyTuple};
 
 /// A new `ValueError`.
 pub(crate) fn value_error(msg: impl Into<String>) -> PyErr {
@@ -330,6 +332,69 @@ impl Ctx {
                 None => value_error(e.to_string()),
             },
             _ => value_error(e.to_string()),
+        }
+    }
+}
+
+/// Per-row results of a call (`[B, Hq, Nq]` each, f32): the LSE and the
+/// saturation statistics, when asked, allocated up front.
+pub(crate) struct RowOutputs {
+    /// `(B, Hq, Nq)`.
+    pub(crate) dims: (usize, usize, usize),
+    pub(crate) lse: Option<Vec<f32>>,
+    /// `(max_p, entropy)`.
+    pub(crate) stats: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl RowOutputs {
+    /// The buffers `return_lse` and `return_stats` ask for, for `shape`.
+    pub(crate) fn new(
+        shape: &AttnShape,
+        return_lse: bool,
+        return_stats: bool,
+        ctx: &Ctx,
+    ) -> PyResult<RowOutputs> {
+        let n = shape.lse_len();
+        let buf = |name| attnlab::error::try_zeroed::<f32>(name, n).map_err(|e| ctx.err(e));
+        Ok(RowOutputs {
+            dims: (shape.batch(), shape.q_heads(), shape.q_len()),
+            lse: if return_lse { Some(buf("lse")?) } else { None },
+            stats: if return_stats { Some((buf("max_p")?, buf("entropy")?)) } else { None },
+        })
+    }
+
+    /// The LSE buffer and the statistics' [`StatsMut`], for the call.
+    pub(crate) fn buffers(&mut self) -> (Option<&mut [f32]>, Option<StatsMut<'_>>) {
+        let stats = self.stats.as_mut().map(|(p, h)| StatsMut { max_p: p, entropy: h });
+        (self.lse.as_deref_mut(), stats)
+    }
+
+    /// What the call returns: `out` alone, or a tuple of `out`, the LSE
+    /// array (when asked) and the statistics as a dict of arrays
+    /// `max_p`, `entropy` and `support = exp(entropy)` (when asked).
+    pub(crate) fn result<'py>(
+        self,
+        py: Python<'py>,
+        out: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = |v: Vec<f32>| {
+            Array3::from_shape_vec(self.dims, v).expect("sized").into_pyarray(py).into_any()
+        };
+        let mut items = vec![out];
+        if let Some(l) = self.lse {
+            items.push(array(l));
+        }
+        if let Some((p, h)) = self.stats {
+            let d = PyDict::new(py);
+            let support = h.iter().map(|x| x.exp()).collect();
+            d.set_item("max_p", array(p))?;
+            d.set_item("entropy", array(h))?;
+            d.set_item("support", array(support))?;
+            items.push(d.into_any());
+        }
+        match items.len() {
+            1 => Ok(items.pop().expect("one item")),
+            _ => Ok(PyTuple::new(py, items)?.into_any()),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! `attention`: the forward pass on numpy arrays.
 
-use attnlab::{AttnParams, AttnShape, Element, Kernel, Layout, Par, TensorViewMut, error};
+use attnlab::{
+    AttnParams, AttnShape, CheckedCall, Element, Kernel, Layout, Par, StatsMut, TensorViewMut,
+    error,
+};
 use numpy::IntoPyArray;
-use numpy::ndarray::{Array3, Array4};
+use numpy::ndarray::Array4;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use crate::call::{
-    Ctx, Mods, Qkv, QkvSlices, borrow_out, inputs, mask, par, parse_kernel, parse_layout, shape_of,
+    Ctx, Mods, Qkv, QkvSlices, RowOutputs, borrow_out, inputs, mask, par, parse_kernel,
+    parse_layout, shape_of,
 };
 
 /// The native `attention` (the documented wrapper is
@@ -16,7 +19,7 @@ use crate::call::{
 #[pyo3(signature = (
     q, k, v, *, causal=false, window=None, scale=None, kernel="flash", layout="bhnd",
     threads=None, return_lse=false, check_finite=true, softcap=None, alibi=None, sinks=None,
-    bias=None, out=None
+    bias=None, out=None, return_stats=false
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention<'py>(
@@ -37,6 +40,7 @@ pub(crate) fn attention<'py>(
     sinks: Option<&Bound<'py, PyAny>>,
     bias: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
+    return_stats: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (kernel, layout) = (parse_kernel(kernel)?, parse_layout(layout)?);
     let qkv = Qkv::extract(q, k, v)?;
@@ -61,16 +65,13 @@ pub(crate) fn attention<'py>(
             &mut owned
         }
     };
-    let mut lse = match return_lse {
-        true => Some(error::try_zeroed::<f32>("lse", shape.lse_len()).map_err(|e| ctx.err(e))?),
-        false => None,
-    };
+    let mut rows = RowOutputs::new(&shape, return_lse, return_stats, &ctx)?;
 
     let call = Forward { shape, dims, layout, kernel, params: &params, par };
-    let lse_buf = lse.as_deref_mut();
+    let (lse_buf, stats) = rows.buffers();
     py.detach(|| match slices {
-        QkvSlices::F32(s) => call.run(s, out_buf, lse_buf),
-        QkvSlices::F16(s) => call.run(s, out_buf, lse_buf),
+        QkvSlices::F32(s) => call.run(s, out_buf, lse_buf, stats),
+        QkvSlices::F16(s) => call.run(s, out_buf, lse_buf, stats),
     })
     .map_err(|e| ctx.err(e))?;
     drop(caller);
@@ -82,14 +83,7 @@ pub(crate) fn attention<'py>(
             .into_pyarray(py)
             .into_any(),
     };
-    match lse {
-        None => Ok(out),
-        Some(l) => {
-            let dims = (shape.batch(), shape.q_heads(), shape.q_len());
-            let lse = Array3::from_shape_vec(dims, l).expect("the buffer has the LSE's size");
-            Ok(PyTuple::new(py, [out, lse.into_pyarray(py).into_any()])?.into_any())
-        }
-    }
+    rows.result(py, out)
 }
 
 /// One forward call, checked shapes aside.
@@ -103,16 +97,21 @@ struct Forward<'p, 'a> {
 }
 
 impl Forward<'_, '_> {
-    /// Runs the kernel: what `attnlab::attention_with` does, on the
-    /// caller's output buffer.
+    /// Runs the kernel: what `attnlab::attention_with` (or, with
+    /// `stats`, `attention_with_stats`) does, on the caller's buffers.
     fn run<T: Element>(
         &self,
         qkv: [&[T]; 3],
         out: &mut [f32],
         lse: Option<&mut [f32]>,
+        stats: Option<StatsMut<'_>>,
     ) -> Result<(), attnlab::AttnError> {
         let inputs = inputs(self.shape, self.dims, self.layout, qkv)?;
         let mut view = TensorViewMut::new("out", out, self.shape.out_dims(), self.layout)?;
-        self.kernel.forward(&inputs, &mut view, lse, self.params, self.par)
+        let call = CheckedCall::new(&inputs, &mut view, lse, self.params, self.par)?;
+        match stats {
+            Some(st) => self.kernel.run(call.with_stats(st)?),
+            None => self.kernel.run(call),
+        }
     }
 }

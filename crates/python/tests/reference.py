@@ -87,6 +87,7 @@ class Ref:
         vis = visible(Nq, Nk, causal, window)[None, None] & ~np.isneginf(s)
         self.vis = vis
         s = np.where(vis, s, -np.inf)
+        self.s = s
         m = s.max(axis=-1)
         self.sinks = None if sinks is None else np.asarray(sinks, np.float32).astype(np.float64)
         if self.sinks is not None:
@@ -116,6 +117,29 @@ class Ref:
         """Per row: ``1e-5·(1 + |lse|) + 32·eps·L``."""
         lse = np.where(np.isfinite(self.lse), np.abs(self.lse), 0.0)
         return 1e-5 * (1 + lse) + 32 * EPS * self.l_max
+
+    def stats(self):
+        """``(max_p, entropy, tol_max_p, tol_entropy)``, ``[B, Hq, Nq]``
+        each: the saturation statistics (the sink one more outcome; 0 and
+        0 for a row with no key and no sink) and their tolerances. Every
+        score is off by at most ``δ = 32·eps·L`` (as for the LSE); since
+        ``∂H/∂s_k = -p_k·(s_k - E_p s)``, the entropy moves by at most
+        ``δ·Σ p_k·|s_k - E_p s|`` and each ``p_k`` by ``2·δ·p_k``; twice
+        these, plus ``1e-5`` relative for the f32 sums."""
+        p = self.p
+        outcomes = [(p, self.s)]
+        if self.sinks is not None:
+            sink = np.broadcast_to(self.sinks[None, :, None], self.lse.shape)
+            outcomes.append((self.p_sink[..., None], sink[..., None]))
+        max_p = np.max([q.max(axis=-1, initial=0.0) for q, _ in outcomes], axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = sum(np.where(q > 0, -q * np.log(q), 0.0).sum(axis=-1) for q, _ in outcomes)
+            mean = sum(np.where(q > 0, q * s, 0.0).sum(axis=-1) for q, s in outcomes)
+            spread = sum(
+                np.where(q > 0, q * np.abs(s - mean[..., None]), 0.0).sum(axis=-1) for q, s in outcomes
+            )
+        delta = 32 * EPS * self.l_max
+        return max_p, h, 1e-5 * max_p + 4 * delta * max_p, 1e-5 * (1 + h) + 2 * delta * spread
 
     def backward(self, d_out):
         """``(dq, dk, dv, dsinks)`` in f64 (``dsinks`` None without sinks)."""

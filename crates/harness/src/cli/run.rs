@@ -69,6 +69,13 @@ pub struct RunArgs {
     /// float32 `[B, Hq, Nq]` in any layout (-inf for fully masked rows)
     #[arg(long, value_name = "LSE.npy")]
     pub lse: Option<PathBuf>,
+    /// Also write each row's saturation statistics (docs/semantics.md) as an
+    /// .npz archive (numpy's np.savez format: np.load(FILE)["max_p"]) of
+    /// three float32 arrays `[B, Hq, Nq]` in any layout: `max_p` (largest
+    /// probability), `entropy` (nats) and `support` (exp(entropy)). Kernels
+    /// flash and oracle; the timed calls compute them too
+    #[arg(long, value_name = "STATS.npz")]
+    pub stats: Option<PathBuf>,
     /// Kernel: `oracle` (f64, scalar), `naive` (O(N²) two-GEMM) or `flash`
     /// (tiled online softmax)
     #[arg(long, default_value = "flash", value_parser = kernel_parser())]
@@ -195,7 +202,8 @@ Exit status: 0 on success; 2 on any error (bad flag, missing or unreadable
 file, not a .npy, dtype other than float32/float16, Fortran order, rank other
 than 4, mixed dtypes, shapes that do not fit together, non-finite input,
 a softcap <= 0, slopes or sinks not one finite value per query head, a bias
-not [B|1, Hq|1, Nq, Nk], unsupported kernel, failed write). The error is one
+not [B|1, Hq|1, Nq, Nk], unsupported kernel, --stats with the naive kernel,
+failed write). The error is one
 line on stderr naming the file (or flag) and the problem, and no output file
 is left behind.
 
@@ -203,7 +211,8 @@ Example:
   attn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy \\
            --kernel naive --causal 1 --threads 2 --warmup 1 --reps 5
   attn run --q q.npy --k k.npy --v v.npy --out o.npy --causal 1 \\
-           --softcap 50 --alibi --sinks sinks.npy --bias bias.npy";
+           --softcap 50 --alibi --sinks sinks.npy --bias bias.npy
+  attn run --q q.npy --k k.npy --v v.npy --out o.npy --causal 1 --stats stats.npz";
 /// Entry point of `attn run`: prints the error and returns exit status 2 on
 /// failure.
 pub fn main(args: &RunArgs) -> ExitCode {
@@ -221,12 +230,18 @@ pub fn main(args: &RunArgs) -> ExitCode {
 /// The run the flags ask for (parameters validated).
 pub fn spec_of(args: &RunArgs) -> Result<RunSpec, String> {
     let Call { params, mods, layout, threads, warmup, reps } = args.call.call()?;
+    if args.stats.is_some() && args.kernel == Kernel::Naive {
+        return Err("--stats: kernel naive computes no statistics (its O(N²) softmax is \
+                    framework math); use --kernel flash or oracle"
+            .into());
+    }
     Ok(RunSpec {
         q: args.q.clone(),
         k: args.k.clone(),
         v: args.v.clone(),
         out: args.out.clone(),
         lse: args.lse.clone(),
+        stats: args.stats.clone(),
         kernel: args.kernel,
         params,
         mods,

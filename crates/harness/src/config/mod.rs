@@ -29,6 +29,14 @@ pub enum Kind {
     /// One backward call (`attnlab::Kernel::backward`): dQ, dK, dV from Q,
     /// K, V, the forward's O and LSE (computed before, untimed) and dO.
     Backward,
+    /// One forward of a whole attention layer (`attnlab::MultiHeadAttention`,
+    /// self-attention, `d_model = Hq·d`): the Q, K, V and output
+    /// projections and the flash kernel, each timed ([`Config::layer`]).
+    Layer,
+    /// The layer's backward (`dX`, every `dW`) from a forward run before,
+    /// untimed.
+    #[serde(rename = "layer_backward")]
+    LayerBackward,
 }
 
 impl Kind {
@@ -38,7 +46,19 @@ impl Kind {
             Kind::Prefill => "prefill",
             Kind::Decode => "decode",
             Kind::Backward => "backward",
+            Kind::Layer => "layer",
+            Kind::LayerBackward => "layer-backward",
         }
+    }
+
+    /// A whole layer, forward or backward.
+    pub fn is_layer(self) -> bool {
+        matches!(self, Kind::Layer | Kind::LayerBackward)
+    }
+
+    /// A backward pass (of the kernel or of the layer).
+    pub fn is_backward(self) -> bool {
+        matches!(self, Kind::Backward | Kind::LayerBackward)
     }
 }
 
@@ -124,6 +144,52 @@ impl Config {
         n: usize,
     ) -> Config {
         Config { kind: Kind::Backward, ..Config::prefill(kernel, g, mask, d, dtype, threads, n) }
+    }
+
+    /// A layer configuration of the sweep: self-attention over `n` tokens
+    /// of `d_model = 1024` (B = 1), 16 query heads of `d = dv = 64` over
+    /// `kv_heads` K/V heads (16: MHA, 4: GQA), causal, f32, flash, without
+    /// biases; the forward or (`backward`) the backward pass.
+    pub fn layer(kv_heads: usize, threads: usize, n: usize, backward: bool) -> Config {
+        Config {
+            kind: if backward { Kind::LayerBackward } else { Kind::Layer },
+            kernel: Kernel::Flash.name().into(),
+            batch: 1,
+            q_heads: 16,
+            kv_heads,
+            q_len: n,
+            kv_len: n,
+            head_dim: 64,
+            v_dim: 64,
+            mask: MaskSpec::Causal,
+            dtype: Dtype::F32,
+            threads,
+            mods: Mods::default(),
+        }
+    }
+
+    /// Layer rows: the model width, `Hq·d`.
+    pub fn d_model(&self) -> usize {
+        self.q_heads * self.head_dim
+    }
+
+    /// Layer rows: FLOPs credited to `(projections, attention)`. The
+    /// projections are four GEMMs, `2·B·N·d_model·(Hq·d + Hkv·d + Hkv·dv +
+    /// Hq·dv)` (Q, K, V, output), and their backward twice that (`dW` and
+    /// `dX` of each); the attention is the kernel's count
+    /// ([`Config::flops`] of the same problem: causal halves it, the
+    /// backward 2.5 ×). `None` for other rows.
+    pub fn layer_flops(&self) -> Option<(f64, f64)> {
+        if !self.kind.is_layer() {
+            return None;
+        }
+        let (b, dm) = (self.batch as f64, self.d_model() as f64);
+        let (hq, hkv) = (self.q_heads as f64, self.kv_heads as f64);
+        let (d, dv) = (self.head_dim as f64, self.v_dim as f64);
+        let (nq, nk) = (self.q_len as f64, self.kv_len as f64);
+        let fwd = 2.0 * b * dm * (nq * hq * d + nk * hkv * (d + dv) + nq * hq * dv);
+        let attn = Config { kind: Kind::Prefill, ..self.clone() }.flops();
+        Some(if self.kind == Kind::LayerBackward { (2.0 * fwd, 2.5 * attn) } else { (fwd, attn) })
     }
 
     /// A decode configuration of the sweep: B = 1, Hq = 32, Hkv = 32, 8
@@ -272,6 +338,9 @@ impl Config {
     /// products of the forward's two sizes, with `P` recomputation not
     /// credited).
     pub fn flops(&self) -> f64 {
+        if let Some((proj, attn)) = self.layer_flops() {
+            return proj + attn;
+        }
         let m = self.mask.mask();
         let fwd = match (self.shape(), self.mask) {
             (Ok(s), MaskSpec::Window(..)) => s.flops(&m),
@@ -283,8 +352,20 @@ impl Config {
 
     /// Bytes of inputs (Q, K, V, a bias) and outputs (O and LSE, f32);
     /// decode: the K/V cache, f32 queries, O and LSE; backward: also dO
-    /// and the f32 gradients dQ, dK, dV.
+    /// and the f32 gradients dQ, dK, dV; layer rows: the tokens, the
+    /// weights, the activations (Q, K, V, O, LSE) and the output (backward:
+    /// also dY, dX, the weights' gradients and those of the activations).
     pub fn io_bytes(&self) -> u64 {
+        if self.kind.is_layer() {
+            let (b, dm) = (self.batch as u64, self.d_model() as u64);
+            let (hq, hkv) = (self.q_heads as u64, self.kv_heads as u64);
+            let (d, dv) = (self.head_dim as u64, self.v_dim as u64);
+            let (nq, nk) = (self.q_len as u64, self.kv_len as u64);
+            let weights = dm * (hq * d + hkv * (d + dv) + hq * dv);
+            let acts = b * (nq * hq * (d + dv + 1) + nk * hkv * (d + dv));
+            let fwd = 4 * (b * dm * (nq + nk) + weights + acts + b * nq * dm);
+            return if self.kind == Kind::LayerBackward { 2 * fwd } else { fwd };
+        }
         let dt = self.dtype;
         let (b, hq, hkv) = (self.batch as u64, self.q_heads as u64, self.kv_heads as u64);
         let (nq, nk, d, dv) =
@@ -309,7 +390,7 @@ impl Config {
             return self.decode_workspace_bytes();
         }
         match (self.kernel.parse::<Kernel>(), self.shape()) {
-            (Ok(k), Ok(s)) if self.kind == Kind::Backward => {
+            (Ok(k), Ok(s)) if self.kind.is_backward() => {
                 k.backward_workspace_bytes(&s, &self.params(), self.par()) as u64
             }
             (Ok(k), Ok(s)) => k.workspace_bytes(&s, &self.params(), self.par()) as u64,

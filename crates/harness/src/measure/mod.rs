@@ -33,6 +33,12 @@
 //! gradient call ([`backward`]): the forward runs once while preparing,
 //! untimed, and the error is that of sampled dQ rows.
 //!
+//! Layer rows (`layer/flash/mha/causal/d64/f32/t2/h16x16/4096`, and
+//! `layer-backward/…`) time a whole `MultiHeadAttention` forward or
+//! backward ([`layer`]), always directly in the child: each timed call
+//! also reports its time in the projections and in the attention, whose
+//! medians become the row's [`crate::results::LayerSplit`].
+//!
 //! [`child`] runs the same in a fresh process, so that peak RSS is that
 //! of one configuration.
 
@@ -41,6 +47,7 @@ pub mod check;
 pub mod child;
 pub mod decode;
 pub mod inputs;
+pub mod layer;
 pub mod prefill;
 pub mod runner;
 
@@ -84,6 +91,7 @@ pub fn prepare(cfg: &Config, seed: u64) -> Result<Box<dyn Runner>, String> {
         Kind::Prefill => prefill::prepare(cfg, seed),
         Kind::Decode => decode::prepare(cfg, seed),
         Kind::Backward => backward::prepare(cfg, seed),
+        Kind::Layer | Kind::LayerBackward => layer::prepare(cfg, seed),
     }
 }
 
@@ -129,6 +137,10 @@ pub fn measure_with_warmup(cfg: &Config, opts: &MeasureOpts, warmup: usize) -> R
             Ok(t.elapsed())
         };
         let mut times = if warmup == 0 { vec![first] } else { Vec::new() };
+        let mut phases: Vec<(f64, f64)> = Vec::new();
+        if warmup == 0 {
+            phases.extend(runner.phases_ms());
+        }
         for _ in 1..warmup {
             if let Err(e) = run(&mut runner) {
                 return Row::error(cfg, e.to_string());
@@ -142,9 +154,15 @@ pub fn measure_with_warmup(cfg: &Config, opts: &MeasureOpts, warmup: usize) -> R
                 Err(e) => return Row::error(cfg, e.to_string()),
             }
             times.push(last);
+            phases.extend(runner.phases_ms());
         }
         let ms = median(&times.iter().map(|t| t.as_secs_f64() * 1e3).collect::<Vec<_>>());
         row.set_time(ms, times.len(), "direct", opts.peak_gflops);
+        if !phases.is_empty() {
+            let proj = median(&phases.iter().map(|p| p.0).collect::<Vec<_>>());
+            let attn = median(&phases.iter().map(|p| p.1).collect::<Vec<_>>());
+            row.set_layer_split(proj, attn);
+        }
     } else {
         row.peak_gflops = opts.peak_gflops;
     }

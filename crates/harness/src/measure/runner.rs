@@ -21,6 +21,11 @@ pub trait Runner {
     fn bias(&self) -> Option<&[f32]> {
         None
     }
+    /// Layer rows: the last call's time in the projections and in the
+    /// attention, ms ([`attnlab::layer::PhaseTimes`]).
+    fn phases_ms(&self) -> Option<(f64, f64)> {
+        None
+    }
 }
 
 /// Reads every value of `x` once (a sum in 16 independent lanes, so that

@@ -5,13 +5,16 @@
 //! calls of the chosen kernel on a rayon pool of `threads` workers, prints
 //! `time_ms=<float>` per timed call (the protocol of `shared/peers`), and
 //! only then writes O (float32, the input layout) and optionally the LSE
-//! (float32 `[B, Hq, Nq]`). Any error is one [`RunError`] naming the file
-//! and the problem, and no output file is left behind. Score modifiers
-//! (softcap, ALiBi, sinks, bias) come from flags and files ([`mods`]).
+//! (float32 `[B, Hq, Nq]`) and the saturation statistics (an `.npz` of
+//! `max_p`, `entropy`, `support`, float32 `[B, Hq, Nq]` each; [`npz`]).
+//! Any error is one [`RunError`] naming the file and the problem, and no
+//! output file is left behind. Score modifiers (softcap, ALiBi, sinks,
+//! bias) come from flags and files ([`mods`]).
 
 pub mod grad;
 pub mod mods;
 pub mod npy;
+pub mod npz;
 pub mod outputs;
 
 use std::fmt;
@@ -20,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attnlab::{
-    AttnError, AttnInputs, AttnParams, AttnShape, Element, Kernel, Layout, Par, TensorView,
-    TensorViewMut, f16, kernel::check_outputs,
+    AttnError, AttnInputs, AttnParams, AttnShape, CheckedCall, Element, Kernel, Layout, Par,
+    StatsMut, TensorView, TensorViewMut, f16, kernel::check_outputs,
 };
 
 use crate::config::ModData;
@@ -42,6 +45,8 @@ pub struct RunSpec {
     pub out: PathBuf,
     /// Output LSE, if wanted.
     pub lse: Option<PathBuf>,
+    /// Output saturation statistics (`.npz`), if wanted.
+    pub stats: Option<PathBuf>,
     /// The kernel.
     pub kernel: Kernel,
     /// Scale, mask, finiteness check (validated).
@@ -114,6 +119,11 @@ impl<'a> Files<'a> {
         let mut paths = vec![("q", spec.q.as_path()), ("k", &spec.k), ("v", &spec.v)];
         paths.push(("out", &spec.out));
         paths.push(("lse", spec.lse.as_deref().unwrap_or(&spec.out)));
+        if let Some(p) = &spec.stats {
+            for name in ["max_p", "entropy"] {
+                paths.push((name, p));
+            }
+        }
         Files::with_mods(paths, &spec.mods, spec.layout, spec.kernel, shapes)
     }
 
@@ -289,6 +299,10 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
     if let Some(lse) = &spec.lse {
         targets.push(("--lse", lse.as_path()));
     }
+    let stats_at = targets.len();
+    if let Some(stats) = &spec.stats {
+        targets.push(("--stats", stats.as_path()));
+    }
     let mut inputs =
         vec![("--q", spec.q.as_path()), ("--k", spec.k.as_path()), ("--v", spec.v.as_path())];
     inputs.extend(spec.mods.inputs());
@@ -315,6 +329,15 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         ),
         None => None,
     };
+    let rows = shape.lse_len();
+    let mut stats = match spec.stats {
+        Some(_) => {
+            let alloc = |name| attnlab::error::try_zeroed::<f32>(name, rows);
+            let (p, h) = (alloc("max_p"), alloc("entropy"));
+            Some((p.map_err(|e| files.attn_error(e))?, h.map_err(|e| files.attn_error(e))?))
+        }
+        None => None,
+    };
     let call = Call {
         kernel: spec.kernel,
         shape,
@@ -326,12 +349,14 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
         warmup: spec.warmup,
         reps: spec.reps,
     };
+    let st = stats.as_mut().map(|(p, h)| StatsMut { max_p: p, entropy: h });
+    let outs = (&mut out[..], lse.as_deref_mut(), st);
     pool.install(|| match (&q.data, &k.data, &v.data) {
         (NpyData::F32(q), NpyData::F32(k), NpyData::F32(v)) => {
-            call.timed::<f32>(&files, q, k, v, &mut out, lse.as_deref_mut(), timings)
+            call.timed::<f32>(&files, q, k, v, outs, timings)
         }
         (NpyData::F16(q), NpyData::F16(k), NpyData::F16(v)) => {
-            call.timed::<f16>(&files, q, k, v, &mut out, lse.as_deref_mut(), timings)
+            call.timed::<f16>(&files, q, k, v, outs, timings)
         }
         _ => unreachable!("dtypes were checked to match"),
     })?;
@@ -339,9 +364,19 @@ pub fn run(spec: &RunSpec, timings: &mut (dyn Write + Send)) -> Result<(), RunEr
     drop((q, k, v, call));
 
     let out_shape = layout.memory_dims(shape.out_dims());
+    let rows_shape = [shape.batch(), shape.q_heads(), shape.q_len()];
     outputs.write(0, &out_shape, &out)?;
     if let Some(lse) = &lse {
-        outputs.write(1, &[shape.batch(), shape.q_heads(), shape.q_len()], lse)?;
+        outputs.write(1, &rows_shape, lse)?;
+    }
+    if let Some((max_p, entropy)) = &stats {
+        let support: Vec<f32> = entropy.iter().map(|h| h.exp()).collect();
+        let arrays: [(&str, &[usize], &[f32]); 3] = [
+            ("max_p", &rows_shape, max_p),
+            ("entropy", &rows_shape, entropy),
+            ("support", &rows_shape, &support),
+        ];
+        outputs.write_npz(stats_at, &arrays)?;
     }
     Ok(outputs.commit()?)
 }
@@ -362,17 +397,16 @@ struct Call {
 }
 
 impl Call {
-    /// Validates, then runs `warmup` untimed and `reps` timed calls,
-    /// printing `time_ms=` per timed call.
-    #[allow(clippy::too_many_arguments)]
+    /// Validates, then runs `warmup` untimed and `reps` timed calls
+    /// (each with the statistics when `stats` is given), printing
+    /// `time_ms=` per timed call.
     fn timed<T: Element>(
         &self,
         files: &Files<'_>,
         q: &[T],
         k: &[T],
         v: &[T],
-        out: &mut [f32],
-        mut lse: Option<&mut [f32]>,
+        (out, mut lse, mut stats): (&mut [f32], Option<&mut [f32]>, Option<StatsMut<'_>>),
         timings: &mut (dyn Write + Send),
     ) -> Result<(), RunError> {
         let err = |e| files.attn_error(e);
@@ -392,11 +426,23 @@ impl Call {
         check_outputs(&self.shape, &view, lse.as_deref()).map_err(err)?;
         let params = self.mods.params(&self.params).map_err(err)?;
         params.validate_for(&self.shape).map_err(err)?;
+        if let Some(st) = &stats {
+            st.check(&self.shape).map_err(err)?;
+        }
         for i in 0..self.warmup + self.reps {
             let start = Instant::now();
-            self.kernel
-                .forward(&inputs, &mut view, lse.as_deref_mut(), &params, self.par)
-                .map_err(err)?;
+            match stats.as_mut() {
+                None => {
+                    self.kernel.forward(&inputs, &mut view, lse.as_deref_mut(), &params, self.par)
+                }
+                Some(st) => {
+                    let st = StatsMut { max_p: &mut *st.max_p, entropy: &mut *st.entropy };
+                    let call =
+                        CheckedCall::new(&inputs, &mut view, lse.as_deref_mut(), &params, self.par);
+                    call.and_then(|c| c.with_stats(st)).and_then(|c| self.kernel.run(c))
+                }
+            }
+            .map_err(err)?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if i >= self.warmup {
                 writeln!(timings, "time_ms={ms:.6}")

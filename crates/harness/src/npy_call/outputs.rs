@@ -16,6 +16,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::npy::{self, FileError};
+use super::npz;
 
 /// The identity of a file: its device and inode when it exists (so hard
 /// links and symbolic links compare equal), else its canonical directory
@@ -105,6 +106,17 @@ impl Outputs {
     /// Writes output `i` (as float32 `.npy`) to its temporary file.
     pub fn write(&self, i: usize, shape: &[usize], data: &[f32]) -> Result<(), FileError> {
         npy::write_f32(&self.temps[i], shape, data)
+            .map_err(|e| FileError::new(&self.targets[i], format!("cannot write: {e}")))
+    }
+
+    /// Writes output `i` as an `.npz` of float32 arrays `(name, shape,
+    /// data)` ([`npz::write_f32`]) to its temporary file.
+    pub fn write_npz(
+        &self,
+        i: usize,
+        arrays: &[(&str, &[usize], &[f32])],
+    ) -> Result<(), FileError> {
+        npz::write_f32(&self.temps[i], arrays)
             .map_err(|e| FileError::new(&self.targets[i], format!("cannot write: {e}")))
     }
 

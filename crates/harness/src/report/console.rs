@@ -81,6 +81,19 @@ pub fn outcome(row: &Row) -> String {
             row.pct_bandwidth.unwrap_or(f64::NAN),
             row.max_abs_err.unwrap_or(f64::NAN)
         ),
+        Status::Ok if row.layer.is_some() => {
+            let l = row.layer.expect("checked");
+            format!(
+                "{:.3} ms: projections {:.3} ms ({:.1} GFLOP/s), attention {:.3} ms ({:.1} \
+                 GFLOP/s), err {:.1e}",
+                row.median_ms.unwrap_or(f64::NAN),
+                l.proj_ms,
+                l.proj_gflops,
+                l.attn_ms,
+                l.attn_gflops,
+                row.max_abs_err.unwrap_or(f64::NAN)
+            )
+        }
         Status::Ok => format!(
             "{:.3} ms, {:.1} GFLOP/s, extra {}, err {:.1e}",
             row.median_ms.unwrap_or(f64::NAN),

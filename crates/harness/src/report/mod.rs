@@ -19,6 +19,10 @@
 //! and thread count: naive and flash time, GFLOP/s at 2.5 × the forward's
 //! FLOPs, % of peak, extra memory) and `img/backward_vs_n.svg`.
 //!
+//! Layer rows (schema 4) get their own section, "Attention layer" ([`layer`]):
+//! a whole `MultiHeadAttention` forward and backward, time split between
+//! the projections and the attention.
+//!
 //! Rows with score modifiers (schema 3) appear only in their own section,
 //! "Score modifiers", next to the plain call of the same run ([`mods`]);
 //! every other table and plot is made of plain calls.
@@ -26,7 +30,8 @@
 //! Files: [`select`] (which rows), [`cells`] (number formats, tables),
 //! [`results_md`], [`headline`], [`chart`] (the drawing kit), [`plots`]
 //! (prefill plots), [`decode`] (decode section and plot), [`backward`]
-//! (backward section and plot), [`mods`] (score modifiers), and [`console`]
+//! (backward section and plot), [`layer`] (the layer section), [`mods`]
+//! (score modifiers), and [`console`]
 //! (a row on the terminal, for `attn bench`, `attn decode` and the sweep's
 //! progress). [`saturation`] is separate: `docs/saturation.md` and its
 //! plots from a saturation study's results (`attn saturate`).
@@ -37,6 +42,7 @@ pub mod chart;
 pub mod console;
 pub mod decode;
 pub mod headline;
+pub mod layer;
 pub mod mods;
 pub mod plots;
 pub mod results_md;

@@ -1,6 +1,6 @@
 //! `docs/results.md`: the machine, how to read the tables, the grid, the
 //! headline, the plots, tables per head grouping and mask, the decode,
-//! backward and score-modifier sections and the failed configurations.
+//! backward, layer and score-modifier sections and the failed configurations.
 
 use super::cells::*;
 use super::decode::decode_section;
@@ -208,6 +208,7 @@ pub fn render_results_md(all: &RunFile, source: &str) -> String {
 
     decode_section(&mut s, all);
     super::backward::backward_section(&mut s, all);
+    super::layer::layer_section(&mut s, all);
     super::mods::mods_section(&mut s, all);
 
     let failed: Vec<&Row> = all.rows.iter().filter(|r| r.status == Status::Error).collect();

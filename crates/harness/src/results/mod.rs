@@ -7,4 +7,4 @@ pub mod files;
 pub mod row;
 
 pub use files::{load, workspace_root, write_run};
-pub use row::{BIAS_READS, Row, RunFile, SCHEMA, Status};
+pub use row::{BIAS_READS, LayerSplit, Row, RunFile, SCHEMA, Status};

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 /// `cache_dtype`, `us_per_step`, `kv_bytes`, `gbs`, `read_gbs`,
 /// `pct_bandwidth`); 3 added score modifiers (`mods`, written only for
 /// rows that have any, and `bias_read_ms`), which an older `attn` would
-/// have read as rows of the plain call; files of schema 1 (prefill only)
-/// and 2 still load, their rows read as prefill and as plain calls.
-pub const SCHEMA: u32 = 3;
+/// have read as rows of the plain call; 4 added layer rows (kinds
+/// `layer` and `layer_backward`, and their `layer` split), which an
+/// older `attn` cannot read; files of schema 1 (prefill only), 2 and 3
+/// still load, their rows read as prefill and as plain calls.
+pub const SCHEMA: u32 = 4;
 
 /// Timed reads of the bias buffer behind a row's `bias_read_ms` (their
 /// median).
@@ -124,6 +126,33 @@ pub struct Row {
     /// `crate::measure::read_once`). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_read_ms: Option<f64>,
+    /// Layer rows: the time split between the projections and the
+    /// attention. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerSplit>,
+}
+
+/// Where a layer row's time went: the medians, over the timed calls, of
+/// the time in the projections' GEMMs and in the flash kernel (each
+/// with its output buffers), and each part's FLOPs
+/// ([`Config::layer_flops`]) and GFLOP/s. The rest of `median_ms` (input
+/// checks) is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerSplit {
+    /// Median time in the Q, K, V and output projections (backward: their
+    /// gradients), ms.
+    pub proj_ms: f64,
+    /// Median time in the attention kernel (backward: the flash
+    /// backward), ms.
+    pub attn_ms: f64,
+    /// FLOPs credited to the projections.
+    pub proj_flops: f64,
+    /// FLOPs credited to the attention.
+    pub attn_flops: f64,
+    /// `proj_flops / proj_ms`, GFLOP/s.
+    pub proj_gflops: f64,
+    /// `attn_flops / attn_ms`, GFLOP/s.
+    pub attn_gflops: f64,
 }
 
 /// The tiles `Flash` chooses for `cfg` on this CPU: `BrxBc` on the tiled
@@ -137,7 +166,7 @@ pub fn tiles_of(cfg: &Config) -> Option<String> {
     if cfg.kind == Kind::Decode {
         return Some("split-kv".into());
     }
-    if cfg.kind == Kind::Backward {
+    if cfg.kind.is_backward() {
         let (br, bc) = attnlab::flash::backward_tiles();
         return Some(format!("bwd {br}x{bc}"));
     }
@@ -186,6 +215,23 @@ impl Row {
             cpu: attnlab::cpu::facts().summary(),
             tiles: tiles_of(cfg),
             bias_read_ms: None,
+            layer: None,
+        }
+    }
+
+    /// Layer rows: records the median times of the two parts (ms) and
+    /// derives their GFLOP/s; nothing for other rows.
+    pub fn set_layer_split(&mut self, proj_ms: f64, attn_ms: f64) {
+        if let Some((proj_flops, attn_flops)) = self.config.layer_flops() {
+            let rate = |f: f64, ms: f64| f / (ms * 1e-3) * 1e-9;
+            self.layer = Some(LayerSplit {
+                proj_ms,
+                attn_ms,
+                proj_flops,
+                attn_flops,
+                proj_gflops: rate(proj_flops, proj_ms),
+                attn_gflops: rate(attn_flops, attn_ms),
+            });
         }
     }
 

@@ -1,8 +1,9 @@
 //! The grid: which configurations a sweep of each [`Profile`] runs,
 //! prefill (N × grouping × mask × d × dtype × threads, naive and flash)
 //! and decode (L × grouping × cache dtype × threads), the score modifiers
-//! next to a plain call ([`sweep_mods`]), with a description of each
-//! part for the results file.
+//! next to a plain call ([`sweep_mods`]), a whole attention layer
+//! (projections and attention, forward and backward), with a description
+//! of each part for the results file.
 
 use crate::config::{BiasSpec, Config, Dtype, Grouping, Kind, MaskSpec, Mods, Sinks, Slopes};
 
@@ -61,6 +62,9 @@ pub fn grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
     let (m, md) = modifier_grid(profile, all);
     v.extend(m);
     desc.extend(md);
+    let (l, ld) = layer_grid(profile, all);
+    v.extend(l);
+    desc.extend(ld);
     v.sort_by_key(|c| {
         let decode = c.kind == Kind::Decode;
         let dtype_key = if decode {
@@ -159,6 +163,42 @@ fn modifier_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
         }
     }
     (v, desc)
+}
+
+/// The layer part of [`grid`] (unsorted): `MultiHeadAttention` with
+/// `d_model` 1024 and 16 query heads of 64 over 16 (MHA) or 4 (GQA) K/V
+/// heads, causal self-attention, f32, on every core, forward and backward
+/// ([`Config::layer`]).
+fn layer_grid(profile: Profile, all: usize) -> (Vec<Config>, Vec<String>) {
+    let all = all.max(1);
+    let mut v = Vec::new();
+    let mut at = |t: usize, ns: &[usize]| {
+        for &n in ns {
+            for kv in [16, 4] {
+                for backward in [false, true] {
+                    v.push(Config::layer(kv, t, n, backward));
+                }
+            }
+        }
+    };
+    let head = "layer (MultiHeadAttention, d_model = 1024, Hq = 16, d = 64, MHA Hkv = 16 and GQA \
+                Hkv = 4, causal self-attention, f32; forward and backward, each call split \
+                between the Q/K/V/output projections and the attention)";
+    let desc = match profile {
+        Profile::Smoke => {
+            at(1, &[64]);
+            "smoke: layer MHA and GQA, N = 64, 1 thread, forward and backward".to_string()
+        }
+        Profile::Quick => {
+            at(all, &[1024]);
+            format!("{head}: N = 1024, {all} threads")
+        }
+        Profile::Default | Profile::Full => {
+            at(all, &[1024, 4096]);
+            format!("{head}: N = 1024 and 4096, {all} threads")
+        }
+    };
+    (v, vec![desc])
 }
 
 /// The decode part of [`grid`] (unsorted).
@@ -440,7 +480,23 @@ mod tests {
             assert!(g.windows(2).all(|w| len(&w[0]) <= len(&w[1])), "{p:?} is not sorted");
             assert!(g.iter().any(|c| c.kind == Kind::Decode), "{p:?} has no decode rows");
             assert!(g.iter().any(|c| !c.mods.is_plain()), "{p:?} has no modifier rows");
+            assert!(g.iter().any(|c| c.kind == Kind::LayerBackward), "{p:?} has no layer rows");
         }
+    }
+
+    #[test]
+    fn the_layer_rows_are_forward_and_backward_at_1k_and_4k() {
+        let (g, _) = grid(Profile::Default, 2);
+        let ids: Vec<String> = g.iter().filter(|c| c.kind.is_layer()).map(Config::id).collect();
+        assert_eq!(ids.len(), 8, "{ids:?}");
+        for want in [
+            "layer/flash/mha/causal/d64/f32/t2/h16x16/1024",
+            "layer-backward/flash/gqa/causal/d64/f32/t2/h16x4/4096",
+        ] {
+            assert!(ids.iter().any(|i| i == want), "no {want} in {ids:?}");
+        }
+        // the sweep's filter `layer` keeps exactly these
+        assert_eq!(g.iter().filter(|c| c.id().contains("layer")).count(), 8);
     }
 
     #[test]

@@ -12,6 +12,15 @@ use std::time::Duration;
 /// Most direct calls the child times for a row with score modifiers.
 pub const MODIFIER_MAX_REPS: usize = 3;
 
+/// Layer rows: always timed directly in the child (each call reports its
+/// split between projections and attention, which criterion would not
+/// keep), at most this many calls within [`LAYER_BUDGET_S`].
+pub const LAYER_MAX_REPS: usize = 5;
+
+/// Layer rows: the time budget of the direct calls, seconds (the eight
+/// rows of the default grid add about half a minute on 2 cores).
+pub const LAYER_BUDGET_S: f64 = 2.0;
+
 /// Settings of one sweep, from the profile and the environment.
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
@@ -73,6 +82,16 @@ impl SweepSettings {
         } else {
             self.direct_max_reps.min(MODIFIER_MAX_REPS)
         };
+        if cfg.kind.is_layer() {
+            return MeasureOpts {
+                seed: SEED,
+                direct_min_ms: 0.0,
+                budget_s: LAYER_BUDGET_S,
+                max_reps: LAYER_MAX_REPS.min(self.direct_max_reps),
+                err_rows: self.err_rows,
+                peak_gflops: Some(peak.fma_gflops(cfg.threads)),
+            };
+        }
         MeasureOpts {
             seed: SEED,
             direct_min_ms: self.criterion_max_ms,
@@ -117,7 +136,9 @@ impl SweepSettings {
              measurement, flat sampling; the row's time is criterion's median). Otherwise the \
              child times it directly: the first call plus more calls while under {:.1} s, at \
              most {} calls ({MODIFIER_MAX_REPS} for rows with score modifiers), median of all \
-             (1 call for the longest configurations).",
+             (1 call for the longest configurations). Layer rows are always timed directly (at \
+             most {LAYER_MAX_REPS} calls within {LAYER_BUDGET_S:.0} s), each call split between \
+             the projections and the attention, medians of each part.",
             self.criterion_max_ms,
             self.criterion_warm_up.as_secs_f64(),
             self.criterion_measurement.as_secs_f64(),
@@ -153,6 +174,11 @@ pub fn estimated_cost_s(cfg: &Config, s: &SweepSettings) -> f64 {
         _ => 80e9 * cfg.threads as f64,
     };
     let call = cfg.flops() / rate;
+    if cfg.kind.is_layer() {
+        // preparing (weights, tokens; backward: a forward) and direct calls
+        let reps = LAYER_BUDGET_S.max(call).min(call * LAYER_MAX_REPS as f64);
+        return 0.3 + 2.0 * call + reps;
+    }
     let timing = if call * 1e3 < s.criterion_max_ms {
         s.criterion_warm_up.as_secs_f64() + s.criterion_measurement.as_secs_f64().max(10.0 * call)
     } else {

@@ -174,6 +174,7 @@ def attention(
     bias=None,
     check_finite=True,
     out=None,
+    return_stats=False,
 ):
     """Scaled dot-product attention, ``softmax(q·kᵀ·scale + mask)·v``.
 
@@ -223,11 +224,22 @@ def attention(
     out : ndarray or None
         Write the output here: float32, C-contiguous, of the output's
         shape, sharing no memory with the inputs; it is returned.
+    return_stats : bool
+        Also return each row's softmax saturation statistics, computed
+        inside the kernel in O(1) extra memory per row (kernels ``flash``
+        and ``oracle``; ``naive`` raises ``ValueError``): a dict of float32
+        ``[B, Hq, Nq]`` arrays, in any layout, ``"max_p"`` (the largest
+        probability), ``"entropy"`` (``-Σ p log p`` in nats) and
+        ``"support"`` (``exp(entropy)``, the effective number of keys).
+        The sink, if any, counts as one more outcome; a row with no key
+        and no sink has ``max_p = 0``, ``entropy = 0``.
 
     Returns
     -------
     out : ndarray, float32, ``[B, Hq, Nq, dv]`` (``[B, Nq, Hq, dv]`` for
-        ``"bnhd"``); or ``(out, lse)`` with ``return_lse=True``.
+        ``"bnhd"``); or ``(out, lse)`` with ``return_lse=True``, ``(out,
+        stats)`` with ``return_stats=True``, ``(out, lse, stats)`` with
+        both.
 
     Raises
     ------
@@ -252,6 +264,7 @@ def attention(
         return_lse=bool(return_lse),
         check_finite=bool(check_finite),
         out=out,
+        return_stats=bool(return_stats),
         **_mods(softcap, alibi, sinks, bias),
     )
 
@@ -375,6 +388,7 @@ class KvCache(_attnlab.KvCache):
         alibi=None,
         sinks=None,
         check_finite=True,
+        return_stats=False,
     ):
         """Attention of the newest ``nq`` positions of each sequence
         (already appended) over the cache.
@@ -383,12 +397,13 @@ class KvCache(_attnlab.KvCache):
         ``Hq`` a multiple of ``kv_heads``. Masks are bottom-right against
         each entry's own length: with ``causal=True`` query ``t`` of entry
         ``b`` sees positions ``j <= t + lengths[b] - nq``. ``scale``,
-        ``threads``, ``return_lse``, ``softcap``, ``alibi``, ``sinks`` and
-        ``check_finite`` as for :func:`attention` (no ``bias``: prefill
-        only).
+        ``threads``, ``return_lse``, ``softcap``, ``alibi``, ``sinks``,
+        ``check_finite`` and ``return_stats`` as for :func:`attention` (no
+        ``bias``: prefill only).
 
         Returns ``out`` float32 ``[B, Hq, nq, v_dim]``, or ``(out, lse)``
-        with ``lse`` ``[B, Hq, nq]``.
+        with ``lse`` ``[B, Hq, nq]``, ``(out, stats)`` or ``(out, lse,
+        stats)`` with ``return_stats=True``.
         """
         q = _array("q", q, "[B, Hq, nq, head_dim]", _FLOATS).astype(np.float32, copy=False)
         mods = _mods(softcap, alibi, sinks, None)
@@ -401,5 +416,6 @@ class KvCache(_attnlab.KvCache):
             threads=_threads(threads),
             return_lse=bool(return_lse),
             check_finite=bool(check_finite),
+            return_stats=bool(return_stats),
             **mods,
         )

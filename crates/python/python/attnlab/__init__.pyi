@@ -20,6 +20,17 @@ _Layout = Literal["bhnd", "bnhd"]
 _PerHead = Union[npt.ArrayLike, Sequence[float]]
 """One value per q head (1-d; converted to float32)."""
 
+class _Stats(TypedDict):
+    """Per-row softmax saturation statistics, float32 ``[B, Hq, Nq]`` each
+    (the sink, if any, one more outcome)."""
+
+    max_p: _F32
+    """The largest probability (0 for a row with no key and no sink)."""
+    entropy: _F32
+    """``-Σ p log p`` in nats."""
+    support: _F32
+    """``exp(entropy)``: the effective number of keys."""
+
 @overload
 def attention(
     q: _Float,
@@ -39,6 +50,7 @@ def attention(
     bias: Optional[_F32] = ...,
     check_finite: bool = ...,
     out: Optional[_F32] = ...,
+    return_stats: Literal[False] = ...,
 ) -> _F32:
     """Scaled dot-product attention ``softmax(q·kᵀ·scale + mask)·v``.
 
@@ -67,9 +79,57 @@ def attention(
     bias: Optional[_F32] = ...,
     check_finite: bool = ...,
     out: Optional[_F32] = ...,
+    return_stats: Literal[False] = ...,
 ) -> Tuple[_F32, _F32]:
     """``(out, lse)``: out as above, lse float32 ``[B, Hq, Nq]`` (natural
     log, -inf for a fully masked row)."""
+
+@overload
+def attention(
+    q: _Float,
+    k: _Float,
+    v: _Float,
+    *,
+    causal: bool = ...,
+    window: Optional[_Window] = ...,
+    scale: Optional[float] = ...,
+    kernel: _Kernel = ...,
+    layout: _Layout = ...,
+    threads: Optional[int] = ...,
+    return_lse: Literal[False] = ...,
+    softcap: Optional[float] = ...,
+    alibi: Union[bool, _PerHead, None] = ...,
+    sinks: Optional[_PerHead] = ...,
+    bias: Optional[_F32] = ...,
+    check_finite: bool = ...,
+    out: Optional[_F32] = ...,
+    return_stats: Literal[True],
+) -> Tuple[_F32, _Stats]:
+    """``(out, stats)``: out as above, stats the saturation statistics of
+    each row (kernels flash and oracle)."""
+
+@overload
+def attention(
+    q: _Float,
+    k: _Float,
+    v: _Float,
+    *,
+    causal: bool = ...,
+    window: Optional[_Window] = ...,
+    scale: Optional[float] = ...,
+    kernel: _Kernel = ...,
+    layout: _Layout = ...,
+    threads: Optional[int] = ...,
+    return_lse: Literal[True],
+    softcap: Optional[float] = ...,
+    alibi: Union[bool, _PerHead, None] = ...,
+    sinks: Optional[_PerHead] = ...,
+    bias: Optional[_F32] = ...,
+    check_finite: bool = ...,
+    out: Optional[_F32] = ...,
+    return_stats: Literal[True],
+) -> Tuple[_F32, _F32, _Stats]:
+    """``(out, lse, stats)``."""
 
 def attention_backward(
     q: _Float,
@@ -150,6 +210,7 @@ class KvCache:
         alibi: Union[bool, _PerHead, None] = ...,
         sinks: Optional[_PerHead] = ...,
         check_finite: bool = ...,
+        return_stats: Literal[False] = ...,
     ) -> _F32:
         """q ``[B, Hq, nq, head_dim]`` (the newest nq positions, already
         appended) -> out float32 ``[B, Hq, nq, v_dim]``."""
@@ -167,8 +228,43 @@ class KvCache:
         alibi: Union[bool, _PerHead, None] = ...,
         sinks: Optional[_PerHead] = ...,
         check_finite: bool = ...,
+        return_stats: Literal[False] = ...,
     ) -> Tuple[_F32, _F32]:
         """``(out, lse)``, lse float32 ``[B, Hq, nq]``."""
+    @overload
+    def decode(
+        self,
+        q: _Float,
+        *,
+        causal: bool = ...,
+        window: Optional[_Window] = ...,
+        scale: Optional[float] = ...,
+        threads: Optional[int] = ...,
+        return_lse: Literal[False] = ...,
+        softcap: Optional[float] = ...,
+        alibi: Union[bool, _PerHead, None] = ...,
+        sinks: Optional[_PerHead] = ...,
+        check_finite: bool = ...,
+        return_stats: Literal[True],
+    ) -> Tuple[_F32, _Stats]:
+        """``(out, stats)``: the saturation statistics ``[B, Hq, nq]``."""
+    @overload
+    def decode(
+        self,
+        q: _Float,
+        *,
+        causal: bool = ...,
+        window: Optional[_Window] = ...,
+        scale: Optional[float] = ...,
+        threads: Optional[int] = ...,
+        return_lse: Literal[True],
+        softcap: Optional[float] = ...,
+        alibi: Union[bool, _PerHead, None] = ...,
+        sinks: Optional[_PerHead] = ...,
+        check_finite: bool = ...,
+        return_stats: Literal[True],
+    ) -> Tuple[_F32, _F32, _Stats]:
+        """``(out, lse, stats)``."""
 
 class _Peak(TypedDict):
     fma_gflops_1t: float
