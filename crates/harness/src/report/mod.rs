@@ -39,6 +39,7 @@ pub mod headline;
 pub mod mods;
 pub mod plots;
 pub mod results_md;
+pub mod ring;
 pub mod select;
 
 pub use backward::plot_backward_vs_n;
