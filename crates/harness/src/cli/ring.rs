@@ -14,8 +14,8 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use super::run::LayoutArg;
 use crate::config::MaskSpec;
 use crate::machine::logical_cpus;
-use crate::ring::launch::{Launch, default_threads};
-use crate::ring::run::{DEFAULT_DEADLINE, RingDone, RingRun, run_in_process};
+use crate::ring::launch::{Launch, default_threads, online_cpus};
+use crate::ring::run::{DEFAULT_DEADLINE, DEFAULT_RANKS, RingDone, RingRun, run_in_process};
 
 pub(crate) fn ring_layout_parser() -> impl TypedValueParser<Value = RingLayout> {
     PossibleValuesParser::new(RingLayout::ALL.map(RingLayout::name))
@@ -75,7 +75,10 @@ impl RingFlags {
     /// Threads per rank: `--threads`, or the machine's CPUs shared by the
     /// `ranks_here` ranks on it.
     pub fn threads_for(&self, ranks_here: usize) -> usize {
-        self.threads.map_or_else(|| default_threads(logical_cpus(), ranks_here), NonZeroUsize::get)
+        self.threads.map_or_else(
+            || default_threads(logical_cpus(), online_cpus(), ranks_here),
+            NonZeroUsize::get,
+        )
     }
 }
 
@@ -203,6 +206,9 @@ pub fn main(args: &RingArgs) -> ExitCode {
                 |rank, r| report(true, rank, r),
             )
         }
-        _ => report(false, 0, run_in_process(&run, logical_cpus()).map(Some)),
+        _ => {
+            let threads = args.ring.threads_for(run.ranks.unwrap_or(DEFAULT_RANKS));
+            report(false, 0, run_in_process(&RingRun { threads: Some(threads), ..run }).map(Some))
+        }
     }
 }

@@ -89,11 +89,8 @@ fn machine_solo<'a>(
     block_rows: f64,
     like: Option<&ProblemRecord>,
 ) -> Option<&'a SoloEntry> {
-    let whole: Vec<&SoloEntry> = solos
-        .iter()
-        .copied()
-        .filter(|s| s.problem.threads == s.context.machine.logical_cpus)
-        .collect();
+    let whole: Vec<&SoloEntry> =
+        solos.iter().copied().filter(|s| s.problem.threads == s.context.machine_cpus).collect();
     let pool = if whole.is_empty() { solos.to_vec() } else { whole };
     let same = |s: &&SoloEntry| {
         like.is_some_and(|p| {
@@ -180,7 +177,7 @@ fn measured_model(
     let p = &g.problem;
     let solo = machine_solo(solos, p.chunk() / 2.0, Some(p))?;
     let (bw, lat) = (pp?.bandwidth()?, pp?.latency_s()?);
-    let cpus = g.context.machine.logical_cpus as f64;
+    let cpus = g.context.machine_cpus as f64;
     let here = g.context.ranks_here.max(1) as f64;
     let busy = (p.threads as f64 * here / cpus).min(1.0);
     let model = RingModel {
@@ -211,7 +208,7 @@ fn machine_section(s: &mut String, l: &Latest<'_>, all: &RingResults) {
         "{} ({}), {} logical CPUs, {}; compiled for {}; {}.{}\n",
         m.cpu_model,
         m.cpu_id,
-        m.logical_cpus,
+        first.machine_cpus,
         m.cache_summary(),
         if m.compiled_isa.is_empty() { "–" } else { &m.compiled_isa },
         m.os,
@@ -436,7 +433,7 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
          is a copy by a CPU, not a NIC's DMA). Measured step compute is a rank's compute over its \
          P steps, averaged over the ranks; measured step transfer is the transfer-alone time per \
          shift; measured exposed communication is per rank, averaged.\n",
-        l.solos.first().map_or(0, |x| x.context.machine.logical_cpus)
+        l.solos.first().map_or(0, |x| x.context.machine_cpus)
     );
     let head = [
         "P",
@@ -494,7 +491,7 @@ fn model_section(s: &mut String, l: &Latest<'_>) {
          nothing here, where the smallest block takes hundreds of µs to send.\n",
         h = MODEL_HEADS,
         d = MODEL_HEAD_DIM,
-        cpus = l.solos[0].context.machine.logical_cpus,
+        cpus = l.solos[0].context.machine_cpus,
         lat = fmt_secs(lat),
     );
     let _ = writeln!(s, "Assumptions:\n");
@@ -523,7 +520,7 @@ fn model_section(s: &mut String, l: &Latest<'_>) {
     let big = l
         .solos
         .iter()
-        .filter(|x| x.problem.threads == x.context.machine.logical_cpus)
+        .filter(|x| x.problem.threads == x.context.machine_cpus)
         .max_by_key(|x| x.block_rows)
         .or_else(|| l.solos.iter().max_by_key(|x| x.block_rows));
     if let Some(big) = big {
@@ -532,7 +529,7 @@ fn model_section(s: &mut String, l: &Latest<'_>) {
             .iter()
             .map(|&g| {
                 let c = cell_model(8, 1 << 20, f, g, 0.0).hiding_chunk();
-                format!("{} tokens per rank at {g:.0} Gb/s", fmt_num(c.ceil()))
+                format!("{:.0} tokens per rank at {g:.0} Gb/s", c.ceil())
             })
             .collect();
         let _ = writeln!(
@@ -700,4 +697,185 @@ pub fn generate_ring(
     std::fs::write(&md, render_ring_md(all, source))?;
     written.push(md);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::results::{PingPongPoint, RankRecord};
+
+    fn context(processes: usize, ranks_here: usize) -> Context {
+        let mut c = Context::collect(None, processes, ranks_here);
+        c.machine_cpus = 2;
+        c.machine.git_commit = "0123456789abcdef".into();
+        c.machine.date_utc = "2026-01-02 03:04:05 UTC".into();
+        c.load_avg = "1.00 2.00 3.00".into();
+        c
+    }
+
+    fn problem(n: usize, ranks: usize, threads: usize) -> ProblemRecord {
+        ProblemRecord {
+            batch: 1,
+            q_heads: 8,
+            kv_heads: 8,
+            q_len: n,
+            kv_len: n,
+            head_dim: 64,
+            v_dim: 64,
+            mask: "causal".into(),
+            layout: "zigzag".into(),
+            ranks,
+            threads,
+        }
+    }
+
+    fn solo(n: usize, ranks: usize, gflops: f64) -> Entry {
+        let p = problem(n, ranks, 2);
+        let flops = (n * n / 2) as f64 / ranks as f64 * p.flops_per_pair();
+        Entry::Solo(SoloEntry {
+            context: context(1, 1),
+            rank: 0,
+            warmup: 0,
+            computes_s: vec![flops / gflops / 1e9],
+            compute_s: flops / gflops / 1e9,
+            flops,
+            gflops,
+            chunk: n / ranks,
+            block_rows: n / ranks / 2,
+            problem: p,
+        })
+    }
+
+    fn ring(n: usize, ranks: usize, transport: &str, wall: f64) -> Entry {
+        let p = problem(n, ranks, 1);
+        let flops = (n * n / 2) as f64 * p.flops_per_pair();
+        let rank = |r: usize| RankRecord {
+            rank: r,
+            compute_s: wall * 0.9,
+            exposed_comm_s: 0.01,
+            agreement_s: 0.05,
+            total_s: wall,
+            transfer_alone_s: 0.1,
+            overlap: Some(0.9),
+            flops: flops / ranks as f64,
+            gflops: flops / ranks as f64 / (wall * 0.9) / 1e9,
+            pairs_computed: 2 * ranks,
+            pairs_skipped: 2 * ranks,
+            bytes_sent: 1 << 20,
+        };
+        Entry::Ring(RingEntry {
+            context: context(if transport == "mpi" { ranks } else { 1 }, ranks),
+            transport: transport.into(),
+            warmup: 0,
+            reps: 1,
+            walls_s: vec![wall],
+            wall_s: wall,
+            flops,
+            gflops: flops / wall / 1e9,
+            exposed_comm_s: 0.01 * ranks as f64,
+            transfer_alone_s: 0.1 * ranks as f64,
+            overlap: Some(0.9),
+            ranks: (0..ranks).map(rank).collect(),
+            problem: p,
+        })
+    }
+
+    fn ping_pong() -> Entry {
+        let point = |bytes: usize, s: f64| PingPongPoint {
+            bytes,
+            round_trips: 10,
+            one_way_s: s,
+            best_one_way_s: s * 0.9,
+        };
+        Entry::PingPong(PingPongEntry {
+            context: context(2, 2),
+            points: vec![point(8, 5e-7), point(1 << 27, 0.04)],
+        })
+    }
+
+    fn results() -> RingResults {
+        RingResults {
+            schema: 1,
+            entries: vec![
+                solo(65536, 4, 50.0),
+                solo(16384, 64, 20.0),
+                ping_pong(),
+                ring(65536, 2, "mpi", 40.0),
+                ring(65536, 4, "mpi", 45.0),
+                // A newer measurement of the same ring replaces the older.
+                ring(65536, 4, "mpi", 44.0),
+                ring(4096, 3, "in-process", 1.0),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_page_has_every_section_from_the_measurements() {
+        let md = render_ring_md(&results(), "results/ring.json");
+        for want in [
+            "from `results/ring.json` (7 measurements",
+            "### Per-rank kernel throughput",
+            "### MPI point-to-point",
+            "Latency (the smallest message, one way): **0.500 µs**",
+            "bandwidth (the largest message): **3.36 GB/s**",
+            "4 processes (MPI, 4 on this machine)",
+            "3 threads of one process (in-process transport)",
+            "## Measured rings against the model",
+            "Assumptions:",
+            "**N = 16M tokens**",
+            "0123456789, 2026-01-02 03:04:05 UTC, load 1.00 2.00 3.00",
+        ] {
+            assert!(md.contains(want), "{want:?} not in\n{md}");
+        }
+        assert!(!md.contains("| 45.0 s |"), "the older ring is shown:\n{md}");
+        // 4 model tables of 8 rows, 3 measured rings, 2 solos, 2 points...
+        let rows = md.lines().filter(|l| l.starts_with("| 1024 |")).count();
+        assert_eq!(rows, 4);
+        // Measured against the model: per-rank F = the same ring's solo
+        // (50 GFLOP/s on 2 CPUs) × 1 thread · 4 ranks / 2 CPUs (capped at
+        // 1) / 4 ranks = 12.5 GFLOP/s.
+        assert!(md.contains("| 4 | 65536 | 12.5 (50.0 GFLOP/s ÷ 4 ranks) |"), "{md}");
+        assert!(
+            md.contains("| 2 | 65536 | 25.0 (50.0 GFLOP/s ÷ 2 ranks, nearest chunk) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn model_cells_follow_the_model() {
+        let r = results();
+        let l = Latest::of(&r);
+        // The big-chunk cells use the solo at 8192 rows, small ones the
+        // solo at 128 rows.
+        assert_eq!(cell_throughput(&l, 8, 1 << 20).unwrap().gflops, 50.0);
+        assert_eq!(cell_throughput(&l, 1024, 1 << 18).unwrap().gflops, 20.0);
+        // A cell's verdict is the model's.
+        let md = render_ring_md(&r, "x");
+        let m = cell_model(1024, 1 << 18, 20e9, 25.0, 5e-7).predict();
+        let want = format!("| 1024 | 256 | 20.0 (128 rows) | {} |", fmt_secs(m.step_compute_s));
+        let line = md.lines().find(|l| l.starts_with(&want)).expect(&want);
+        assert!(line.contains(if m.hidden { "✓" } else { "✗" }), "{line}");
+        // 256 tokens a rank at 20 GFLOP/s: c* = 4·F/B = 25.6 at 25 Gb/s, so
+        // it hides; a 1 GFLOP/s·10⁶ rank would not.
+        assert!(m.hidden);
+        assert!(!cell_model(1024, 1 << 18, 1e15, 25.0, 5e-7).predict().hidden);
+    }
+
+    #[test]
+    fn an_empty_file_renders_and_says_what_is_missing() {
+        let md = render_ring_md(&RingResults::default(), "results/ring.json");
+        assert!(md.contains("Needs a ring measured over MPI"), "{md}");
+        assert!(md.contains("Needs a ping-pong"), "{md}");
+        assert!(plot_ring_model(&RingResults::default()).is_err());
+    }
+
+    #[test]
+    fn the_plot_and_the_page_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = generate_ring(&results(), dir.path(), "results/ring.json").unwrap();
+        assert_eq!(paths.len(), 2);
+        let svg = std::fs::read_to_string(dir.path().join("img/ring_model.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("N = 16M, 100 Gb/s"), "{svg:.200}");
+        assert!(dir.path().join("ring.md").exists());
+    }
 }

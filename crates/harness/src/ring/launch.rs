@@ -70,10 +70,22 @@ impl Launch {
     }
 }
 
-/// Worker threads per rank when `--threads` is not given: this machine's
-/// logical CPUs shared by the ranks on it, at least 1.
-pub fn default_threads(logical_cpus: usize, ranks_here: usize) -> usize {
-    (logical_cpus / ranks_here.max(1)).max(1)
+/// Logical CPUs of the machine (`/sys/devices/system/cpu/online`), whatever
+/// this process may run on: `mpirun` binds each rank to its own cores, so
+/// a rank's affinity says little about the machine.
+pub fn online_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| attnlab::cpu::cpu_list_len(&s))
+        .map_or_else(crate::machine::logical_cpus, |n| n as usize)
+}
+
+/// Worker threads per rank when `--threads` is not given: the machine's
+/// `online` CPUs shared by the `ranks_here` ranks on it, but no more than
+/// the `allowed` CPUs this process may run on (a rank bound to one core
+/// gets one thread); at least 1.
+pub fn default_threads(allowed: usize, online: usize, ranks_here: usize) -> usize {
+    (online / ranks_here.max(1)).min(allowed).max(1)
 }
 
 #[cfg(test)]
@@ -115,8 +127,13 @@ mod tests {
 
     #[test]
     fn threads_share_the_machine() {
-        assert_eq!(default_threads(2, 4), 1);
-        assert_eq!(default_threads(16, 4), 4);
-        assert_eq!(default_threads(2, 0), 2);
+        assert_eq!(default_threads(2, 2, 4), 1);
+        assert_eq!(default_threads(16, 16, 4), 4);
+        assert_eq!(default_threads(2, 2, 0), 2);
+        // Bound to one core of sixteen, one of two ranks: one thread.
+        assert_eq!(default_threads(1, 16, 2), 1);
+        // Bound to a socket of eight, two ranks on the machine: eight.
+        assert_eq!(default_threads(8, 16, 2), 8);
+        assert!(online_cpus() >= 1);
     }
 }

@@ -64,8 +64,12 @@ impl Entry {
 /// Where and how a measurement ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Context {
-    /// CPU, caches, compiled ISA, rustc, commit, date.
+    /// CPU, caches, compiled ISA, rustc, commit, date (its
+    /// `logical_cpus`: those this process could use; `mpirun` may bind a
+    /// rank to fewer than the machine has).
     pub machine: MachineInfo,
+    /// Logical CPUs of the machine, online.
+    pub machine_cpus: usize,
     /// `/proc/loadavg`'s 1-, 5- and 15-minute load averages when the
     /// measurement started (the machine is shared).
     pub load_avg: String,
@@ -84,7 +88,14 @@ impl Context {
         let load_avg = std::fs::read_to_string("/proc/loadavg")
             .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
-        Context { machine: MachineInfo::collect(), load_avg, mpi_library, processes, ranks_here }
+        Context {
+            machine: MachineInfo::collect(),
+            machine_cpus: super::launch::online_cpus(),
+            load_avg,
+            mpi_library,
+            processes,
+            ranks_here,
+        }
     }
 }
 

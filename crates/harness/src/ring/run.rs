@@ -12,7 +12,6 @@ use attnlab::ring::{RankTiming, RingLayout, ring_in_process};
 use attnlab::{Layout, Mask};
 
 use super::inputs::{WholeInputs, read_inputs};
-use super::launch::default_threads;
 use super::problem::RingProblem;
 use crate::npy_call::outputs::Outputs;
 
@@ -48,7 +47,8 @@ pub struct RingRun {
     /// Ranks (`--ranks`): in one process, how many; under MPI, it must be
     /// the job's size if given.
     pub ranks: Option<usize>,
-    /// Threads per rank; `None` = this machine's CPUs shared by its ranks.
+    /// Threads per rank (the command line's default: the machine's CPUs
+    /// shared by its ranks; here 1).
     pub threads: Option<usize>,
     /// The longest any rank waits for a message.
     pub deadline: Duration,
@@ -121,11 +121,10 @@ pub fn write_outputs(
 }
 
 /// `attn ring` with `run.ranks` (default [`DEFAULT_RANKS`]) ranks as
-/// threads of this process; `cpus` logical CPUs share them when
-/// `run.threads` is not given.
-pub fn run_in_process(run: &RingRun, cpus: usize) -> Result<RingDone, String> {
+/// threads of this process, `run.threads` each (default 1).
+pub fn run_in_process(run: &RingRun) -> Result<RingDone, String> {
     let ranks = run.ranks.unwrap_or(DEFAULT_RANKS);
-    let threads = run.threads.unwrap_or_else(|| default_threads(cpus, ranks));
+    let threads = run.threads.unwrap_or(1);
     let Prepared { outputs, inputs, problem } = prepare(run)?;
     let spec = problem.spec(ranks, threads).map_err(|e| e.to_string())?;
     let r = ring_in_process(&spec, problem.tensors, &inputs.q, &inputs.k, &inputs.v, run.deadline)
