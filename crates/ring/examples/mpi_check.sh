@@ -24,7 +24,7 @@ expect_failure() {
   rc=$?
   set -e
   t=$(( $(date +%s) - t0 ))
-  echo "$out" | grep -E "^rank [0-9]+: error" || true
+  echo "$out" | grep -aE "^rank [0-9]+: error" || true
   echo "exit $rc after ${t} s"
   if [ "$rc" = 0 ] || [ "$rc" = 124 ]; then
     echo "FAIL: $mode: exit status $rc (0 = no failure, 124 = hang)"; echo "$out"; return 1
@@ -33,7 +33,7 @@ expect_failure() {
     echo "FAIL: $mode: took ${t} s (at most ${max} s)"; return 1
   fi
   local n
-  n=$(echo "$out" | grep -cE "$pattern" || true)
+  n=$(echo "$out" | grep -acE "$pattern" || true)
   if [ "$n" -lt "$count" ]; then
     echo "FAIL: $mode: $n lines match '$pattern', expected $count"; echo "$out"; return 1
   fi

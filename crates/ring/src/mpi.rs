@@ -33,14 +33,25 @@
 //! [`MpiTransport::deadline`] (default [`DEFAULT_DEADLINE`]; in a shift,
 //! counted from the end of `work`): a block that does not come is
 //! [`TransportError::Timeout`], never a hang. Under `mpirun`, a rank that
-//! exits without `MPI_Finalize` (a crash, a non-zero exit, an `MPI_Abort`)
-//! makes `mpirun` kill every other rank at once, before any deadline; the
-//! deadline is for a rank that is alive but elsewhere (a different step, a
-//! bug) or that finalised and left. Blocks travel through buffers the
+//! dies (a crash, an exit without `MPI_Finalize`, `MPI_Abort`) or exits
+//! non-zero makes `mpirun` kill every other rank, long before any deadline
+//! (about 2 s here, `mpi_ring_check exit-rank0`); the deadline is for a
+//! rank that is alive but elsewhere (a different step, a bug) or that
+//! finalised and left. Blocks travel through buffers the
 //! transport owns, so a transfer abandoned at the deadline leaks its buffer
-//! instead of letting MPI write into memory the caller freed. MPI's own
+//! instead of letting MPI write into memory the caller freed; the price is
+//! two copies of each block (`outgoing` in, `incoming` out), made on the
+//! helper thread, so they overlap the work as well. MPI's own
 //! errors (e.g. `MPI_ERR_TRUNCATE`) keep the default handler,
 //! `MPI_ERRORS_ARE_FATAL`: they abort the job.
+//!
+//! # Ending a run on an error
+//! Print the error in one write (`mpirun` interleaves the ranks' output
+//! write by write, and `eprintln!` writes each formatted piece separately),
+//! then drop the transport, then exit non-zero. After
+//! [`agree`](MpiTransport::agree) returned an error every rank does so and
+//! MPI finalises normally; after a timeout the drop aborts the job (the
+//! printed line reaches `mpirun` first: the drop waits half a second).
 
 mod collective;
 mod pingpong;
@@ -173,7 +184,11 @@ impl MpiTransport {
 
     /// The MPI library's version string (for result notes).
     pub fn library_version() -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown".into())
+        match mpi::environment::library_version() {
+            // Open MPI's string ends in a NUL and a newline.
+            Ok(v) => v.trim_end_matches(['\0', '\n', ' ']).to_string(),
+            Err(_) => "unknown".into(),
+        }
     }
 
     /// Refuses any operation once a transfer was abandoned.
