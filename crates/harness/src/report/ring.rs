@@ -80,18 +80,19 @@ fn model_like(p: &ProblemRecord) -> bool {
         && p.batch == 1
 }
 
-/// The solo measurement that stands for a whole machine's throughput at
-/// block calls of `block_rows` query rows: among the solos on all of the
-/// machine's threads (else all solos), one of the same ring as `like` if
-/// any, else the one whose block rows are nearest (in ratio).
-fn machine_solo<'a>(
+/// The solo measurement that stands for a rank's throughput at block
+/// calls of `block_rows` query rows: among the solos on `threads` threads
+/// (else all solos), one of the same ring as `like` if any, else one of the
+/// model table's problem whose block rows are nearest (in ratio).
+fn pick_solo<'a>(
     solos: &[&'a SoloEntry],
     block_rows: f64,
     like: Option<&ProblemRecord>,
+    threads: usize,
 ) -> Option<&'a SoloEntry> {
-    let whole: Vec<&SoloEntry> =
-        solos.iter().copied().filter(|s| s.problem.threads == s.context.machine_cpus).collect();
-    let pool = if whole.is_empty() { solos.to_vec() } else { whole };
+    let same_threads: Vec<&SoloEntry> =
+        solos.iter().copied().filter(|s| s.problem.threads == threads).collect();
+    let pool = if same_threads.is_empty() { solos.to_vec() } else { same_threads };
     let same = |s: &&SoloEntry| {
         like.is_some_and(|p| {
             let q = &s.problem;
@@ -109,6 +110,11 @@ fn machine_solo<'a>(
     let pool = if model.is_empty() { pool } else { model };
     let dist = |s: &&SoloEntry| (s.block_rows.max(1) as f64 / block_rows.max(1.0)).ln().abs();
     pool.into_iter().min_by(|a, b| dist(a).total_cmp(&dist(b)))
+}
+
+/// The logical CPUs of the machine the solos ran on.
+fn solo_cpus(solos: &[&SoloEntry]) -> usize {
+    solos.first().map_or(1, |s| s.context.machine_cpus.max(1))
 }
 
 /// "12 µs", "3.4 ms", "5.67 s", "8.9 min", "1.2 h", "3.4 days".
@@ -165,21 +171,24 @@ fn describe(p: &ProblemRecord) -> String {
     format!("{b}{n}, {heads}, d = {}{dv}, {} {}", p.head_dim, p.mask, p.layout)
 }
 
-/// The model of a measured ring: its problem on its ranks, each rank's
-/// throughput the machine's (its solo measurement) shared by the ranks on
-/// the machine, each link the ping-pong bandwidth shared by the
-/// transfers that run at once on it. `None` without the measurements.
-fn measured_model(
+/// The model of a measured ring: its problem on its ranks; each rank's
+/// throughput its solo measurement's per thread, times its threads, times
+/// the share of the machine's CPUs each of the ranks on it can have; each
+/// link the ping-pong bandwidth shared by the transfers that run at once on
+/// the machine. With the solo used; `None` without the measurements.
+fn measured_model<'a>(
     g: &RingEntry,
-    solos: &[&SoloEntry],
+    solos: &[&'a SoloEntry],
     pp: Option<&PingPongEntry>,
-) -> Option<(RingModel, &'static str, f64)> {
+) -> Option<(RingModel, &'a SoloEntry)> {
     let p = &g.problem;
-    let solo = machine_solo(solos, p.chunk() / 2.0, Some(p))?;
+    let solo = pick_solo(solos, p.chunk() / 2.0, Some(p), p.threads)?;
     let (bw, lat) = (pp?.bandwidth()?, pp?.latency_s()?);
-    let cpus = g.context.machine_cpus as f64;
+    let cpus = g.context.machine_cpus.max(1) as f64;
     let here = g.context.ranks_here.max(1) as f64;
-    let busy = (p.threads as f64 * here / cpus).min(1.0);
+    let threads = p.threads.max(1) as f64;
+    let share = (cpus / (here * threads)).min(1.0);
+    let per_thread = solo.gflops * 1e9 / solo.problem.threads.max(1) as f64;
     let model = RingModel {
         ranks: p.ranks,
         tokens: p.q_len,
@@ -187,16 +196,11 @@ fn measured_model(
         kv_heads: p.kv_heads,
         head_dim: p.head_dim,
         causal: p.mask == "causal",
-        flops_per_s: solo.gflops * 1e9 * busy / here,
+        flops_per_s: per_thread * threads * share,
         bandwidth: bw / here,
         latency: lat,
     };
-    let how = if solo.problem.ranks == p.ranks && solo.problem.q_len == p.q_len {
-        "same ring"
-    } else {
-        "nearest chunk"
-    };
-    Some((model, how, solo.gflops))
+    Some((model, solo))
 }
 
 fn machine_section(s: &mut String, l: &Latest<'_>, all: &RingResults) {
@@ -386,7 +390,7 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
     let rows: Vec<Vec<String>> = mpi
         .iter()
         .filter_map(|g| {
-            let (m, how, machine) = measured_model(g, &l.solos, l.ping_pong)?;
+            let (m, solo) = measured_model(g, &l.solos, l.ping_pong)?;
             let pr = m.predict();
             let p = &g.problem;
             let n = g.ranks.len().max(1) as f64;
@@ -395,21 +399,30 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
             let shifts = (p.ranks.saturating_sub(1)).max(1) as f64;
             let step_alone = g.ranks.iter().map(|r| r.transfer_alone_s).sum::<f64>() / n / shifts;
             let exposed = g.exposed_comm_s / n;
+            let same = solo.problem.q_len == p.q_len && solo.problem.ranks == p.ranks;
             Some(vec![
                 p.ranks.to_string(),
                 p.q_len.to_string(),
                 format!(
-                    "{} ({} GFLOP/s ÷ {} ranks{})",
+                    "{} (alone: {} on {} thread(s){}; {} ranks × {} thread(s) on {} CPUs)",
                     fmt_num(m.flops_per_s / 1e9),
-                    fmt_num(machine),
+                    fmt_num(solo.gflops),
+                    solo.problem.threads,
+                    if same { "" } else { ", nearest chunk" },
                     g.context.ranks_here,
-                    if how == "same ring" { "" } else { ", nearest chunk" }
+                    p.threads,
+                    g.context.machine_cpus
                 ),
                 format!("{:.2} GB/s", m.bandwidth / 1e9),
                 format!("{} / {}", fmt_secs(pr.step_compute_s), fmt_secs(step_compute)),
                 format!("{} / {}", fmt_secs(pr.step_transfer_s), fmt_secs(step_alone)),
                 format!("{} / {}", fmt_secs(pr.exposed_comm_s), fmt_secs(exposed)),
-                format!("{} / {}", fmt_secs(pr.layer_s), fmt_secs(g.wall_s)),
+                format!(
+                    "{} / {} (×{:.2})",
+                    fmt_secs(pr.layer_s),
+                    fmt_secs(g.wall_s),
+                    g.wall_s / pr.layer_s
+                ),
                 format!("{} / {}", if pr.hidden { "yes" } else { "no" }, pct(g.overlap)),
             ])
         })
@@ -425,15 +438,17 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
     let _ = writeln!(
         s,
         "Each ring measured over MPI above, and the model's prediction for it (predicted / \
-         measured). These ranks share one machine, so the model is given what they share: \
-         each rank's throughput is the machine's (its solo measurement on all {} logical CPUs, \
-         at the same ring's chunk sizes) times the share of the CPUs the ranks can use, divided \
-         by the ranks on the machine; each link is the measured point-to-point bandwidth divided \
-         by the ranks on the machine (their transfers run at once, and over shared memory each \
-         is a copy by a CPU, not a NIC's DMA). Measured step compute is a rank's compute over its \
-         P steps, averaged over the ranks; measured step transfer is the transfer-alone time per \
+         measured; for the time, measured ÷ predicted). These ranks share one machine of {} \
+         logical CPUs, so the model is given what they share: a rank's throughput is what one \
+         rank alone reached per thread (its solo measurement above, at the same ring's chunk \
+         sizes and thread count when measured), times its threads, times the share of the CPUs \
+         each of the ranks on the machine can have (`min(1, CPUs / (ranks × threads))`); a link \
+         is the measured point-to-point bandwidth divided by the ranks on the machine (their \
+         transfers run at once, and over shared memory each is a copy by a CPU, not a NIC's \
+         DMA), with the measured latency. Measured step compute is a rank's compute over its P \
+         steps, averaged over the ranks; measured step transfer is the transfer-alone time per \
          shift; measured exposed communication is per rank, averaged.\n",
-        l.solos.first().map_or(0, |x| x.context.machine_cpus)
+        l.rings.first().map_or(0, |g| g.context.machine_cpus)
     );
     let head = [
         "P",
@@ -467,7 +482,7 @@ fn cell_model(ranks: usize, tokens: usize, f: f64, gbps: f64, latency: f64) -> R
 /// The machine's throughput (FLOP/s) at a model cell's block size, and the
 /// solo measurement it comes from.
 fn cell_throughput<'a>(l: &Latest<'a>, ranks: usize, tokens: usize) -> Option<&'a SoloEntry> {
-    machine_solo(&l.solos, tokens as f64 / ranks as f64 / 2.0, None)
+    pick_solo(&l.solos, tokens as f64 / ranks as f64 / 2.0, None, solo_cpus(&l.solos))
 }
 
 fn model_section(s: &mut String, l: &Latest<'_>) {
@@ -520,7 +535,7 @@ fn model_section(s: &mut String, l: &Latest<'_>) {
     let big = l
         .solos
         .iter()
-        .filter(|x| x.problem.threads == x.context.machine_cpus)
+        .filter(|x| x.problem.threads == solo_cpus(&l.solos))
         .max_by_key(|x| x.block_rows)
         .or_else(|| l.solos.iter().max_by_key(|x| x.block_rows));
     if let Some(big) = big {
@@ -832,13 +847,13 @@ mod tests {
         let rows = md.lines().filter(|l| l.starts_with("| 1024 |")).count();
         assert_eq!(rows, 4);
         // Measured against the model: per-rank F = the same ring's solo
-        // (50 GFLOP/s on 2 CPUs) × 1 thread · 4 ranks / 2 CPUs (capped at
-        // 1) / 4 ranks = 12.5 GFLOP/s.
-        assert!(md.contains("| 4 | 65536 | 12.5 (50.0 GFLOP/s ÷ 4 ranks) |"), "{md}");
-        assert!(
-            md.contains("| 2 | 65536 | 25.0 (50.0 GFLOP/s ÷ 2 ranks, nearest chunk) |"),
-            "{md}"
-        );
+        // per thread (50 GFLOP/s on 2 threads) × 1 thread × min(1, 2 CPUs /
+        // (4 ranks × 1 thread)) = 12.5 GFLOP/s.
+        let f4 =
+            "| 4 | 65536 | 12.5 (alone: 50.0 on 2 thread(s); 4 ranks × 1 thread(s) on 2 CPUs) |";
+        assert!(md.contains(f4), "{md}");
+        let f2 = "| 2 | 65536 | 25.0 (alone: 50.0 on 2 thread(s), nearest chunk; 2 ranks × 1";
+        assert!(md.contains(f2), "{md}");
     }
 
     #[test]
