@@ -18,7 +18,7 @@
 //! - [`inputs`]: reading and validating the `.npy` inputs (errors name the
 //!   file, the tensor and the dimension);
 //! - [`run`]: `attn ring`'s in-process run and its all-or-nothing outputs;
-//! - [`bench`]: `attn ring-bench`'s generated inputs, the bench over any
+//! - [`mod@bench`]: `attn ring-bench`'s generated inputs, the bench over any
 //!   transport, the overlap figure, and one rank alone ([`solo`]);
 //! - [`solo`]: a transport that hands one rank the other ranks' blocks, so
 //!   its compute can be timed with nothing else running;
