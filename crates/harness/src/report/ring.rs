@@ -172,17 +172,19 @@ fn describe(p: &ProblemRecord) -> String {
 }
 
 /// The model of a measured ring: its problem on its ranks; each rank's
-/// throughput its solo measurement's per thread, times its threads, times
-/// the share of the machine's CPUs each of the ranks on it can have; each
-/// link the ping-pong bandwidth shared by the transfers that run at once on
-/// the machine. With the solo used; `None` without the measurements.
+/// throughput the machine's (a solo rank of the same ring on all of the
+/// machine's CPUs, when measured), scaled to the CPUs the ranks use and
+/// shared by them: `F · min(ranks·threads, CPUs) / (solo threads · ranks)`;
+/// each link the ping-pong bandwidth shared by the transfers that run at
+/// once on the machine. With the solo used; `None` without the
+/// measurements.
 fn measured_model<'a>(
     g: &RingEntry,
     solos: &[&'a SoloEntry],
     pp: Option<&PingPongEntry>,
 ) -> Option<(RingModel, &'a SoloEntry)> {
     let p = &g.problem;
-    let solo = pick_solo(solos, p.chunk() / 2.0, Some(p), p.threads)?;
+    let solo = pick_solo(solos, p.chunk() / 2.0, Some(p), g.context.machine_cpus)?;
     let (bw, lat) = (pp?.bandwidth()?, pp?.latency_s()?);
     let cpus = g.context.machine_cpus.max(1) as f64;
     let here = g.context.ranks_here.max(1) as f64;
@@ -404,7 +406,7 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
                 p.ranks.to_string(),
                 p.q_len.to_string(),
                 format!(
-                    "{} (alone: {} on {} thread(s){}; {} ranks × {} thread(s) on {} CPUs)",
+                    "{} (machine: {} on {} thread(s){}; {} ranks × {} thread(s) on {} CPUs)",
                     fmt_num(m.flops_per_s / 1e9),
                     fmt_num(solo.gflops),
                     solo.problem.threads,
@@ -439,15 +441,16 @@ fn measured_vs_model(s: &mut String, l: &Latest<'_>) {
         s,
         "Each ring measured over MPI above, and the model's prediction for it (predicted / \
          measured; for the time, measured ÷ predicted). These ranks share one machine of {} \
-         logical CPUs, so the model is given what they share: a rank's throughput is what one \
-         rank alone reached per thread (its solo measurement above, at the same ring's chunk \
-         sizes and thread count when measured), times its threads, times the share of the CPUs \
-         each of the ranks on the machine can have (`min(1, CPUs / (ranks × threads))`); a link \
-         is the measured point-to-point bandwidth divided by the ranks on the machine (their \
-         transfers run at once, and over shared memory each is a copy by a CPU, not a NIC's \
-         DMA), with the measured latency. Measured step compute is a rank's compute over its P \
-         steps, averaged over the ranks; measured step transfer is the transfer-alone time per \
-         shift; measured exposed communication is per rank, averaged.\n",
+         logical CPUs, so the model is given what they share: a rank's throughput is the \
+         machine's measured throughput — one rank of the same ring alone on all of its CPUs \
+         (the solo measurements above) — scaled to the CPUs the ranks use and shared among the \
+         ranks on the machine, `F · min(ranks × threads, CPUs) / (CPUs · ranks)`; a link is the \
+         measured point-to-point bandwidth divided by the ranks on the machine (their transfers \
+         run at once, and over shared memory each is a copy by a CPU, not a NIC's DMA), with the \
+         measured latency. Measured step compute is a rank's compute over its P steps, averaged \
+         over the ranks; measured step transfer is the transfer-alone time per shift; measured \
+         exposed communication is per rank, averaged. Other work on the machine between the solo \
+         and the ring shows in the ratio.\n",
         l.rings.first().map_or(0, |g| g.context.machine_cpus)
     );
     let head = [
@@ -602,7 +605,11 @@ fn model_section(s: &mut String, l: &Latest<'_>) {
         head.extend(LINKS_GBPS.iter().map(|g| format!("{g:.0} Gb/s")));
         table(s, &head, &rows);
     }
-    let _ = writeln!(s, "![time per layer against ranks](img/ring_model.svg)\n");
+    let _ = writeln!(
+        s,
+        "![the model's time per layer against the ranks, and one step's compute against its \
+         transfer](img/ring_model.svg)\n"
+    );
 }
 
 /// `docs/ring.md`.
@@ -633,8 +640,11 @@ pub fn render_ring_md(all: &RingResults, source: &str) -> String {
     s
 }
 
-/// `img/ring_model.svg`: the model's time per layer against the ranks, one
-/// line per sequence length, at 100 Gb/s (solid) and 25 Gb/s (dashed).
+/// `img/ring_model.svg`, two panels: the model's time per layer against
+/// the ranks, one line per sequence length (100 Gb/s solid, 25 Gb/s
+/// dashed); and one step's compute against its transfer at 25, 100 and 400
+/// Gb/s, against the tokens per rank — where they cross, c*, transfers
+/// start to hide.
 pub fn plot_ring_model(all: &RingResults) -> PlotResult {
     let l = Latest::of(all);
     let lat = l.ping_pong.and_then(PingPongEntry::latency_s).ok_or("no ping-pong")?;
@@ -647,7 +657,7 @@ pub fn plot_ring_model(all: &RingResults) -> PlotResult {
         RGBColor(240, 140, 40),
         RGBColor(200, 40, 40),
     ];
-    let mut series = Vec::new();
+    let mut layer = Vec::new();
     for (&n, &color) in MODEL_TOKENS.iter().zip(&colors) {
         for (gbps, dashed) in [(100.0, false), (25.0, true)] {
             let points: Vec<(f64, f64)> = MODEL_RANKS
@@ -657,7 +667,7 @@ pub fn plot_ring_model(all: &RingResults) -> PlotResult {
                     Some((p as f64, cell_model(p, n, f, gbps, lat).predict().layer_s))
                 })
                 .collect();
-            series.push(Series {
+            layer.push(Series {
                 label: format!("N = {}, {gbps:.0} Gb/s", tokens(n)),
                 color,
                 dashed,
@@ -666,22 +676,64 @@ pub fn plot_ring_model(all: &RingResults) -> PlotResult {
             });
         }
     }
+    // One step at c tokens per rank: a ring of 8 ranks over 8·c tokens (the
+    // step does not depend on P beyond c).
+    let chunks: Vec<usize> = (4..=21).map(|k| 1usize << k).collect();
+    let step = |c: usize, gbps: f64| -> Option<Prediction> {
+        let f = cell_throughput(&l, 8, 8 * c)?.gflops * 1e9;
+        Some(cell_model(8, 8 * c, f, gbps, lat).predict())
+    };
+    let mut steps = vec![Series {
+        label: "compute (measured throughput)".into(),
+        color: BLACK,
+        dashed: false,
+        hollow: false,
+        points: chunks
+            .iter()
+            .filter_map(|&c| Some((c as f64, step(c, 100.0)?.step_compute_s)))
+            .collect(),
+    }];
+    for (&gbps, &color) in LINKS_GBPS.iter().zip(&colors[1..]) {
+        steps.push(Series {
+            label: format!("transfer at {gbps:.0} Gb/s"),
+            color,
+            dashed: true,
+            hollow: true,
+            points: chunks
+                .iter()
+                .filter_map(|&c| Some((c as f64, step(c, gbps)?.step_transfer_s)))
+                .collect(),
+        });
+    }
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (760, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1240, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(e2s)?;
+        let (left, right) = root.split_horizontally(680);
         panel(
-            &root,
+            &left,
             &format!(
-                "Ring model: causal, H = {MODEL_HEADS}, d = {MODEL_HEAD_DIM}, a rank = this machine"
+                "Time per layer: causal, H = {MODEL_HEADS}, d = {MODEL_HEAD_DIM}, a rank = this machine"
             ),
             "P (ranks)",
             "seconds per layer (log)",
-            &series,
+            &layer,
             true,
             &fmt_axis,
             None,
             SeriesLabelPosition::UpperRight,
+            None,
+        )?;
+        panel(
+            &right,
+            "One step: compute against transfer",
+            "tokens per rank",
+            "seconds per step (log)",
+            &steps,
+            true,
+            &fmt_axis,
+            None,
+            SeriesLabelPosition::UpperLeft,
             None,
         )?;
         root.present().map_err(e2s)?;
@@ -846,13 +898,13 @@ mod tests {
         // 4 model tables of 8 rows, 3 measured rings, 2 solos, 2 points...
         let rows = md.lines().filter(|l| l.starts_with("| 1024 |")).count();
         assert_eq!(rows, 4);
-        // Measured against the model: per-rank F = the same ring's solo
-        // per thread (50 GFLOP/s on 2 threads) × 1 thread × min(1, 2 CPUs /
-        // (4 ranks × 1 thread)) = 12.5 GFLOP/s.
+        // Measured against the model: per-rank F = the same ring's solo on
+        // the machine's 2 CPUs (50 GFLOP/s) × min(4 ranks × 1 thread, 2
+        // CPUs) / (2 CPUs × 4 ranks) = 12.5 GFLOP/s.
         let f4 =
-            "| 4 | 65536 | 12.5 (alone: 50.0 on 2 thread(s); 4 ranks × 1 thread(s) on 2 CPUs) |";
+            "| 4 | 65536 | 12.5 (machine: 50.0 on 2 thread(s); 4 ranks × 1 thread(s) on 2 CPUs) |";
         assert!(md.contains(f4), "{md}");
-        let f2 = "| 2 | 65536 | 25.0 (alone: 50.0 on 2 thread(s), nearest chunk; 2 ranks × 1";
+        let f2 = "| 2 | 65536 | 25.0 (machine: 50.0 on 2 thread(s), nearest chunk; 2 ranks × 1";
         assert!(md.contains(f2), "{md}");
     }
 
