@@ -198,7 +198,8 @@ pub fn bench(t: &mut MpiTransport, cfg: &BenchConfig) -> Result<Option<Vec<RankR
     decoded.transpose()
 }
 
-/// Ping-pong between ranks 0 and 1: messages of 8 B to 64 MiB (×8), 1000
+/// Ping-pong between ranks 0 and 1: messages of 8 B to 128 MiB (×8; the
+/// largest is the block of a 2-rank ring at N = 65536, H = 8, d = 64), 1000
 /// round trips up to 32 KiB and 20 above. Rank 0 returns the points.
 pub fn ping_pong(t: &mut MpiTransport) -> Result<Option<Vec<PingPongPoint>>, String> {
     if t.size() < 2 {

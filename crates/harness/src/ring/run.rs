@@ -63,8 +63,9 @@ pub struct RingDone {
     pub threads: usize,
     /// One process per rank (MPI) rather than threads of one process.
     pub over_mpi: bool,
-    /// Wall time of the ring (rank 0's, from its inputs to its result: no
-    /// file I/O, no scatter or gather).
+    /// Wall time of the ring, without file I/O, scatter or gather: the
+    /// slowest rank's total over MPI; in one process, from starting the
+    /// ranks' threads to their results placed.
     pub wall: Duration,
     /// Each rank's timing.
     pub timings: Vec<RankTiming>,

@@ -16,7 +16,7 @@ pub struct Solo {
     size: usize,
     /// Each rank's packed K/V block ([`attnlab::ring::block`]), by rank.
     blocks: Vec<Vec<f32>>,
-    /// Block shifts done so far in this run.
+    /// Shifts done so far in this run (the blocks', then the tokens').
     shifts: usize,
 }
 
