@@ -13,6 +13,7 @@
 //! | [`results`] | the results data model ([`results::Row`], [`results::RunFile`]) and its files |
 //! | [`measure`] | the prefill, decode and backward runners (seeded inputs and modifiers), one measurement, the f64 error check, the child-process protocol |
 //! | [`npy_call`] | `attn run`'s and `attn grad`'s work: `.npy` files in (modifiers' files too), one timed kernel call, `.npy` files out |
+//! | [`ring`] | `attn ring`'s and `attn ring-bench`'s work: ring attention from `.npy` files or generated inputs, in one process or over MPI (feature `mpi`), the bench's timings and overlap, `results/ring.json` |
 //! | [`saturate`] | the softmax-saturation study of `attn saturate` (one layer and a deep stack, with the kernels' statistics) and its results file |
 //! | [`report`] | results → `docs/`: markdown tables, headline, plots, decode, backward and score-modifier sections; a row on the terminal |
 //! | [`sweep`] | the grid and the sweep driver behind `cargo bench -p harness` |
@@ -27,8 +28,9 @@
 //!   ← results                     (config, machine)
 //!   ← measure                     (config, machine, results, alloc)
 //!   ← npy_call                    (config)
+//!   ← ring                        (config, machine, measure, npy_call)
 //!   ← saturate                    (machine, measure::inputs)
-//!   ← report                      (config, results, units, saturate::results)
+//!   ← report                      (config, results, units, ring, saturate::results)
 //!   ← sweep                       (measure, report, results, machine, config)
 //!   ← cli                         (everything)
 //! ```
@@ -45,6 +47,7 @@ pub mod measure;
 pub mod npy_call;
 pub mod report;
 pub mod results;
+pub mod ring;
 pub mod saturate;
 pub mod sweep;
 pub mod units;

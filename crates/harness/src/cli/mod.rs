@@ -12,6 +12,12 @@
 //! - `attn peak`: machine limits ([`peak`], [`crate::machine::peak`]);
 //! - `attn report`: `docs/` from a results file ([`report`],
 //!   [`crate::report`]);
+//! - `attn ring`: ring attention on `.npy` files over P ranks, in one
+//!   process or under `mpirun` ([`mod@ring`], work in [`crate::ring`]);
+//! - `attn ring-bench`: a ring timed on generated inputs, one rank alone,
+//!   MPI ping-pong ([`ring_bench`], [`crate::ring::bench`]);
+//! - `attn ring-report`: `docs/ring.md` from `results/ring.json`
+//!   ([`ring_report`], [`crate::report::ring`]);
 //! - `attn saturate`: the softmax-saturation study and
 //!   `docs/saturation.md` ([`saturate`], work in [`crate::saturate`]).
 //!
@@ -25,6 +31,9 @@ pub mod grad;
 pub mod mods;
 pub mod peak;
 pub mod report;
+pub mod ring;
+pub mod ring_bench;
+pub mod ring_report;
 pub mod run;
 pub mod saturate;
 
@@ -58,6 +67,14 @@ enum Command {
     Report(report::ReportArgs),
     /// Benchmark one KV-cache decode configuration (split-KV, GB/s of K+V)
     Decode(decode::DecodeArgs),
+    /// Ring attention on .npy files over P ranks: threads of this process, or
+    /// the processes of `mpirun -np P` (built with `--features mpi`)
+    Ring(ring::RingArgs),
+    /// Time a ring on generated inputs (per rank compute, exposed
+    /// communication, overlap, GFLOP/s), one rank alone, or MPI ping-pong
+    RingBench(ring_bench::RingBenchArgs),
+    /// Turn results/ring.json into docs/ring.md and its plot
+    RingReport(ring_report::RingReportArgs),
     /// The softmax-saturation study: statistics of one layer vs N, scale
     /// and modifiers, and of a 32-block stack; writes
     /// results/saturation.json and docs/saturation.md
@@ -81,6 +98,9 @@ pub fn main() -> ExitCode {
         Command::Peak(args) => peak::main(&args),
         Command::Report(args) => report::main(&args),
         Command::Decode(args) => decode::main(&args),
+        Command::Ring(args) => ring::main(&args),
+        Command::RingBench(args) => ring_bench::main(&args),
+        Command::RingReport(args) => ring_report::main(&args),
         Command::Saturate(args) => saturate::main(&args),
     }
 }

@@ -46,6 +46,7 @@ pub mod layer;
 pub mod mods;
 pub mod plots;
 pub mod results_md;
+pub mod ring;
 pub mod saturation;
 pub mod select;
 
