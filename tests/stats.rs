@@ -196,3 +196,50 @@ fn oracle_backward_stats_on_two_and_one_key_rows() {
         }
     }
 }
+
+/// The cost of the forward statistics (#14's target: at most 10% over the
+/// plain flash forward at N = 4096, d = 64): causal, one thread, MHA with 8
+/// heads; calls alternate without and with statistics, 21 pairs: the
+/// medians of each and of the pairs' ratios. `cargo test --release -p
+/// attnlab --test tests stats_forward_overhead -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn stats_forward_overhead() {
+    use attnlab::{CheckedCall, StatsMut, TensorViewMut};
+    let shape = shape_of([1, 8, 8, 4096, 4096, 64, 64]);
+    let (q, k, v) = make_inputs(&shape, 1.0, 1);
+    let inputs = AttnInputs::from_slices(shape, Layout::Bhnd, &q, &k, &v).unwrap();
+    let params = AttnParams::causal();
+    let mut out = vec![0f32; shape.out_dims().iter().product()];
+    let (mut p, mut h) = (vec![0f32; shape.lse_len()], vec![0f32; shape.lse_len()]);
+    let mut time = |stats: bool| {
+        let mut view = TensorViewMut::new("out", &mut out, shape.out_dims(), Layout::Bhnd).unwrap();
+        let call = CheckedCall::new(&inputs, &mut view, None, &params, Par::Seq).unwrap();
+        let call = if stats {
+            call.with_stats(StatsMut { max_p: &mut p, entropy: &mut h }).unwrap()
+        } else {
+            call
+        };
+        let t = std::time::Instant::now();
+        Kernel::Flash.run(call).unwrap();
+        t.elapsed().as_secs_f64()
+    };
+    time(true);
+    let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..21 {
+        let (x, y) = (time(false), time(true));
+        a.push(x);
+        b.push(y);
+        r.push(y / x);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b, r) = (median(a), median(b), median(r));
+    println!(
+        "without {:.1} ms, with statistics {:.1} ms (medians), median of the pairs' ratios {r:.3}",
+        a * 1e3,
+        b * 1e3
+    );
+}
